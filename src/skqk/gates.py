@@ -1,0 +1,96 @@
+"""Gates: what replaces each non-linearity of a ReLU network once SK and QK are decoupled.
+
+Shape contract: ``gate(x, state) -> y``. `x` is the tensor the original non-linearity received, batch first;
+`state` is this site's slice of a `Pattern` (one state per *output* element, same batch size). For a fixed
+state a gate is linear in `x`, so the estimator built from gates is a linear model per activation pattern
+(paper, section 3.2). ``gate.pattern_of(x)`` is the state the original non-linearity takes for input `x`: the
+path selector records it, and ``gate(x, gate.pattern_of(x))`` equals the original non-linearity exactly.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from skqk.patterns import SWITCH_DTYPE
+
+
+class Gate(nn.Module):
+    """Base class: subclasses define `pattern_of` (SK of an input) and `forward` (linear for a fixed SK)."""
+
+    def pattern_of(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class ReluGate(Gate):
+    """ReLU: the state is the derivative of the activation (1 where the neuron is active)."""
+
+    def pattern_of(self, x: Tensor) -> Tensor:
+        return x > 0
+
+    def forward(self, x: Tensor, state: Tensor) -> Tensor:
+        return x * state
+
+
+class LeakyReluGate(Gate):
+    """LeakyReLU: same on/off bit as ReLU, but an inactive neuron passes `negative_slope` times its input."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def pattern_of(self, x: Tensor) -> Tensor:
+        return x > 0
+
+    def forward(self, x: Tensor, state: Tensor) -> Tensor:
+        return x * torch.where(state, 1.0, self.negative_slope).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class MaxPoolGate(Gate):
+    """Frozen 2-D max pooling: the state is the switch (offset of the max inside its window), so the
+    estimator routes the same input element without comparing values: a gather, linear in `x`."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride if stride not in (None, []) else kernel_size)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.ceil_mode = ceil_mode
+        if self.kernel_size[0] * self.kernel_size[1] > torch.iinfo(SWITCH_DTYPE).max + 1:
+            raise ValueError(f"max-pool window {self.kernel_size} is too large to freeze (switches are uint8)")
+
+    def pattern_of(self, x: Tensor) -> Tensor:
+        _, flat = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                               return_indices=True)
+        rows, cols = self._window_origins(x, flat)
+        kh = (torch.div(flat, x.shape[-1], rounding_mode="floor") - rows) // self.dilation[0]
+        kw = (flat % x.shape[-1] - cols) // self.dilation[1]
+        return (kh * self.kernel_size[1] + kw).to(SWITCH_DTYPE)
+
+    def forward(self, x: Tensor, state: Tensor) -> Tensor:
+        offset = state.long()
+        rows, cols = self._window_origins(x, offset)
+        kh, kw = torch.div(offset, self.kernel_size[1], rounding_mode="floor"), offset % self.kernel_size[1]
+        flat = (rows + kh * self.dilation[0]) * x.shape[-1] + cols + kw * self.dilation[1]
+        out = torch.gather(x.flatten(-2), -1, flat.flatten(-2))
+        return out.view(*x.shape[:-2], *state.shape[-2:])
+
+    def _window_origins(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-left input coordinate of every pooling window, broadcastable against the output."""
+        h_out, w_out = out.shape[-2:]
+        rows = torch.arange(h_out, device=x.device) * self.stride[0] - self.padding[0]
+        cols = torch.arange(w_out, device=x.device) * self.stride[1] - self.padding[1]
+        return rows.view(-1, 1), cols.view(1, -1)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)

@@ -1,0 +1,76 @@
+"""The path selector: a frozen copy of the trained network that holds the structural knowledge (SK).
+
+Phase 2 of the paper builds it from the trained net; Phase 3 runs it once over all n+m samples to record their
+activation patterns. It is never changed by re-training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from functools import cached_property
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from skqk.patterns import Pattern
+from skqk.sites import Pooling, Site, rewrite_gates, trace
+
+
+class PathSelector(nn.Module):
+    """Maps a batch to its activation `Pattern`; eval mode always, no trainable parameters.
+
+    Example:
+        >>> selector, estimator = skqk.decouple(model)
+        >>> pattern = selector(x)          # Pattern keyed by site name
+    """
+
+    def __init__(self, net: fx.GraphModule, sites: list[Site], pooling: Pooling):
+        super().__init__()
+        self.net = net
+        self.sites = [s.name for s in sites]
+        self.pooling = pooling
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> PathSelector:
+        """Stay in eval mode whatever is asked: the SK must not depend on dropout or batch statistics."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Pattern:
+        return Pattern(self.net(x))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the selector's architecture, pooling mode and weights: a pattern store records it so that
+        patterns are never used with another selector."""
+        h = hashlib.sha256(f"{self.pooling}|{self.sites}|{self.net.code}".encode())
+        for name, t in self.net.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:32]
+
+
+def build_selector(model: nn.Module, pooling: Pooling = "live",
+                   leaf_modules: Iterable[type[nn.Module]] = ()) -> PathSelector:
+    """Phase 2, SK half: a frozen copy of `model` whose output is the pattern of every gate site.
+
+    Everything after the last site is dropped from the graph, since the pattern does not need it.
+    """
+    gm = trace(model, leaf_modules)
+    states: dict[str, fx.Node] = {}
+
+    def record(graph: fx.Graph, site: Site, x: fx.Node) -> fx.Node:
+        states[site.name] = graph.call_method("pattern_of", (graph.get_attr(site.target), x))
+        return states[site.name]
+
+    sites = rewrite_gates(gm, pooling, record)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    output.args = (states,)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return PathSelector(gm, sites, pooling)
