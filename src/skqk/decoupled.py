@@ -16,8 +16,9 @@ from skqk.selector import PathSelector, build_selector
 from skqk.sites import Pooling
 
 
-def decouple(model: nn.Module, pooling: Pooling = "live",
-             leaf_modules: Iterable[type[nn.Module]] = ()) -> tuple[PathSelector, Estimator]:
+def decouple(
+    model: nn.Module, pooling: Pooling = "live", leaf_modules: Iterable[type[nn.Module]] = ()
+) -> tuple[PathSelector, Estimator]:
     """Build the path selector and the estimator from a trained ReLU network (paper, Phase 2).
 
     Args:

@@ -29,8 +29,9 @@ class Estimator(nn.Module):
         return self.net(x, **{self._pattern_arg: pattern})
 
 
-def build_estimator(model: nn.Module, pooling: Pooling = "live",
-                    leaf_modules: Iterable[type[nn.Module]] = ()) -> Estimator:
+def build_estimator(
+    model: nn.Module, pooling: Pooling = "live", leaf_modules: Iterable[type[nn.Module]] = ()
+) -> Estimator:
     """Phase 2, QK half: a copy of `model` whose every gate site reads its state from a pattern argument."""
     gm = trace(model, leaf_modules)
     graph = gm.graph

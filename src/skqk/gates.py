@@ -66,8 +66,9 @@ class MaxPoolGate(Gate):
             raise ValueError(f"max-pool window {self.kernel_size} is too large to freeze (switches are uint8)")
 
     def pattern_of(self, x: Tensor) -> Tensor:
-        _, flat = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                               return_indices=True)
+        _, flat = F.max_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
+        )
         rows, cols = self._window_origins(x, flat)
         kh = (torch.div(flat, x.shape[-1], rounding_mode="floor") - rows) // self.dilation[0]
         kw = (flat % x.shape[-1] - cols) // self.dilation[1]

@@ -57,6 +57,8 @@ class Pattern(Mapping[str, Tensor]):
                 return self._states[key]
             except KeyError:
                 raise ValueError(unknown_name_message("gate site", key, list(self._states))) from None
+        if isinstance(key, int):  # keep the batch dimension: a pattern of one sample
+            key = [key]
         return Pattern({site: t[key] for site, t in self._states.items()})
 
     def __iter__(self) -> Iterator[str]:

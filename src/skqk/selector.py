@@ -53,8 +53,9 @@ class PathSelector(nn.Module):
         return h.hexdigest()[:32]
 
 
-def build_selector(model: nn.Module, pooling: Pooling = "live",
-                   leaf_modules: Iterable[type[nn.Module]] = ()) -> PathSelector:
+def build_selector(
+    model: nn.Module, pooling: Pooling = "live", leaf_modules: Iterable[type[nn.Module]] = ()
+) -> PathSelector:
     """Phase 2, SK half: a frozen copy of `model` whose output is the pattern of every gate site.
 
     Everything after the last site is dropped from the graph, since the pattern does not need it.

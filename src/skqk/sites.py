@@ -39,35 +39,157 @@ class Site:
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}  # those whose switches can be frozen
-_ANY_MAXPOOL_FUNCTIONS = _MAXPOOL_FUNCTIONS | {F.max_pool1d, F.max_pool3d, F.adaptive_max_pool1d,
-                                               F.adaptive_max_pool2d, F.adaptive_max_pool3d}
+_ANY_MAXPOOL_FUNCTIONS = _MAXPOOL_FUNCTIONS | {
+    F.max_pool1d,
+    F.max_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+}
 _MAXPOOL_PARAMS = inspect.signature(F._max_pool2d).parameters
 _NONLINEAR_MODULES = (
-    nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.ELU, nn.SELU, nn.CELU,
-    nn.Mish, nn.Softplus, nn.Softsign, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6, nn.PReLU, nn.RReLU,
-    nn.GLU, nn.Tanhshrink, nn.Threshold, nn.LogSigmoid, nn.Hardshrink, nn.Softshrink, nn.LayerNorm,
-    nn.GroupNorm, nn.LocalResponseNorm, nn.MultiheadAttention, nn.RNNBase,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.Softmin,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.PReLU,
+    nn.RReLU,
+    nn.GLU,
+    nn.Tanhshrink,
+    nn.Threshold,
+    nn.LogSigmoid,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
 )
-_MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                    nn.AdaptiveMaxPool3d)
+_MAXPOOL_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
 _NONLINEAR_FUNCTIONS = {
-    F.gelu, F.silu, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.softmax, torch.softmax, F.log_softmax,
-    torch.log_softmax, F.softmin, F.elu, F.selu, F.celu, F.mish, F.softplus, F.softsign, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.relu6, F.prelu, F.rrelu, F.glu, F.threshold, F.logsigmoid, F.layer_norm,
-    F.group_norm, F.instance_norm, F.normalize, F.local_response_norm, torch.exp, torch.log, torch.sqrt,
-    torch.rsqrt, torch.abs, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max, torch.maximum,
-    torch.minimum, torch.max, torch.min, torch.sign, torch.square, torch.pow, operator.pow, torch.erf,
-    torch.sin, torch.cos, torch.norm, F.scaled_dot_product_attention,
+    F.gelu,
+    F.silu,
+    F.sigmoid,
+    torch.sigmoid,
+    F.tanh,
+    torch.tanh,
+    F.softmax,
+    torch.softmax,
+    F.log_softmax,
+    torch.log_softmax,
+    F.softmin,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.mish,
+    F.softplus,
+    F.softsign,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.relu6,
+    F.prelu,
+    F.rrelu,
+    F.glu,
+    F.threshold,
+    F.logsigmoid,
+    F.layer_norm,
+    F.group_norm,
+    F.instance_norm,
+    F.normalize,
+    F.local_response_norm,
+    torch.exp,
+    torch.log,
+    torch.sqrt,
+    torch.rsqrt,
+    torch.abs,
+    torch.clamp,
+    torch.clip,
+    torch.clamp_min,
+    torch.clamp_max,
+    torch.maximum,
+    torch.minimum,
+    torch.max,
+    torch.min,
+    torch.sign,
+    torch.square,
+    torch.pow,
+    operator.pow,
+    torch.erf,
+    torch.sin,
+    torch.cos,
+    torch.norm,
+    F.scaled_dot_product_attention,
 }
 _NONLINEAR_METHODS = {
-    "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "abs", "clamp", "clip", "clamp_min", "clamp_max",
-    "softmax", "log_softmax", "max", "min", "maximum", "minimum", "pow", "square", "sign", "erf", "norm",
-    "sin", "cos", "sigmoid_", "tanh_", "exp_", "clamp_", "abs_", "sqrt_", "pow_",
+    "sigmoid",
+    "tanh",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "clamp",
+    "clip",
+    "clamp_min",
+    "clamp_max",
+    "softmax",
+    "log_softmax",
+    "max",
+    "min",
+    "maximum",
+    "minimum",
+    "pow",
+    "square",
+    "sign",
+    "erf",
+    "norm",
+    "sin",
+    "cos",
+    "sigmoid_",
+    "tanh_",
+    "exp_",
+    "clamp_",
+    "abs_",
+    "sqrt_",
+    "pow_",
 }
 # Operations that are bilinear when more than one operand depends on the input (gating, attention, ...).
-_PRODUCT_OPS = {operator.mul, torch.mul, operator.matmul, torch.matmul, torch.bmm, torch.mm, torch.einsum,
-                operator.imul, torch.outer}
+_PRODUCT_OPS = {
+    operator.mul,
+    torch.mul,
+    operator.matmul,
+    torch.matmul,
+    torch.bmm,
+    torch.mm,
+    torch.einsum,
+    operator.imul,
+    torch.outer,
+}
 _DIVISION_OPS = {operator.truediv, torch.div, operator.itruediv, operator.floordiv}
 
 
@@ -220,7 +342,7 @@ _FREEZE_HINT = "only nn.MaxPool2d / F.max_pool2d switches can be frozen; use poo
 
 
 def _refuse(node: fx.Node, what: str, hint: str = _RELU_ONLY_HINT) -> DecouplingError:
-    return DecouplingError(f"node {node.name!r} is a non-linearity that is not a ReLU gate: {what}; {hint}")
+    return DecouplingError(f"node {_readable_name(node)!r} is a non-linearity that is not a ReLU gate: {what}; {hint}")
 
 
 def _readable_name(node: fx.Node) -> str:
@@ -245,7 +367,6 @@ def list_sites(model: nn.Module, pooling: Pooling = "live", leaf_modules: Iterab
     """
     gm = trace(model, leaf_modules)
     return [s.name for s in rewrite_gates(gm, pooling, lambda graph, site, x: x)]
-
 
 
 def has_max_pooling(gm: fx.GraphModule) -> bool:

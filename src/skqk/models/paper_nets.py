@@ -25,8 +25,15 @@ def flat_features(features: nn.Module, in_channels: int, image_size: int) -> int
 class ConvNet(nn.Module):
     """A feature extractor followed by a classifier on its flattened output."""
 
-    def __init__(self, features: list[nn.Module], classifier_widths: list[int], num_classes: int,
-                 in_channels: int, image_size: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        features: list[nn.Module],
+        classifier_widths: list[int],
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.features = nn.Sequential(*features)
         widths = [flat_features(self.features, in_channels, image_size), *classifier_widths]
@@ -43,16 +50,27 @@ class ConvNet(nn.Module):
 
 @register_model("lenet5")
 def lenet5(in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> nn.Module:
-    features = [*conv_relu(in_channels, 6, 5, padding=0), nn.MaxPool2d(2),
-                *conv_relu(6, 16, 5, padding=0), nn.MaxPool2d(2)]
+    features = [
+        *conv_relu(in_channels, 6, 5, padding=0),
+        nn.MaxPool2d(2),
+        *conv_relu(6, 16, 5, padding=0),
+        nn.MaxPool2d(2),
+    ]
     return ConvNet(features, [120, 84], num_classes, in_channels, image_size)
 
 
 @register_model("alexnet")
 def alexnet(in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> nn.Module:
-    features = [*conv_relu(in_channels, 64, stride=2), nn.MaxPool2d(2),
-                *conv_relu(64, 192), nn.MaxPool2d(2),
-                *conv_relu(192, 384), *conv_relu(384, 256), *conv_relu(256, 256), nn.MaxPool2d(2)]
+    features = [
+        *conv_relu(in_channels, 64, stride=2),
+        nn.MaxPool2d(2),
+        *conv_relu(64, 192),
+        nn.MaxPool2d(2),
+        *conv_relu(192, 384),
+        *conv_relu(384, 256),
+        *conv_relu(256, 256),
+        nn.MaxPool2d(2),
+    ]
     return ConvNet(features, [4096, 4096], num_classes, in_channels, image_size, dropout=0.5)
 
 
