@@ -1,0 +1,116 @@
+"""Checkpoints: atomic writes, safe loads (never executes code), and the two kinds a run produces.
+
+A *network* checkpoint holds an ordinary zoo network (Phase 1, traditional re-training). A *decoupled*
+checkpoint holds the selector's weights (the SK, unchanged) and the estimator's weights (the QK), and evaluates
+as the paper deploys it. Both are plain dicts of tensors and primitives, loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from skqk import models
+from skqk.decoupled import DecoupledModel, decouple
+
+FORMAT = "skqk-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or of another architecture (one-line message)."""
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    atomic_write_bytes(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, f))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt?): {type(e).__name__}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an skqk checkpoint")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')}, this skqk reads {VERSION}")
+    return ckpt
+
+
+def network_entry(name: str, model_kwargs: dict, network: nn.Module) -> dict[str, Any]:
+    """The part of a checkpoint that rebuilds a zoo network with its weights."""
+    return {"kind": "network", "model": name, "model_kwargs": model_kwargs, "state_dict": network.state_dict()}
+
+
+def decoupled_entry(name: str, model_kwargs: dict, selector_state: dict, decoupled: DecoupledModel) -> dict:
+    return {
+        "kind": "decoupled",
+        "model": name,
+        "model_kwargs": model_kwargs,
+        "pooling": decoupled.selector.pooling,
+        "selector_state": selector_state,
+        "selector_fingerprint": decoupled.selector.fingerprint,
+        "state_dict": decoupled.estimator.net.state_dict(),  # same keys as the network's
+    }
+
+
+def build_network(ckpt: dict[str, Any], state_key: str = "state_dict", path: str = "checkpoint") -> nn.Module:
+    """The zoo network of `ckpt` with the weights under `state_key`; a mismatch is a one-line error."""
+    try:
+        network = models.build(ckpt["model"], **ckpt["model_kwargs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild its network ({e})") from None
+    try:
+        network.load_state_dict(ckpt[state_key])
+    except (RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{path} does not fit the {ckpt['model']} architecture: {first}") from None
+    return network
+
+
+def load_decoupled(ckpt: dict[str, Any], path: str = "checkpoint") -> DecoupledModel:
+    """Selector from the stored SK weights, estimator from the stored QK weights."""
+    pooling = ckpt.get("pooling", "live")
+    selector, _ = decouple(build_network(ckpt, "selector_state", path).eval(), pooling)
+    if selector.fingerprint != ckpt["selector_fingerprint"]:
+        raise CheckpointError(f"{path}: its selector weights do not match their recorded fingerprint (corrupt?)")
+    _, estimator = decouple(build_network(ckpt, "state_dict", path), pooling)
+    return DecoupledModel(selector, estimator)
+
+
+def load_for_evaluation(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The module that maps images to logits, as the checkpoint's kind deploys it, in eval mode."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") == "decoupled":
+        return load_decoupled(ckpt, str(path)).eval(), ckpt
+    return build_network(ckpt, path=str(path)).eval(), ckpt

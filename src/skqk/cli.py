@@ -1,0 +1,255 @@
+"""`skqk` command line: a thin layer over the library; options override the config dataclasses' fields.
+
+Errors a user can cause print one line on stderr and exit non-zero (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from skqk.config import RetrainConfig, SGDConfig, TrainConfig
+
+
+def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> None:
+    defaults = cfg_cls()
+    p.add_argument("--epochs", type=int, help=f"training epochs (default {defaults.epochs})")
+    p.add_argument("--batch-size", type=int, help=f"SGD batch size (default {defaults.batch_size})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {defaults.lr})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {defaults.momentum})")
+    p.add_argument("--weight-decay", type=float, help=f"weight decay (default {defaults.weight_decay})")
+    p.add_argument("--seed", type=int, help="seed of initialisation, dropout and batch order (default 0)")
+    p.add_argument("--subset-seed", type=int, help="seed of the nested sample subsets (default 0)")
+    p.add_argument("--balanced", action="store_true", default=None, help="class-balanced sample subsets")
+    p.add_argument("--eval-samples", type=int, help="validation samples per epoch (default 0 = all)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast with fp32 master weights")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out after an interruption")
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        help="CIFAR-10 folder, image-folder tree or its .tar(.gz) (default: $SKQK_DATA, "
+        "then the cache, downloading CIFAR-10 there if absent)",
+    )
+    p.add_argument("--cache-dir", help="where decoded data is cached (default: $SKQK_CACHE or ~/.cache/skqk)")
+
+
+def config_from_args(cfg_cls, args: argparse.Namespace):
+    """The dataclass with its paper defaults, overridden only by the options the user gave."""
+    given = {f.name: getattr(args, f.name) for f in fields(cfg_cls) if getattr(args, f.name, None) is not None}
+    return cfg_cls(**given)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skqk",
+        description="Decouple structural (SK) and quantitative (QK) knowledge of ReLU networks and "
+        "re-train only the QK (the paper's four phases).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="Phase 1: train a zoo network from scratch on n samples")
+    p.add_argument("--model", help="zoo model: lenet5, alexnet, vgg8 (default lenet5)")
+    p.add_argument("--samples", type=int, help="n, samples to train on (default 1024)")
+    p.add_argument("--out", required=True, help="run folder (model.pt, config.json, metrics.jsonl)")
+    add_data_options(p)
+    add_sgd_options(p, TrainConfig)
+
+    p = sub.add_parser("record", help="Phases 2-3: the selector's activation patterns of n+m samples into a store")
+    p.add_argument("--checkpoint", required=True, help="model.pt of a run")
+    p.add_argument("--samples", type=int, required=True, help="n+m: record the first this many samples")
+    p.add_argument("--store", required=True, help="pattern store folder (created, or appended to)")
+    p.add_argument(
+        "--pooling",
+        choices=["live", "frozen"],
+        default="live",
+        help="frozen: max-pooling switches become part of the SK (default live, as the paper)",
+    )
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the nested sample subsets (default 0)")
+    p.add_argument("--balanced", action="store_true", help="class-balanced sample subsets")
+    p.add_argument("--batch-size", type=int, default=1024, help="inference batch size (default 1024)")
+    add_data_options(p)
+
+    p = sub.add_parser("retrain", help="Phase 4 (--method qk) or the traditional baseline on n+m samples")
+    p.add_argument("--checkpoint", required=True, help="model.pt of the pre-trained run")
+    p.add_argument("--samples", type=int, help="n+m (default 4096)")
+    p.add_argument("--method", choices=["qk", "traditional"], help="qk: estimator only, SK fixed (default)")
+    p.add_argument("--store", help="pattern store recorded by `skqk record` from the same checkpoint")
+    p.add_argument("--patterns", choices=["store", "on-the-fly"], help="where QK steps get patterns (default store)")
+    p.add_argument("--pooling", choices=["live", "frozen"], default="live", help="for on-the-fly patterns")
+    p.add_argument("--out", required=True, help="run folder")
+    add_data_options(p)
+    add_sgd_options(p, RetrainConfig)
+
+    p = sub.add_parser("evaluate", help="accuracy and CCE loss of a checkpoint on the test split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_data_options(p)
+
+    p = sub.add_parser("reproduce", help="the paper's experiments: fig4 (SK stabilisation), fig5 (re-training)")
+    p.add_argument("figure", choices=["fig4", "fig5"])
+    p.add_argument(
+        "--preset",
+        choices=["paper", "cpu", "smoke"],
+        default="cpu",
+        help="paper: exact protocol; cpu: scaled for a 2-core CPU; smoke: minutes (default cpu)",
+    )
+    p.add_argument("--models", help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5)")
+    p.add_argument(
+        "--mode",
+        choices=["independent", "successive"],
+        default="independent",
+        help="fig5: each N from the pre-trained net (default) or from the previous N's result",
+    )
+    p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
+    add_data_options(p)
+
+    p = sub.add_parser("patterns", help="inspect a pattern store")
+    psub = p.add_subparsers(dest="patterns_command", required=True, metavar="SUBCOMMAND")
+    info = psub.add_parser("info", help="sites, bits per sample, samples, size, active fraction per site")
+    info.add_argument("store")
+    info.add_argument("--json", action="store_true")
+    return parser
+
+
+def load_data(args):
+    from skqk.data import load_dataset
+
+    return load_dataset(args.data_dir, args.cache_dir, progress=not args.quiet)
+
+
+def cmd_train(args) -> None:
+    from skqk.train import train
+
+    cfg = config_from_args(TrainConfig, args)
+    result = train(cfg, load_data(args), args.out, resume=args.resume, progress=not args.quiet)
+    print_final(result)
+
+
+def cmd_retrain(args) -> None:
+    from skqk.train import retrain
+
+    cfg = config_from_args(RetrainConfig, args)
+    result = retrain(
+        cfg,
+        args.checkpoint,
+        load_data(args),
+        args.out,
+        store=args.store,
+        pooling=args.pooling,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    print_final(result)
+
+
+def print_final(result) -> None:
+    last = result.history[-1]
+    print(
+        f"{result.run_dir}/model.pt: epoch {last['epoch']}, val accuracy {last['val_accuracy']:.4f}, "
+        f"val loss {last['val_loss']:.4f}"
+    )
+
+
+def cmd_record(args) -> None:
+    from skqk.record import record_from_checkpoint
+
+    store = record_from_checkpoint(
+        args.checkpoint,
+        load_data(args),
+        args.samples,
+        args.store,
+        args.pooling,
+        args.subset_seed,
+        args.balanced,
+        args.batch_size,
+        progress=not args.quiet,
+    )
+    print(f"{args.store}: {len(store)} samples, {store.bytes_per_sample} bytes per sample")
+
+
+def cmd_evaluate(args) -> None:
+    from skqk.checkpoint import load_for_evaluation
+    from skqk.train import evaluate
+
+    module, ckpt = load_for_evaluation(args.checkpoint)
+    dataset = load_data(args)
+    metrics = evaluate(module, dataset)
+    result = {
+        "checkpoint": args.checkpoint,
+        "kind": ckpt["kind"],
+        "model": ckpt["model"],
+        "accuracy": metrics["val_accuracy"],
+        "loss": metrics["val_loss"],
+        "samples": len(dataset.test),
+        "data": dataset.source,
+    }
+    print(
+        json.dumps(result)
+        if args.json
+        else f"{ckpt['model']} ({ckpt['kind']}): accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} "
+        f"on {result['samples']} test samples of {dataset.source}"
+    )
+
+
+def cmd_reproduce(args) -> None:
+    from skqk import models
+    from skqk.experiments import PRESETS, run_fig4, run_fig5
+    from skqk.experiments.report import summary_table
+
+    preset = PRESETS[args.preset]
+    default = "alexnet" if args.figure == "fig4" else "lenet5,alexnet,vgg8"
+    names = (args.models or default).split(",")
+    for name in names:
+        if name not in models.list_models() or (args.figure == "fig5" and name not in preset.fig5):
+            raise ValueError(f"unknown model {name!r} for {args.figure}; choose from {', '.join(preset.fig5)}")
+    print(f"preset {preset.name}: {preset.description}", file=sys.stderr)
+    dataset = load_data(args)
+    if args.figure == "fig4":
+        results = run_fig4(preset, names, dataset, args.out, progress=not args.quiet)
+    else:
+        results = run_fig5(preset, names, dataset, args.out, args.mode, progress=not args.quiet)
+    print(summary_table(results))
+    print(f"results in {args.out}/results.json")
+
+
+def cmd_patterns(args) -> None:
+    from skqk.store import PatternStore, format_info
+
+    info = PatternStore.open(args.store).info()
+    print(json.dumps(info) if args.json else format_info(info))
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "record": cmd_record,
+    "retrain": cmd_retrain,
+    "evaluate": cmd_evaluate,
+    "reproduce": cmd_reproduce,
+    "patterns": cmd_patterns,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("skqk: interrupted (a run resumes with --resume)", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:  # our errors subclass these; one line unless --debug
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"skqk: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

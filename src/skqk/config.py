@@ -1,0 +1,80 @@
+"""Run configurations: one dataclass per kind of run, defaults are the paper's values (section 5).
+
+The paper states the sample counts and epochs (pre-training 200 epochs on n = 1,024 samples, 512 for VGG8;
+re-training 50 epochs on n + m samples) and plain SGD; it does not state learning rate, momentum, weight decay
+or batch size, so those defaults are ours and documented as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+Method = Literal["qk", "traditional"]
+
+
+@dataclass
+class SGDConfig:
+    """What both phases that train share: the optimiser and the batches."""
+
+    epochs: int = 50  # paper: 50 re-training epochs
+    batch_size: int = 64  # not stated in the paper
+    lr: float = 0.01  # not stated in the paper
+    momentum: float = 0.9  # not stated in the paper
+    weight_decay: float = 5e-4  # not stated in the paper
+    seed: int = 0  # weight initialisation, dropout and batch order
+    subset_seed: int = 0  # which samples: subset(n) is a prefix of one permutation fixed by this seed
+    balanced: bool = False  # class-balanced prefixes of that permutation
+    eval_samples: int = 0  # validation samples evaluated after each epoch (0 = the whole test split)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast, master weights fp32
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.momentum < 0 or self.weight_decay < 0 or self.eval_samples < 0:
+            raise ValueError("momentum, weight_decay and eval_samples must be non-negative")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainConfig(SGDConfig):
+    """Phase 1: initial training of the network from scratch on n samples."""
+
+    model: str = "lenet5"  # a name from skqk.models.list_models()
+    samples: int = 1024  # n; paper: 1,024 (LeNet-5, AlexNet), 512 (VGG8), and 4,096 for the larger SK
+    epochs: int = 200  # paper: 200 pre-training epochs
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.samples <= 0:
+            raise ValueError(f"samples must be positive, got {self.samples}")
+
+
+@dataclass
+class RetrainConfig(SGDConfig):
+    """Phase 4 (method "qk") or the traditional baseline, from a pre-trained checkpoint on n + m samples."""
+
+    samples: int = 4096  # n + m
+    method: Method = "qk"  # "qk": estimator only, SK fixed; "traditional": the whole network with its ReLUs
+    patterns: Literal["store", "on-the-fly"] = "store"  # where a QK step gets its batch's patterns
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.samples <= 0:
+            raise ValueError(f"samples must be positive, got {self.samples}")
+        if self.method not in ("qk", "traditional"):
+            raise ValueError(f"method must be 'qk' or 'traditional', got {self.method!r}")
+        if self.patterns not in ("store", "on-the-fly"):
+            raise ValueError(f"patterns must be 'store' or 'on-the-fly', got {self.patterns!r}")

@@ -1,0 +1,46 @@
+"""What every experiment saves beside its numbers: the machine, the code version, and files written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from skqk.checkpoint import atomic_write_text
+from skqk.train import code_version
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "skqk": code_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(Path(path), buffer.getvalue())

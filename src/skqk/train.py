@@ -1,0 +1,321 @@
+"""Phase 1 (initial training), Phase 4 (QK-only re-training) and the traditional baseline: one SGD loop.
+
+The three differ only in what the paper says differs: which module is trained and where a batch's activation
+pattern comes from. Same samples, same hyperparameters and the same batch order (`epoch_order`), so a QK run
+and a traditional run from one checkpoint are a controlled comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from skqk import __version__, models
+from skqk.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    build_network,
+    decoupled_entry,
+    load_checkpoint,
+    network_entry,
+    save_checkpoint,
+)
+from skqk.config import RetrainConfig, SGDConfig, TrainConfig
+from skqk.data import Dataset, batches, epoch_order, subset_indices
+from skqk.decoupled import DecoupledModel, decouple
+from skqk.store import PatternStore
+
+StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
+EpochHook = Callable[[int, nn.Module], dict]  # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunDirError(ValueError):
+    """The output folder cannot be used (unwritable, or holds a finished run)."""
+
+
+@dataclass
+class RunResult:
+    module: nn.Module  # the trained network, or the DecoupledModel of a QK run
+    history: list[dict]  # per-epoch metrics
+    run_dir: Path
+
+
+def model_kwargs(dataset: Dataset) -> dict:
+    return {"in_channels": dataset.in_channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes}
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module, dataset: Dataset, limit: int = 0, batch_size: int = 1000) -> dict[str, float]:
+    """Accuracy and categorical cross-entropy on the validation (test) split, in eval mode.
+
+    With `limit`, on a fixed class-balanced subset of that many test samples (the split is stored by class).
+    """
+    was_training = module.training
+    module.eval()
+    indices = validation_indices(dataset, limit)
+    n = len(indices)
+    correct, loss_sum = 0, 0.0
+    for x, y, _ in batches(dataset.test, dataset, indices, batch_size):
+        logits = module(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    module.train(was_training)
+    return {"val_accuracy": correct / n, "val_loss": loss_sum / n}
+
+
+def validation_indices(dataset: Dataset, limit: int = 0) -> Tensor:
+    """All test samples, or a fixed class-balanced subset of `limit` of them."""
+    if limit <= 0 or limit >= len(dataset.test):
+        return torch.arange(len(dataset.test))
+    return subset_indices(dataset.test.labels, limit, seed=0, balanced=True)
+
+
+def train(
+    cfg: TrainConfig,
+    dataset: Dataset,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: EpochHook | None = None,
+) -> RunResult:
+    """Phase 1: train zoo network `cfg.model` from scratch on the first `cfg.samples` samples.
+
+    Example:
+        >>> result = skqk.train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
+        >>> result.history[-1]["val_accuracy"]
+    """
+    run_dir = prepare_run_dir(out, resume, cfg)
+    kwargs = model_kwargs(dataset)
+    torch.manual_seed(cfg.seed)
+    network = models.build(cfg.model, **kwargs)
+    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
+    history = fit(
+        run_dir,
+        network,
+        lambda x, idx: network(x),
+        network,
+        dataset,
+        indices,
+        cfg,
+        lambda: network_entry(cfg.model, kwargs, network),
+        resume,
+        progress,
+        on_epoch,
+    )
+    return RunResult(network, history, run_dir)
+
+
+def retrain(
+    cfg: RetrainConfig,
+    checkpoint: str | os.PathLike,
+    dataset: Dataset,
+    out: str | os.PathLike,
+    store: str | os.PathLike | None = None,
+    pooling: str = "live",
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Phase 4 (``cfg.method == "qk"``) or traditional re-training from `checkpoint` on `cfg.samples` samples.
+
+    A QK run keeps the SK of the checkpoint's network in a frozen selector and trains only the estimator,
+    reading each batch's patterns from the pattern `store` (or computing them on the fly); its final
+    checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    kwargs = model_kwargs(dataset)
+    if ckpt["model_kwargs"] != kwargs:
+        raise CheckpointError(f"{checkpoint} was trained for {ckpt['model_kwargs']}, the data is {kwargs}")
+    run_dir = prepare_run_dir(out, resume, cfg)
+    torch.manual_seed(cfg.seed)
+    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
+    if cfg.method == "traditional":
+        if ckpt["kind"] != "network":
+            raise CheckpointError(
+                f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
+            )
+        network = build_network(ckpt, path=str(checkpoint))
+        history = fit(
+            run_dir,
+            network,
+            lambda x, idx: network(x),
+            network,
+            dataset,
+            indices,
+            cfg,
+            lambda: network_entry(ckpt["model"], kwargs, network),
+            resume,
+            progress,
+        )
+        return RunResult(network, history, run_dir)
+
+    sk_key = "selector_state" if ckpt["kind"] == "decoupled" else "state_dict"
+    pooling = ckpt.get("pooling", pooling)
+    if store is not None and cfg.patterns == "store":
+        pooling = PatternStore.open(store, verify=False).pooling
+    selector, _ = decouple(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
+    _, estimator = decouple(build_network(ckpt, path=str(checkpoint)), pooling)
+    decoupled = DecoupledModel(selector, estimator)
+    step = (
+        patterns_from_store(estimator, selector, store, indices)
+        if cfg.patterns == "store"
+        else (lambda x, idx: estimator(x, selector(x)))
+    )
+    selector_state = ckpt[sk_key]
+    history = fit(
+        run_dir,
+        estimator,
+        step,
+        decoupled,
+        dataset,
+        indices,
+        cfg,
+        lambda: decoupled_entry(ckpt["model"], kwargs, selector_state, decoupled),
+        resume,
+        progress,
+    )
+    return RunResult(decoupled, history, run_dir)
+
+
+def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForward:
+    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3)."""
+    if store is None:
+        raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
+    opened = PatternStore.open(store, selector)
+    missing = (~torch.isin(indices, opened.indices)).sum().item()
+    if missing:
+        raise ValueError(
+            f"pattern store {store} lacks {missing} of the {len(indices)} samples: run `skqk record` "
+            f"with the same checkpoint and --samples {len(indices)} first"
+        )
+    return lambda x, idx: estimator(x, opened.read(idx))
+
+
+def fit(
+    run_dir: Path,
+    trainable: nn.Module,
+    step_forward: StepForward,
+    eval_module: nn.Module,
+    dataset: Dataset,
+    indices: Tensor,
+    cfg: SGDConfig,
+    entry: Callable[[], dict],
+    resume: bool,
+    progress: bool,
+    on_epoch: EpochHook | None = None,
+) -> list[dict]:
+    """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
+    to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``."""
+    opt = torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    history: list[dict] = []
+    state_path = run_dir / "resume.pt"
+    if resume and state_path.exists():
+        state = load_checkpoint(state_path)
+        trainable.load_state_dict(state["trainable"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history = state["history"]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    epochs = tqdm(
+        range(len(history), cfg.epochs),
+        desc=run_dir.name,
+        disable=not progress,
+        unit="epoch",
+        initial=len(history),
+        total=cfg.epochs,
+    )
+    for epoch in epochs:
+        start = time.perf_counter()
+        trainable.train()
+        loss_sum, correct = 0.0, 0
+        order = epoch_order(indices, cfg.seed, epoch)
+        for x, y, idx in batches(dataset.train, dataset, order, cfg.batch_size):
+            with autocast:
+                logits = step_forward(x, idx)
+            loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} in epoch {epoch + 1}; try a lower learning rate "
+                    f"(--lr, now {cfg.lr}); the last good checkpoint is kept in {run_dir}"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / len(indices),
+            "train_accuracy": correct / len(indices),
+            **evaluate(eval_module, dataset, cfg.eval_samples),
+            "seconds": time.perf_counter() - start,
+        }
+        if on_epoch is not None:
+            metrics.update(on_epoch(epoch + 1, trainable))
+        history.append(metrics)
+        epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_accuracy']:.3f}")
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+        save_checkpoint(
+            state_path,
+            {
+                "trainable": trainable.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+            },
+        )
+    # resume.pt stays: resuming a finished run then reloads its final state instead of retraining
+    save_checkpoint(run_dir / "model.pt", {**entry(), "config": cfg.to_dict(), "history": history})
+    return history
+
+
+def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig) -> Path:
+    """Create the run folder, check it is writable, and record the resolved config and code version."""
+    run_dir = Path(out)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunDirError(f"cannot write to output folder {run_dir}: {e.strerror}") from None
+    if not resume and ((run_dir / "model.pt").exists() or (run_dir / "resume.pt").exists()):
+        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and (run_dir / "config.json").exists():
+        saved = json.loads((run_dir / "config.json").read_text())["config"]
+        if saved != cfg.to_dict():
+            raise RunDirError(f"--resume with a different configuration than the run in {run_dir} was started with")
+    atomic_write_text(
+        run_dir / "config.json",
+        json.dumps({"config": cfg.to_dict(), "kind": type(cfg).__name__, "code_version": code_version()}, indent=2),
+    )
+    return run_dir
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout, saved beside every result."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
