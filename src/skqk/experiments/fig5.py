@@ -77,7 +77,7 @@ def run_sk_size(name, n, protocol, dataset, folder: Path, mode, progress) -> lis
             for m in METHODS
         }
 
-        def qk_run(d, N=N):  # Phase 3 for the samples the store lacks, then Phase 4
+        def qk_run(d, N=N, cfg=cfg):  # Phase 3 for the samples the store lacks, then Phase 4
             t0 = time.perf_counter()
             record(selector, dataset, subset_indices(dataset.train.labels, N), folder / "patterns", progress=progress)
             record_seconds = time.perf_counter() - t0
@@ -88,7 +88,7 @@ def run_sk_size(name, n, protocol, dataset, folder: Path, mode, progress) -> lis
 
         runs = {
             "qk": qk_run,
-            "traditional": lambda d: retrain(
+            "traditional": lambda d, cfg=cfg: retrain(
                 cfg["traditional"], start["traditional"], dataset, d, resume=True, progress=progress
             ),
         }
