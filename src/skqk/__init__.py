@@ -9,6 +9,7 @@ from skqk.estimator import Estimator
 from skqk.patterns import Flips, Pattern
 from skqk.selector import PathSelector
 from skqk.sites import DecouplingError, list_sites
+from skqk.store import PatternStore, StoreError
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,8 @@ __all__ = [
     "Flips",
     "PathSelector",
     "Pattern",
+    "PatternStore",
+    "StoreError",
     "decouple",
     "linear_map",
     "list_sites",

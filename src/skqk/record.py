@@ -43,6 +43,7 @@ def record(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if os.path.exists(store):
         opened = PatternStore.open(store, selector)
+        opened.remove_strays()  # chunks of an earlier recording killed before its commit
         todo = indices[~torch.isin(indices, opened.indices)]
     else:
         example = selector(dataset.normalize(dataset.train.images[indices[:1]]))

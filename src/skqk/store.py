@@ -138,6 +138,7 @@ class PatternStore:
     """
 
     def __init__(self, path: Path, manifest: _Manifest):
+        """Start empty, then adopt the manifest's chunks: reads their index files, refuses duplicates."""
         self.path = path
         self._manifest = _Manifest(manifest.fingerprint, manifest.pooling, manifest.sites, ())
         self._offsets = np.cumsum([0] + [s.nbytes for s in manifest.sites]).tolist()
@@ -215,7 +216,7 @@ class PatternStore:
         Example:
             >>> store.append(torch.arange(128), selector(x[:128]))
         """
-        self._remove_strays()
+        self.remove_strays()
         self.commit([self.write_chunk(indices, pattern)])
 
     def write_chunk(self, indices: Tensor, pattern: Pattern) -> ChunkInfo:
@@ -267,6 +268,22 @@ class PatternStore:
             self._manifest, self._row_of, self._chunk_starts = previous
             raise
 
+    def remove_strays(self) -> None:
+        """Delete the leftovers of killed writes: chunk files no committed chunk owns, temporary manifests.
+
+        Call it only while no other process is writing chunks for this store (their uncommitted chunks look
+        the same); `append` calls it first.
+
+        Example:
+            >>> store.remove_strays()   # before a Phase 3 pass whose writers are all started by this process
+        """
+        committed = {c.name for c in self._manifest.chunks}
+        for file in self.path.iterdir():
+            stray_chunk = file.name.startswith(CHUNK_PREFIX) and file.name.split(".")[0] not in committed
+            stray_manifest = file.name.startswith(MANIFEST + ".") and file.name.endswith(_TEMP_SUFFIX)
+            if stray_chunk or stray_manifest:
+                file.unlink(missing_ok=True)
+
     # -- reading ---------------------------------------------------------------------------------------------
     def read(self, indices: Tensor) -> Pattern:
         """The patterns of samples `indices`, in that order (repeats allowed).
@@ -291,7 +308,17 @@ class PatternStore:
         return self._decode(self._gather(rows))
 
     def has(self, indices: Tensor | int) -> bool:
-        """Whether every sample of `indices` is held."""
+        """Whether every sample of `indices` is held (``index in store`` does the same).
+
+        Args:
+            indices: one sample index or a 1-D tensor of them.
+
+        Returns:
+            True when all are held (also for no indices at all).
+
+        Example:
+            >>> todo = [i for i in range(n) if i not in store]
+        """
         return bool((self._rows_of(_as_indices(indices)) >= 0).all())
 
     __contains__ = has
@@ -459,15 +486,6 @@ class PatternStore:
                     ones[spec.name] += int(_POPCOUNT[rows[:, start : start + spec.nbytes]].sum(dtype=np.int64))
         return {s.name: ones[s.name] / (len(self) * s.numel) if len(self) else None for s, _ in gates}
 
-    def _remove_strays(self) -> None:
-        """Delete chunk and temporary manifest files that no committed chunk owns: leftovers of killed writes."""
-        committed = {c.name for c in self._manifest.chunks}
-        for file in self.path.iterdir():
-            stray_chunk = file.name.startswith(CHUNK_PREFIX) and file.name.split(".")[0] not in committed
-            stray_manifest = file.name.startswith(MANIFEST + ".") and file.name.endswith(_TEMP_SUFFIX)
-            if stray_chunk or stray_manifest:
-                file.unlink(missing_ok=True)
-
 
 def format_info(info: dict[str, Any]) -> str:
     """Human-readable summary of `PatternStore.info` for the command line.
@@ -598,7 +616,7 @@ def _file_crc32(file: Path) -> int:
     return crc
 
 
-def _write_durably(file: Path, data) -> None:
+def _write_durably(file: Path, data: bytes | memoryview) -> None:
     """Write a new file (never an existing one) and fsync it, so a manifest never points at unflushed data."""
     with open(file, "xb") as f:
         f.write(data)

@@ -1,0 +1,36 @@
+"""Child process of the crash-safety tests in test_store.py: appends synthetic batches to a pattern store.
+
+Usage: ``python store_writer.py STORE FIRST_BATCH LAST_BATCH BATCH_SIZE``. Builds every batch first, prints
+"ready", then appends them one by one, so the parent can time its SIGKILL to land inside the writes.
+"""
+
+import sys
+
+import torch
+
+from skqk.patterns import Pattern
+from skqk.store import PatternStore, SiteSpec
+
+
+def synthetic_batch(sites: list[SiteSpec], batch: int, batch_size: int) -> tuple[torch.Tensor, Pattern]:
+    """Batch number `batch`: its sample indices and a random pattern that depends only on `batch`."""
+    gen = torch.Generator().manual_seed(batch)
+    states = {
+        s.name: torch.rand((batch_size, *s.shape), generator=gen) < 0.5
+        if s.kind == "gate"
+        else torch.randint(0, 4, (batch_size, *s.shape), generator=gen, dtype=torch.uint8)
+        for s in sites
+    }
+    return torch.arange(batch * batch_size, (batch + 1) * batch_size), Pattern(states)
+
+
+def main(path: str, first: int, last: int, batch_size: int) -> None:
+    store = PatternStore.open(path, verify=False)
+    batches = [synthetic_batch(store.site_specs, b, batch_size) for b in range(first, last + 1)]
+    print("ready", flush=True)
+    for indices, pattern in batches:
+        store.append(indices, pattern)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], *map(int, sys.argv[2:]))
