@@ -53,6 +53,8 @@ class ArrayUnpickler(pickle.Unpickler):
         {
             ("numpy.core.multiarray", "_reconstruct"),
             ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"),  # pickle protocol 5, if a user re-pickled the batches
+            ("numpy._core.numeric", "_frombuffer"),
             ("numpy", "ndarray"),
             ("numpy", "dtype"),
             ("_codecs", "encode"),
@@ -85,7 +87,7 @@ def cifar_batch(data: bytes, name: str) -> tuple[Tensor, Tensor]:
         raise DataError(f"CIFAR-10 file {name} has no b'labels' or no b'data' of uint8 rows of {row} values")
     if len(labels) != len(pixels):
         raise DataError(f"CIFAR-10 file {name} has {len(pixels)} images but {len(labels)} labels")
-    images = torch.from_numpy(pixels.reshape(-1, 3, CIFAR10_SIDE, CIFAR10_SIDE).copy())
+    images = torch.from_numpy(pixels.reshape(-1, 3, CIFAR10_SIDE, CIFAR10_SIDE).copy())  # may be read-only
     return images, torch.as_tensor(labels, dtype=torch.int64)
 
 

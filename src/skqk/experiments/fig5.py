@@ -53,7 +53,7 @@ def run_fig5(
         "cells": cells,
     }
     write_json(out / "results.json", results)
-    write_csv(out / "fig5.csv", cells)
+    write_csv(out / "fig5.csv", [{k: v for k, v in c.items() if k != "config"} for c in cells])
     for name in model_names:
         plot_fig5([c for c in cells if c["model"] == name], name, out / f"fig5_{name}.png", preset.name)
     return results
@@ -66,6 +66,7 @@ def run_sk_size(name, n, protocol, dataset, folder: Path, mode, progress) -> lis
         folder / "pretrain",
         lambda d: train(pre_cfg, dataset, d, resume=True, progress=progress),
         {"model": name, "n": n, "N": n, "method": "pretrain"},
+        pre_cfg,
     )
     cells = [pre]
     pretrained = folder / "pretrain" / "model.pt"
@@ -94,17 +95,24 @@ def run_sk_size(name, n, protocol, dataset, folder: Path, mode, progress) -> lis
         }
         for method in METHODS:
             cell_dir = folder / f"N{N}" / method
-            cells.append(cached_cell(cell_dir, runs[method], {"model": name, "n": n, "N": N, "method": method}))
+            key = {"model": name, "n": n, "N": N, "method": method}
+            cells.append(cached_cell(cell_dir, runs[method], key, cfg[method]))
             if mode == "successive":
                 start[method] = cell_dir / "model.pt"
     return cells
 
 
-def cached_cell(cell_dir: Path, run, key: dict) -> dict:
-    """The cell's saved result, or run it (resuming an interrupted run) and save its result."""
+def cached_cell(cell_dir: Path, run, key: dict, cfg) -> dict:
+    """The cell's saved result, or run it (resuming an interrupted run) and save its result.
+
+    A cached cell of another configuration (another preset in the same folder) is refused, never reused.
+    """
     cell_file = cell_dir / "cell.json"
     if cell_file.exists():
-        return json.loads(cell_file.read_text())
+        cell = json.loads(cell_file.read_text())
+        if cell.get("config") != cfg.to_dict():
+            raise ValueError(f"{cell_dir} holds a result of another configuration; use another --out")
+        return cell
     outcome = run(cell_dir)
     result, extra = outcome if isinstance(outcome, tuple) else (outcome, {})
     last = result.history[-1]
@@ -116,6 +124,7 @@ def cached_cell(cell_dir: Path, run, key: dict) -> dict:
         "epochs": last["epoch"],
         "train_seconds": sum(h["seconds"] for h in result.history),
         **extra,
+        "config": cfg.to_dict(),
     }
     write_json(cell_file, cell)
     (cell_dir / "resume.pt").unlink(missing_ok=True)  # the cell is cached; its optimiser state is not needed
