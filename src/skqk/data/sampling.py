@@ -1,0 +1,88 @@
+"""Deterministic subsets, epoch orders and batches, so compared training methods see identical data."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from skqk.data.dataset import DataError, Dataset, ImageData
+
+
+def subset_indices(labels: Tensor, n: int, seed: int = 0, balanced: bool = False) -> Tensor:
+    """The first `n` samples of one seeded permutation of a split: subsets of one seed are nested.
+
+    Args:
+        labels: int64 (N,) labels of the split.
+        n: subset size, 1 <= n <= N.
+        seed: selects the permutation; the same seed gives the same order for every `n`.
+        balanced: interleave the classes round-robin, so every prefix is as class-balanced as possible.
+
+    Returns:
+        int64 (n,) sample indices into the split.
+
+    Raises:
+        DataError: `n` is out of range.
+    """
+    if not 0 < n <= len(labels):
+        raise DataError(f"cannot take a subset of {n} samples: the split has {len(labels)}")
+    generator = torch.Generator().manual_seed(seed)
+    if balanced:
+        return class_interleaved_permutation(labels, generator)[:n]
+    return torch.randperm(len(labels), generator=generator)[:n]
+
+
+def class_interleaved_permutation(labels: Tensor, generator: torch.Generator) -> Tensor:
+    """A permutation taking one sample per class in turn (classes in a seeded order, each class's samples
+    in a seeded order), continuing with the classes that still have samples once smaller ones run out."""
+    classes = labels.unique()
+    keys = torch.empty(len(labels), dtype=torch.int64)
+    for turn, label in enumerate(classes[torch.randperm(len(classes), generator=generator)]):
+        members = (labels == label).nonzero().squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)]
+        keys[members] = torch.arange(len(members)) * len(classes) + turn
+    return torch.argsort(keys)
+
+
+def epoch_order(indices: Tensor, seed: int, epoch: int) -> Tensor:
+    """The order in which `indices` are visited in `epoch`: a permutation fixed by (seed, epoch) alone.
+
+    Args:
+        indices: the sample indices trained on, e.g. from `subset_indices`.
+        seed: the run's data-order seed.
+        epoch: the epoch number; resuming at an epoch reproduces its order.
+
+    Returns:
+        `indices`, permuted.
+    """
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return indices[torch.randperm(len(indices), generator=generator)]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed mixing (seed, epoch), so that nearby pairs such as (0, 1) and (1, 0) are unrelated."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def batches(
+    data: ImageData, dataset: Dataset, indices: Tensor, batch_size: int
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Consecutive batches of `indices`, in their order, the last one possibly smaller.
+
+    Args:
+        data: the split to draw from (`dataset.train` or `dataset.test`).
+        dataset: supplies the normalization.
+        indices: int64 sample indices into `data`, in visiting order (e.g. from `epoch_order`).
+        batch_size: samples per batch, > 0.
+
+    Yields:
+        (x, y, idx): float32 normalized images (B, C, H, W), int64 labels (B,) and the int64 indices (B,) of
+        the samples in `data`, so per-sample records (e.g. activation patterns) can be looked up.
+    """
+    if batch_size <= 0:
+        raise DataError(f"batch size must be positive, got {batch_size}")
+    for idx in torch.as_tensor(indices, dtype=torch.int64).split(batch_size):
+        yield dataset.normalize(data.images[idx]), data.labels[idx], idx
