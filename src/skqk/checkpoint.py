@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from skqk import models
+from skqk.atomic import atomic_write
 from skqk.decoupled import DecoupledModel, decouple
 
 FORMAT = "skqk-checkpoint"
@@ -25,31 +26,9 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or of another architecture (one-line message)."""
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    atomic_write_bytes(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, f))
+    with atomic_write(path) as f:
+        torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from skqk.atomic import fsync_dir
 from skqk.patterns import SWITCH_DTYPE, Pattern
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ class PatternStore:
         previous = (self._manifest, self._row_of, self._chunk_starts)
         self._adopt(new)  # validates indices and duplicates before the manifest changes
         try:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             _write_manifest(self.path, self._manifest)
         except BaseException:
             self._manifest, self._row_of, self._chunk_starts = previous
@@ -630,16 +631,7 @@ def _write_manifest(path: Path, manifest: _Manifest) -> None:
     _write_durably(temp, manifest.to_json().encode())
     _crash_point("manifest-written")
     os.replace(temp, path / MANIFEST)
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the directory entries (new files, the renamed manifest) durable too."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path)
 
 
 def _crash_point(step: str) -> None:

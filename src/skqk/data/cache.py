@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
+from skqk.atomic import atomic_write
 from skqk.data.dataset import Dataset, ImageData
 
 CACHE_ENV = "SKQK_CACHE"
@@ -33,26 +30,6 @@ def cache_file(root: Path, source: Path, signature: str) -> Path:
     """Where the decoded dataset of `source` with content `signature` is cached."""
     key = hashlib.sha256(f"{CACHE_FORMAT}:{signature}".encode()).hexdigest()[:16]
     return root / f"{source.name}-{key}.pt"
-
-
-@contextmanager
-def atomic_write(path: Path) -> Iterator[BinaryIO]:
-    """Yield a temporary file that replaces `path` only once fully written and flushed to disk; removed on
-    any error.
-
-    Readers (other processes included, and this one after a crash) thus see either no file or a complete one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_cache(dataset: Dataset, path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from skqk.checkpoint import atomic_write_text
+from skqk.atomic import atomic_write_text
 from skqk.train import code_version
 
 
