@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from skqk import __version__, models
+from skqk.atomic import atomic_write_text
 from skqk.checkpoint import (
     CheckpointError,
-    atomic_write_text,
     build_network,
     decoupled_entry,
     load_checkpoint,
