@@ -38,7 +38,23 @@ class Preset:
     fig4_eval_samples: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "scaling": self.scaling()}
+
+    def scaling(self) -> str:
+        """The protocol actually run, spelled out from the values (printed and saved with every result)."""
+        lines = [f"preset {self.name}: {self.description}"]
+        for name, p in self.fig5.items():
+            lines.append(
+                f"  fig5 {name}: SK from n in {list(p.sk_samples)}, pre-train {p.pretrain_epochs} epochs, re-train "
+                f"{p.retrain_epochs} epochs on N = {p.min_samples:,}..{p.max_samples:,} (powers of 2, N >= n), "
+                f"validation on {p.eval_samples or 'all'} test samples"
+            )
+        lines.append(
+            f"  fig4: {self.fig4_epochs} epochs on {self.fig4_samples:,} samples, pattern flips on "
+            f"{self.fig4_val_samples:,} validation samples, validation on {self.fig4_eval_samples or 'all'} test "
+            "samples"
+        )
+        return "\n".join(lines)
 
 
 PAPER = Preset(
@@ -54,11 +70,10 @@ PAPER = Preset(
 
 CPU = Preset(
     "cpu",
-    "scaled for a 2-core CPU: LeNet-5 pre-trains 60 epochs and re-trains 15 epochs on N up to 16,384; AlexNet "
-    "and VGG8 pre-train 20 epochs and re-train 5 epochs on N up to 8,192; validation on 2,000 test samples; "
-    "Fig. 4 trains 20 epochs on 1,024 samples",
+    "scaled for a 2-core CPU: LeNet-5 keeps the paper's pre-training and N range with half the re-training epochs; "
+    "AlexNet and VGG8 get a tenth of the epochs and N up to 8,192; validation on 2,000 test samples",
     fig5={
-        "lenet5": Fig5Protocol((1024, 4096), 16384, pretrain_epochs=60, retrain_epochs=15, eval_samples=2000),
+        "lenet5": Fig5Protocol((1024, 4096), 32768, pretrain_epochs=200, retrain_epochs=25, eval_samples=2000),
         "alexnet": Fig5Protocol((1024, 4096), 8192, pretrain_epochs=20, retrain_epochs=5, eval_samples=2000),
         "vgg8": Fig5Protocol((512, 4096), 8192, 512, pretrain_epochs=20, retrain_epochs=5, eval_samples=2000),
     },
