@@ -208,7 +208,7 @@ def cmd_reproduce(args) -> None:
     for name in names:
         if name not in models.list_models() or (args.figure == "fig5" and name not in preset.fig5):
             raise ValueError(f"unknown model {name!r} for {args.figure}; choose from {', '.join(preset.fig5)}")
-    print(f"preset {preset.name}: {preset.description}", file=sys.stderr)
+    print(preset.scaling(), file=sys.stderr)
     dataset = load_data(args)
     if args.figure == "fig4":
         results = run_fig4(preset, names, dataset, args.out, progress=not args.quiet)
