@@ -70,12 +70,13 @@ PAPER = Preset(
 
 CPU = Preset(
     "cpu",
-    "scaled for a 2-core CPU: LeNet-5 keeps the paper's pre-training and N range with half the re-training epochs; "
-    "AlexNet and VGG8 get a tenth of the epochs and N up to 8,192; validation on 2,000 test samples",
+    "scaled for a 2-core CPU: LeNet-5 keeps the paper's pre-training, half its re-training epochs and N up to "
+    "16,384; AlexNet and VGG8 get a twentieth of the pre-training, 3 of the 50 re-training epochs and N up to "
+    "8,192; validation on 2,000 test samples",
     fig5={
-        "lenet5": Fig5Protocol((1024, 4096), 32768, pretrain_epochs=200, retrain_epochs=25, eval_samples=2000),
-        "alexnet": Fig5Protocol((1024, 4096), 8192, pretrain_epochs=20, retrain_epochs=5, eval_samples=2000),
-        "vgg8": Fig5Protocol((512, 4096), 8192, 512, pretrain_epochs=20, retrain_epochs=5, eval_samples=2000),
+        "lenet5": Fig5Protocol((1024, 4096), 16384, pretrain_epochs=200, retrain_epochs=25, eval_samples=2000),
+        "alexnet": Fig5Protocol((1024, 4096), 8192, pretrain_epochs=10, retrain_epochs=3, eval_samples=2000),
+        "vgg8": Fig5Protocol((512, 4096), 8192, 512, pretrain_epochs=10, retrain_epochs=3, eval_samples=2000),
     },
     fig4_epochs=20,
     fig4_eval_samples=2000,
