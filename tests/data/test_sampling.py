@@ -92,3 +92,9 @@ def test_inconsistent_tensors_raise_data_error():
         ImageData(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), ["a"])
     with pytest.raises(DataError, match=r"labels must lie in \[0, 1\)"):
         ImageData(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a"])
+
+
+def test_batches_of_no_indices_yield_nothing():
+    data = ImageData(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), ["a"])
+    dataset = Dataset.from_splits(data, data, "test")
+    assert list(batches(data, dataset, torch.empty(0, dtype=torch.int64), 2)) == []

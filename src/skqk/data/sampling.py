@@ -84,5 +84,6 @@ def batches(
     """
     if batch_size <= 0:
         raise DataError(f"batch size must be positive, got {batch_size}")
-    for idx in torch.as_tensor(indices, dtype=torch.int64).split(batch_size):
+    indices = torch.as_tensor(indices, dtype=torch.int64)
+    for idx in indices.split(batch_size) if len(indices) else ():  # split() of nothing yields one empty piece
         yield dataset.normalize(data.images[idx]), data.labels[idx], idx
