@@ -46,6 +46,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+MODEL_KEYS = {
+    "network": ("model", "model_kwargs", "state_dict"),
+    "decoupled": ("model", "model_kwargs", "state_dict", "selector_state", "selector_fingerprint", "pooling"),
+}
+
+
+def load_model_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """`load_checkpoint` for a checkpoint that must hold a model (a run's model.pt, not its resume.pt)."""
+    ckpt = load_checkpoint(path)
+    kind = ckpt.get("kind")
+    if kind not in MODEL_KEYS:
+        hint = " (a run's resume state)" if "trainable" in ckpt else ""
+        raise CheckpointError(f"{path} holds no model{hint}; pass the model.pt of a run")
+    missing = [key for key in MODEL_KEYS[kind] if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete {kind} checkpoint: it lacks {', '.join(missing)}")
+    return ckpt
+
+
 def network_entry(name: str, model_kwargs: dict, network: nn.Module) -> dict[str, Any]:
     """The part of a checkpoint that rebuilds a zoo network with its weights."""
     return {"kind": "network", "model": name, "model_kwargs": model_kwargs, "state_dict": network.state_dict()}
@@ -72,8 +91,11 @@ def build_network(ckpt: dict[str, Any], state_key: str = "state_dict", path: str
     try:
         network.load_state_dict(ckpt[state_key])
     except (RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:200]
-        raise CheckpointError(f"{path} does not fit the {ckpt['model']} architecture: {first}") from None
+        # torch's first line only says "Error(s) in loading state_dict for ...:"; the mismatches follow it
+        lines = str(e).strip().splitlines()
+        detail = " ".join(" ".join(lines[1:] if len(lines) > 1 else lines).split())
+        detail = detail if len(detail) <= 300 else detail[:299] + "…"
+        raise CheckpointError(f"{path} does not fit the {ckpt['model']} architecture: {detail}") from None
     return network
 
 
@@ -89,7 +111,7 @@ def load_decoupled(ckpt: dict[str, Any], path: str = "checkpoint") -> DecoupledM
 
 def load_for_evaluation(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """The module that maps images to logits, as the checkpoint's kind deploys it, in eval mode."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("kind") == "decoupled":
+    ckpt = load_model_checkpoint(path)
+    if ckpt["kind"] == "decoupled":
         return load_decoupled(ckpt, str(path)).eval(), ckpt
     return build_network(ckpt, path=str(path)).eval(), ckpt

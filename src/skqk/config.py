@@ -60,6 +60,11 @@ class TrainConfig(SGDConfig):
         super().__post_init__()
         if self.samples <= 0:
             raise ValueError(f"samples must be positive, got {self.samples}")
+        from skqk.models import list_models  # not at the top: the zoo imports torch
+        from skqk.patterns import unknown_name_message
+
+        if self.model not in list_models():  # refused here, before a run folder is created for it
+            raise ValueError(unknown_name_message("model", self.model, list_models()))
 
 
 @dataclass

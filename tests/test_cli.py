@@ -1,0 +1,327 @@
+"""`skqk` on a tiny synthetic image-folder dataset: the four phases end to end, one-line errors for bad input that
+leave existing files intact, diverged training, and resumption of runs killed with SIGKILL (real processes)."""
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from pipeline_helpers import (
+    TEST_SAMPLES,
+    TRAIN_SAMPLES,
+    assert_one_line_error,
+    assert_same_tensors,
+    data_args,
+    main_in_process,
+    make_dataset,
+    read_metrics,
+    run_cli,
+    snapshot,
+    start_cli,
+    state_dict_of,
+    tiny_models,  # noqa: F401  (fixture: the test models)
+    wait_for_epochs,
+)
+
+from skqk import __version__, cli
+from skqk.checkpoint import load_checkpoint
+from skqk.config import RetrainConfig, TrainConfig
+from skqk.record import selector_from_checkpoint
+
+SGD = ["--epochs", "3", "--batch-size", "20", "--lr", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data_dir, cache_dir, data = make_dataset(root)
+    return {"root": root, "data_dir": data_dir, "data": data, "args": data_args(data_dir, cache_dir)}
+
+
+@pytest.fixture(scope="module")
+def pipeline(setup):
+    """The four phases and the baseline through `skqk.cli.main`, once: {step: (exit code, stdout, stderr)}."""
+    root, args = setup["root"], setup["args"]
+    steps = {
+        "train": ["train", "--model", "tiny", "--samples", "60", *SGD, "--out", root / "pre"],
+        "record": ["record", "--checkpoint", root / "pre/model.pt", "--samples", TRAIN_SAMPLES, "--store", root / "st"],
+        "qk": ["retrain", "--method", "qk", "--store", root / "st", "--checkpoint", root / "pre/model.pt"]
+        + ["--samples", TRAIN_SAMPLES, *SGD, "--out", root / "qk"],
+        "traditional": ["retrain", "--method", "traditional", "--checkpoint", root / "pre/model.pt"]
+        + ["--samples", TRAIN_SAMPLES, *SGD, "--out", root / "traditional"],
+        **{f"evaluate {run}": ["evaluate", "--json", "--checkpoint", root / run / "model.pt"] for run in RUNS},
+        "info": ["patterns", "info", "--json", root / "st"],
+    }
+    return {name: run_main(command + (args if name != "info" else [])) for name, command in steps.items()}
+
+
+RUNS = ("pre", "qk", "traditional")
+
+
+def run_main(argv):
+    """`skqk.cli.main` with stdout and stderr captured (module-scoped fixtures cannot use capsys)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["-q", *map(str, argv)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_every_phase_succeeds(pipeline):
+    for name, (code, _, err) in pipeline.items():
+        assert code == 0, f"{name}: {err}"
+
+
+def test_runs_write_model_resolved_config_and_per_epoch_metrics(pipeline, setup):
+    expected = {
+        "pre": TrainConfig(model="tiny", samples=60, epochs=3, batch_size=20, lr=0.05),
+        "qk": RetrainConfig(samples=TRAIN_SAMPLES, method="qk", epochs=3, batch_size=20, lr=0.05),
+        "traditional": RetrainConfig(samples=TRAIN_SAMPLES, method="traditional", epochs=3, batch_size=20, lr=0.05),
+    }
+    for run, cfg in expected.items():
+        run_dir = setup["root"] / run
+        assert {"model.pt", "config.json", "metrics.jsonl"} <= {p.name for p in run_dir.iterdir()}
+        saved = json.loads((run_dir / "config.json").read_text())
+        assert saved["config"] == cfg.to_dict()  # every field, the defaults resolved
+        assert saved["kind"] == type(cfg).__name__ and saved["code_version"].startswith(__version__)
+        metrics = read_metrics(run_dir)
+        assert [m["epoch"] for m in metrics] == [1, 2, 3]
+        for m in metrics:
+            assert 0 <= m["val_accuracy"] <= 1 and math.isfinite(m["val_loss"])
+        ckpt = load_checkpoint(run_dir / "model.pt")
+        assert ckpt["kind"] == ("decoupled" if run == "qk" else "network")
+        assert ckpt["history"] == metrics
+    assert f"{setup['root'] / 'pre'}/model.pt: epoch 3" in pipeline["train"][1]
+
+
+def test_evaluate_json_prints_one_object_matching_the_run(pipeline, setup):
+    for run in RUNS:
+        code, out, _ = pipeline[f"evaluate {run}"]
+        lines = out.strip().splitlines()
+        assert len(lines) == 1
+        result = json.loads(lines[0])
+        assert 0 <= result["accuracy"] <= 1 and math.isfinite(result["loss"]) and result["loss"] >= 0
+        assert result["kind"] == ("decoupled" if run == "qk" else "network") and result["model"] == "tiny"
+        assert result["samples"] == TEST_SAMPLES
+        last = read_metrics(setup["root"] / run)[-1]  # eval_samples 0: the whole test split, like evaluate
+        assert result["accuracy"] == last["val_accuracy"]
+        assert result["loss"] == pytest.approx(last["val_loss"], rel=1e-6)
+
+
+def test_patterns_info_json_describes_the_recorded_store(pipeline, setup):
+    code, out, _ = pipeline["info"]
+    info = json.loads(out)
+    selector = selector_from_checkpoint(setup["root"] / "pre" / "model.pt")
+    assert info["samples"] == TRAIN_SAMPLES and info["pooling"] == "live"
+    assert info["fingerprint"] == selector.fingerprint
+    assert info["fingerprint"] == load_checkpoint(setup["root"] / "qk" / "model.pt")["selector_fingerprint"]
+    assert [site["name"] for site in info["sites"]] == selector.sites
+    gates = [site for site in info["sites"] if site["kind"] == "gate"]
+    assert gates and all(0 < site["active_fraction"] < 1 for site in gates)
+    assert info["bytes_per_sample"] == sum(-(-site["bits_per_sample"] // 8) for site in info["sites"])
+
+
+def test_evaluate_json_and_errors_in_a_real_process(setup, tmp_path, capsys):
+    # a subprocess knows only the zoo, not the test models: a briefly trained lenet5
+    command = ["train", "--model", "lenet5", "--samples", "30", "--epochs", "1", "--out", tmp_path / "pre"]
+    assert main_in_process(capsys, *command, *setup["args"])[0] == 0
+    proc = run_cli("evaluate", "--json", "--checkpoint", tmp_path / "pre" / "model.pt", *setup["args"])
+    result = json.loads(proc.stdout)  # stdout holds the one object and nothing else
+    assert result["model"] == "lenet5" and result["accuracy"] == read_metrics(tmp_path / "pre")[-1]["val_accuracy"]
+    proc = run_cli("train", "--out", tmp_path / "run", "--data-dir", tmp_path / "missing", check=False)
+    assert_one_line_error(proc.returncode, proc.stderr, "does not exist")
+    assert proc.stdout == ""
+
+
+# -- bad input ----------------------------------------------------------------------------------------------------
+def bad_inputs(root, args):
+    """{case: (command line without --out, fragment of the expected message)}."""
+    retrain = ["retrain", "--checkpoint", root / "pre" / "model.pt", "--patterns", "on-the-fly", "--samples", "30"]
+    return {
+        "missing data": (["train", "--data-dir", root / "missing", "--cache-dir", root / "cache"], "does not exist"),
+        "malformed data": (["train", "--data-dir", root / "not-a-dataset", "--cache-dir", root / "cache"], "no single"),
+        "unknown model": (["train", "--model", "lenet6", *args], "unknown model 'lenet6'"),
+        "too many samples": (["train", "--model", "tiny", "--samples", TRAIN_SAMPLES + 1, *args], "cannot take"),
+        "zero epochs": (["train", "--epochs", "0", *args], "epochs must be positive"),
+        "negative epochs": ([*retrain, "--epochs", "-2", *args], "epochs must be positive"),
+        "zero batch size": (["train", "--batch-size", "0", *args], "batch_size must be positive"),
+        "zero lr": (["train", "--lr", "0", *args], "lr must be positive"),
+        "negative lr": ([*retrain, "--lr", "-0.1", *args], "lr must be positive"),
+        "nan lr": (["train", "--lr", "nan", *args], "lr must be positive"),
+        "zero retrain samples": ([*retrain[:-1], "0", *args], "samples must be positive"),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_inputs(Path("."), [])))
+def test_bad_input_is_one_line_error_and_leaves_files_intact(pipeline, setup, tmp_path, capsys, case):
+    root = setup["root"]
+    (root / "not-a-dataset").mkdir(exist_ok=True)
+    (root / "not-a-dataset" / "readme.txt").write_text("no train/ or test/ folders here")
+    command, message = bad_inputs(root, setup["args"])[case]
+    before = {run: snapshot(root / run) for run in (*RUNS, "st")}
+    out = tmp_path / "new-run"
+    code, stdout, err = main_in_process(capsys, *command, "--out", out)
+    assert_one_line_error(code, err, message)
+    assert stdout == ""
+    assert not (out / "model.pt").exists() and not (out / "resume.pt").exists()
+    if case != "too many samples":  # the others are refused before the run folder is made
+        assert not out.exists()
+    assert {run: snapshot(root / run) for run in (*RUNS, "st")} == before
+
+
+def test_bad_input_aimed_at_an_existing_run_leaves_it_intact(pipeline, setup, capsys):
+    pre = setup["root"] / "pre"
+    before = snapshot(pre)
+    same = ["train", "--model", "tiny", "--samples", "60", *SGD, "--out", pre, "--resume"]
+    for command, message in (
+        ([*same, "--data-dir", setup["root"] / "missing"], "does not exist"),
+        ([*same, *setup["args"], "--samples", TRAIN_SAMPLES + 1], "different configuration"),
+        ([*same, *setup["args"], "--epochs", "0"], "epochs must be positive"),
+    ):
+        code, _, err = main_in_process(capsys, *command)
+        assert_one_line_error(code, err, message)
+    assert snapshot(pre) == before
+
+
+def test_output_under_a_regular_file_is_refused(pipeline, setup, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    code, _, err = main_in_process(
+        capsys, "train", "--model", "tiny", "--samples", "30", "--out", blocker / "run", *setup["args"]
+    )
+    assert_one_line_error(code, err, "cannot write to output folder")
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the file variant covers root")
+def test_read_only_output_folder_is_refused(pipeline, setup, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, _, err = main_in_process(
+            capsys, "train", "--model", "tiny", "--samples", "30", "--out", locked / "run", *setup["args"]
+        )
+        assert_one_line_error(code, err, "cannot write to output folder")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_finished_run_is_not_overwritten_and_resume_needs_the_same_config(pipeline, setup, capsys):
+    pre = setup["root"] / "pre"
+    before = snapshot(pre)
+    command = ["train", "--model", "tiny", "--samples", "60", *SGD, "--out", pre, *setup["args"]]
+    code, _, err = main_in_process(capsys, *command)
+    assert_one_line_error(code, err, "already holds a run", "--resume")
+    code, _, err = main_in_process(capsys, *command, "--resume", "--lr", "0.01")
+    assert_one_line_error(code, err, "different configuration")
+    assert snapshot(pre) == before
+
+
+def test_diverged_training_stops_with_advice_and_keeps_the_last_good_epoch(setup, tmp_path, capsys):
+    huge = ["train", "--model", "tiny", "--samples", TRAIN_SAMPLES, "--batch-size", TRAIN_SAMPLES, "--lr", "1e6"]
+    code, _, err = main_in_process(capsys, *huge, "--epochs", "20", "--out", tmp_path / "run", *setup["args"])
+    assert_one_line_error(code, err, "lower learning rate", "--lr")
+    diverged_in = int(re.search(r"in epoch (\d+)", err).group(1))
+    assert 2 <= diverged_in < 20  # one full-batch step per epoch: epoch 1 starts from the finite initial weights
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+    state = load_checkpoint(tmp_path / "run" / "resume.pt")
+    assert [m["epoch"] for m in state["history"]] == list(range(1, diverged_in))
+    assert len(read_metrics(tmp_path / "run")) == diverged_in - 1
+    # it is the state after the epoch before: the same run stopped there ends with these very weights
+    code, _, err = main_in_process(
+        capsys, *huge, "--epochs", diverged_in - 1, "--out", tmp_path / "short", *setup["args"]
+    )
+    assert code == 0, err
+    assert_same_tensors(state["trainable"], state_dict_of(tmp_path / "short" / "model.pt"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (train.py retrain/prepare_run_dir): config.json records neither the --checkpoint nor the --store "
+    "a re-training started from, so --resume with another checkpoint continues silently: the result pairs one "
+    "net's SK with an estimator trained from another's. Remove this marker once --resume refuses it.",
+)
+def test_resuming_a_retraining_from_another_checkpoint_is_refused(pipeline, setup, tmp_path, capsys):
+    root = setup["root"]
+    other = ["train", "--model", "tiny", "--samples", "60", "--epochs", "1", "--seed", "1", "--out", tmp_path / "b"]
+    assert main_in_process(capsys, *other, *setup["args"])[0] == 0
+    retrain = ["retrain", "--patterns", "on-the-fly", "--samples", "60", "--epochs", "2", "--out", tmp_path / "r"]
+    assert main_in_process(capsys, *retrain, "--checkpoint", root / "pre" / "model.pt", *setup["args"])[0] == 0
+    (tmp_path / "r" / "model.pt").unlink()  # as if killed after its last epoch
+    code, _, err = main_in_process(
+        capsys, *retrain, "--resume", "--checkpoint", tmp_path / "b" / "model.pt", *setup["args"]
+    )
+    assert_one_line_error(code, err)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (train.py fit): a loss that diverges in epoch 1 reports 'the last good checkpoint is kept' "
+    "although no resume.pt was ever written. Remove this marker once the message says so.",
+)
+def test_divergence_in_the_first_epoch_claims_no_checkpoint(setup, tmp_path, capsys):
+    code, _, err = main_in_process(
+        capsys, "train", "--model", "tiny", "--samples", TRAIN_SAMPLES, "--batch-size", "8", "--lr", "1e6",
+        "--epochs", "5", "--out", tmp_path / "run", *setup["args"],
+    )  # fmt: skip
+    assert_one_line_error(code, err, "lower learning rate")
+    assert "in epoch 1" in err and not (tmp_path / "run" / "resume.pt").exists()
+    assert "checkpoint is kept" not in err
+
+
+# -- resumption after SIGKILL ---------------------------------------------------------------------------------------
+EPOCHS, KILL_SAMPLES = 10, 72  # killed after epoch 2: 8 epochs of margin even on a fast machine
+
+
+def kill_resume_and_compare(command, run_dir, reference_dir, capsys):
+    """Start `command` in a process, SIGKILL it after two epochs, resume it in another process, and check the
+    result against an uninterrupted run of the same command."""
+    proc = start_cli(*command, "--out", run_dir)
+    try:
+        wait_for_epochs(run_dir, 2, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "model.pt").exists(), "the run finished before it was killed: give it more epochs"
+    saved = load_checkpoint(run_dir / "resume.pt")["history"]
+    assert 1 <= len(saved) < EPOCHS
+
+    run_cli(*command, "--out", run_dir, "--resume")
+    code, _, err = main_in_process(capsys, *command, "--out", reference_dir)
+    assert code == 0, err
+
+    resumed, straight = load_checkpoint(run_dir / "model.pt"), load_checkpoint(reference_dir / "model.pt")
+    assert_same_tensors(resumed["state_dict"], straight["state_dict"])
+    metrics = read_metrics(run_dir)
+    assert metrics[: len(saved)] == saved  # the epochs before the kill were kept, not trained again
+    assert [{**m, "seconds": 0} for m in metrics] == [{**m, "seconds": 0} for m in read_metrics(reference_dir)]
+    return resumed, straight
+
+
+def test_killed_training_resumes_to_bit_identical_weights(setup, tmp_path, capsys):
+    command = ["train", "--model", "lenet5", "--samples", KILL_SAMPLES, "--epochs", EPOCHS, "--batch-size", "24"]
+    kill_resume_and_compare([*command, *setup["args"]], tmp_path / "killed", tmp_path / "straight", capsys)
+
+
+def test_killed_qk_retraining_resumes_to_bit_identical_weights(setup, tmp_path, capsys):
+    pre, store = tmp_path / "pre", tmp_path / "store"
+    command = ["train", "--model", "lenet5", "--samples", "60", "--epochs", "2", "--out", pre, *setup["args"]]
+    assert main_in_process(capsys, *command)[0] == 0
+    command = ["record", "--checkpoint", pre / "model.pt", "--samples", KILL_SAMPLES, "--store", store]
+    assert main_in_process(capsys, *command, *setup["args"])[0] == 0
+
+    command = ["retrain", "--method", "qk", "--checkpoint", pre / "model.pt", "--store", store]
+    command += ["--samples", KILL_SAMPLES, "--epochs", EPOCHS, "--batch-size", "24", *setup["args"]]
+    resumed, straight = kill_resume_and_compare(command, tmp_path / "killed", tmp_path / "straight", capsys)
+    assert resumed["kind"] == "decoupled"
+    assert_same_tensors(resumed["selector_state"], state_dict_of(pre / "model.pt"))
+    assert not torch.equal(resumed["state_dict"]["features.0.weight"], straight["selector_state"]["features.0.weight"])
