@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 import torch.fx as fx
 from torch import Tensor, nn
 
+from skqk.fuse import fuse_relu_pool
 from skqk.sites import Pooling, Site, has_max_pooling, rewrite_gates, trace
 
 
@@ -30,9 +31,13 @@ class Estimator(nn.Module):
 
 
 def build_estimator(
-    model: nn.Module, pooling: Pooling = "live", leaf_modules: Iterable[type[nn.Module]] = ()
+    model: nn.Module, pooling: Pooling = "live", leaf_modules: Iterable[type[nn.Module]] = (), fuse: bool = True
 ) -> Estimator:
-    """Phase 2, QK half: a copy of `model` whose every gate site reads its state from a pattern argument."""
+    """Phase 2, QK half: a copy of `model` whose every gate site reads its state from a pattern argument.
+
+    With `fuse` (frozen pooling only), a ReLU gate feeding a max-pool gate is applied at the pooled size
+    (`skqk.fuse.fuse_relu_pool`): the same values and gradients, fewer element-wise passes.
+    """
     gm = trace(model, leaf_modules)
     graph = gm.graph
     last_placeholder = [n for n in graph.nodes if n.op == "placeholder"][-1]
@@ -43,4 +48,6 @@ def build_estimator(
         return graph.call_function(operator.getitem, (pattern, site.name))
 
     sites = rewrite_gates(gm, pooling, lookup)
+    if fuse and pooling == "frozen":
+        fuse_relu_pool(gm)
     return Estimator(gm, sites, pattern.target)
