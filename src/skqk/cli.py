@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 
 from skqk.config import RetrainConfig, SGDConfig, TrainConfig
@@ -37,6 +38,16 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="where decoded data is cached (default: $SKQK_CACHE or ~/.cache/skqk)")
 
 
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: a GPU if CUDA is available, else the CPU (default); cuda falls back to the CPU with a "
+        "message. Under torchrun each process takes GPU number LOCAL_RANK (see docs/distributed.md)",
+    )
+
+
 def config_from_args(cfg_cls, args: argparse.Namespace):
     """The dataclass with its paper defaults, overridden only by the options the user gave."""
     given = {f.name: getattr(args, f.name) for f in fields(cfg_cls) if getattr(args, f.name, None) is not None}
@@ -59,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (model.pt, config.json, metrics.jsonl)")
     add_data_options(p)
     add_sgd_options(p, TrainConfig)
+    add_device_option(p)
 
     p = sub.add_parser("record", help="Phases 2-3: the selector's activation patterns of n+m samples into a store")
     p.add_argument("--checkpoint", required=True, help="model.pt of a run")
@@ -74,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true", help="class-balanced sample subsets")
     p.add_argument("--batch-size", type=int, default=1024, help="inference batch size (default 1024)")
     add_data_options(p)
+    add_device_option(p)
 
     p = sub.add_parser("retrain", help="Phase 4 (--method qk) or the traditional baseline on n+m samples")
     p.add_argument("--checkpoint", required=True, help="model.pt of the pre-trained run")
@@ -85,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     add_data_options(p)
     add_sgd_options(p, RetrainConfig)
+    add_device_option(p)
 
     p = sub.add_parser("evaluate", help="accuracy and CCE loss of a checkpoint on the test split")
     p.add_argument("--checkpoint", required=True)
@@ -109,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
     add_data_options(p)
 
+    p = sub.add_parser("bench", help="benchmark QK-only against traditional re-training (medians, ratios)")
+    from skqk.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p)
+
     p = sub.add_parser("patterns", help="inspect a pattern store")
     psub = p.add_subparsers(dest="patterns_command", required=True, metavar="SUBCOMMAND")
     info = psub.add_parser("info", help="sites, bits per sample, samples, size, active fraction per site")
@@ -118,9 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_data(args):
+    from skqk import distributed
     from skqk.data import load_dataset
 
-    return load_dataset(args.data_dir, args.cache_dir, progress=not args.quiet)
+    with distributed.local_main_first():  # under torchrun, one process per machine fills the cache
+        return load_dataset(args.data_dir, args.cache_dir, progress=not args.quiet)
+
+
+def is_main() -> bool:
+    """False in the processes of rank > 0 of a torchrun launch: only rank 0 prints results."""
+    from skqk import distributed
+
+    return distributed.current().is_main
+
+
+def checkpoint_for(path: str, dataset, ckpt: dict | None = None) -> dict:
+    """The model checkpoint at `path` (or its loaded `ckpt`), refused in one line unless it was trained for
+    `dataset`'s image shape and classes (a resume.pt, or a net for other data, would otherwise fail deep inside
+    torch or score nonsense)."""
+    from skqk.checkpoint import CheckpointError, load_model_checkpoint
+    from skqk.train import model_kwargs
+
+    ckpt = load_model_checkpoint(path) if ckpt is None else ckpt
+    if ckpt["model_kwargs"] != model_kwargs(dataset):
+        raise CheckpointError(f"{path} was trained for {ckpt['model_kwargs']}, the data is {model_kwargs(dataset)}")
+    return ckpt
 
 
 def cmd_train(args) -> None:
@@ -135,10 +176,12 @@ def cmd_retrain(args) -> None:
     from skqk.train import retrain
 
     cfg = config_from_args(RetrainConfig, args)
+    dataset = load_data(args)
+    checkpoint_for(args.checkpoint, dataset)
     result = retrain(
         cfg,
         args.checkpoint,
-        load_data(args),
+        dataset,
         args.out,
         store=args.store,
         pooling=args.pooling,
@@ -149,6 +192,8 @@ def cmd_retrain(args) -> None:
 
 
 def print_final(result) -> None:
+    if not is_main():
+        return
     last = result.history[-1]
     print(
         f"{result.run_dir}/model.pt: epoch {last['epoch']}, val accuracy {last['val_accuracy']:.4f}, "
@@ -159,9 +204,11 @@ def print_final(result) -> None:
 def cmd_record(args) -> None:
     from skqk.record import record_from_checkpoint
 
+    dataset = load_data(args)
+    checkpoint_for(args.checkpoint, dataset)
     store = record_from_checkpoint(
         args.checkpoint,
-        load_data(args),
+        dataset,
         args.samples,
         args.store,
         args.pooling,
@@ -170,7 +217,8 @@ def cmd_record(args) -> None:
         args.batch_size,
         progress=not args.quiet,
     )
-    print(f"{args.store}: {len(store)} samples, {store.bytes_per_sample} bytes per sample")
+    if is_main():
+        print(f"{args.store}: {len(store)} samples, {store.bytes_per_sample} bytes per sample")
 
 
 def cmd_evaluate(args) -> None:
@@ -179,6 +227,7 @@ def cmd_evaluate(args) -> None:
 
     module, ckpt = load_for_evaluation(args.checkpoint)
     dataset = load_data(args)
+    checkpoint_for(args.checkpoint, dataset, ckpt)
     metrics = evaluate(module, dataset)
     result = {
         "checkpoint": args.checkpoint,
@@ -225,6 +274,12 @@ def cmd_patterns(args) -> None:
     print(json.dumps(info) if args.json else format_info(info))
 
 
+def cmd_bench(args) -> None:
+    from skqk.bench import main_from_args
+
+    main_from_args(args)
+
+
 COMMANDS = {
     "train": cmd_train,
     "record": cmd_record,
@@ -232,12 +287,34 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "reproduce": cmd_reproduce,
     "patterns": cmd_patterns,
+    "bench": cmd_bench,
 }
+
+
+DISTRIBUTED_COMMANDS = ("train", "record", "retrain")  # run unchanged under torchrun; they have --device
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in DISTRIBUTED_COMMANDS:
+        return run_command(args)
+    from skqk import distributed
+
     try:
+        code = run_command(args, lambda: distributed.setup(args.device))  # joins torchrun's process group, if any
+    finally:
+        joined = distributed.current().is_distributed
+        distributed.teardown()
+    if joined:
+        distributed.exit_process(code)
+    return code
+
+
+def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = None) -> int:
+    """Run the command; errors a user can cause become one line on stderr and exit status 1."""
+    try:
+        if setup is not None:
+            setup()
         COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("skqk: interrupted (a run resumes with --resume)", file=sys.stderr)

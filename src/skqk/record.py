@@ -11,6 +11,7 @@ import os
 import torch
 from tqdm.auto import tqdm
 
+from skqk import distributed
 from skqk.checkpoint import CheckpointError, build_network, load_checkpoint
 from skqk.data import Dataset, batches, subset_indices
 from skqk.selector import PathSelector, build_selector
@@ -35,32 +36,59 @@ def record(
 ) -> PatternStore:
     """Record the patterns of training samples `indices` into `store` (created if absent) in one atomic commit.
 
+    Under torch.distributed (`skqk.distributed`) every rank calls it: rank 0 creates or tidies the store, each
+    rank writes the patterns of its share of the missing samples into chunk files of its own, and rank 0
+    commits all of them at once, so the store holds what one process would have recorded.
+
     Example:
         >>> selector = selector_from_checkpoint("runs/a/model.pt")
         >>> record(selector, dataset, subset_indices(dataset.train.labels, 4096), "runs/patterns")
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if os.path.exists(store):
-        opened = PatternStore.open(store, selector)
-        opened.remove_strays()  # chunks of an earlier recording killed before its commit
-        todo = indices[~torch.isin(indices, opened.indices)]
+    ctx = distributed.current()
+    device = ctx.device
+    if device.type != "cpu":
+        selector.to(device)
+    if ctx.is_distributed:  # rank 0 creates or checks and tidies the store before any rank writes to it
+
+        def prepare() -> None:
+            open_store(selector, dataset, indices, store)
+
+        ctx.on_main(prepare)
+        opened = PatternStore.open(store, selector, verify=False)  # rank 0 has just verified it
     else:
-        example = selector(dataset.normalize(dataset.train.images[indices[:1]]))
-        opened, todo = PatternStore.create(store, selector, example), indices
+        opened = open_store(selector, dataset, indices, store)
+    todo = ctx.share(indices[~torch.isin(indices, opened.indices)])
     chunks = [
-        opened.write_chunk(idx, selector(x))
+        opened.write_chunk(idx, selector(x.to(device)))
         for x, _, idx in tqdm(
-            batches(dataset.train, dataset, todo, batch_size),
+            batches(dataset.train, dataset, todo, batch_size) if len(todo) else (),
             desc="record patterns",
             total=-(-len(todo) // batch_size),
-            disable=not progress,
+            disable=not progress or not ctx.is_main,
             unit="batch",
         )
     ]
+    if ctx.is_distributed:  # rank 0 adopts every rank's chunks in one commit, then the other ranks see them
+        chunks = [chunk for rank_chunks in ctx.gather(chunks) for chunk in rank_chunks]
+        ctx.on_main(lambda: opened.commit(chunks) if chunks else None)
+        return opened if ctx.is_main else PatternStore.open(store, selector, verify=False)
     if chunks:
         opened.commit(chunks)
     return opened
+
+
+def open_store(selector: PathSelector, dataset: Dataset, indices: torch.Tensor, store) -> PatternStore:
+    """The store at `store`, checked against `selector` and rid of the files of killed recordings; or a new
+    one for `selector`'s patterns (of the shape of sample ``indices[0]``'s) if there is none."""
+    if os.path.exists(store):
+        opened = PatternStore.open(store, selector)
+        opened.remove_strays()  # chunks of an earlier recording killed before its commit
+        return opened
+    device = next(selector.parameters(), torch.empty(0)).device
+    example = selector(dataset.normalize(dataset.train.images[indices[:1]]).to(device))
+    return PatternStore.create(store, selector, example)
 
 
 def record_from_checkpoint(

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from skqk import __version__, models
+from skqk import __version__, distributed, models
 from skqk.atomic import atomic_write_text
 from skqk.checkpoint import (
     CheckpointError,
@@ -60,21 +60,30 @@ def model_kwargs(dataset: Dataset) -> dict:
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, dataset: Dataset, limit: int = 0, batch_size: int = 1000) -> dict[str, float]:
-    """Accuracy and categorical cross-entropy on the validation (test) split, in eval mode.
+def evaluate(
+    module: nn.Module, dataset: Dataset, limit: int = 0, batch_size: int = 1000, sharded: bool = False
+) -> dict[str, float]:
+    """Accuracy and categorical cross-entropy on the validation (test) split, in eval mode, on the module's device.
 
     With `limit`, on a fixed class-balanced subset of that many test samples (the split is stored by class).
+    With `sharded` under torch.distributed, every rank evaluates its share and the sums are added up (every
+    rank must call it).
     """
     was_training = module.training
     module.eval()
+    device = next(module.parameters(), torch.empty(0)).device
+    ctx = distributed.current() if sharded else distributed.Context()
     indices = validation_indices(dataset, limit)
     n = len(indices)
     correct, loss_sum = 0, 0.0
-    for x, y, _ in batches(dataset.test, dataset, indices, batch_size):
+    for x, y, _ in batches(dataset.test, dataset, ctx.share(indices), batch_size):
+        x, y = x.to(device), y.to(device)
         logits = module(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     module.train(was_training)
+    if ctx.is_distributed:
+        loss_sum, correct = ctx.sum_over_ranks(torch.tensor([loss_sum, correct], dtype=torch.float64)).tolist()
     return {"val_accuracy": correct / n, "val_loss": loss_sum / n}
 
 
@@ -99,15 +108,16 @@ def train(
         >>> result = skqk.train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
         >>> result.history[-1]["val_accuracy"]
     """
-    run_dir = prepare_run_dir(out, resume, cfg)
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
     kwargs = model_kwargs(dataset)
     torch.manual_seed(cfg.seed)
     network = models.build(cfg.model, **kwargs)
+    model = distributed.wrap(network)  # itself in one process; DDP under torchrun
     indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
     history = fit(
         run_dir,
         network,
-        lambda x, idx: network(x),
+        lambda x, idx: model(x),
         network,
         dataset,
         indices,
@@ -140,7 +150,7 @@ def retrain(
     kwargs = model_kwargs(dataset)
     if ckpt["model_kwargs"] != kwargs:
         raise CheckpointError(f"{checkpoint} was trained for {ckpt['model_kwargs']}, the data is {kwargs}")
-    run_dir = prepare_run_dir(out, resume, cfg)
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
     torch.manual_seed(cfg.seed)
     indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
     if cfg.method == "traditional":
@@ -149,10 +159,11 @@ def retrain(
                 f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
             )
         network = build_network(ckpt, path=str(checkpoint))
+        model = distributed.wrap(network)
         history = fit(
             run_dir,
             network,
-            lambda x, idx: network(x),
+            lambda x, idx: model(x),
             network,
             dataset,
             indices,
@@ -170,10 +181,12 @@ def retrain(
     selector, _ = decouple(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
     _, estimator = decouple(build_network(ckpt, path=str(checkpoint)), pooling)
     decoupled = DecoupledModel(selector, estimator)
+    model = distributed.wrap(estimator)
+    selector.to(next(estimator.parameters()).device)
     step = (
-        patterns_from_store(estimator, selector, store, indices)
+        patterns_from_store(model, selector, store, indices)
         if cfg.patterns == "store"
-        else (lambda x, idx: estimator(x, selector(x)))
+        else (lambda x, idx: model(x, selector(x)))
     )
     selector_state = ckpt[sk_key]
     history = fit(
@@ -202,6 +215,9 @@ def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForw
             f"pattern store {store} lacks {missing} of the {len(indices)} samples: run `skqk record` "
             f"with the same checkpoint and --samples {len(indices)} first"
         )
+    device = next(estimator.parameters()).device
+    if device.type != "cpu":
+        return lambda x, idx: estimator(x, opened.read(idx).to(device))
     return lambda x, idx: estimator(x, opened.read(idx))
 
 
@@ -219,21 +235,33 @@ def fit(
     on_epoch: EpochHook | None = None,
 ) -> list[dict]:
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
-    to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``."""
+    to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
+
+    Under torch.distributed (`skqk.distributed`), every rank computes its share of each global batch through
+    the DDP wrapper of `trainable` that `step_forward` calls, so each step is the single-process step on the
+    same global batch; only rank 0 writes the run folder, and on resume it hands its saved state to all ranks.
+    """
+    ctx = distributed.current()
+    if ctx.is_distributed and not distributed.is_wrapped(trainable):
+        raise ValueError("distributed training needs the trained module wrapped by skqk.distributed.wrap")
     opt = torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history: list[dict] = []
     state_path = run_dir / "resume.pt"
-    if resume and state_path.exists():
-        state = load_checkpoint(state_path)
+    state = ctx.on_main(lambda: load_checkpoint(state_path) if resume and state_path.exists() else None)
+    if state is not None:
         trainable.load_state_dict(state["trainable"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], ctx.device)
         history = state["history"]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    autocast = (
+        torch.autocast(ctx.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    )
     epochs = tqdm(
         range(len(history), cfg.epochs),
         desc=run_dir.name,
-        disable=not progress,
+        disable=not progress or not ctx.is_main,
         unit="epoch",
         initial=len(history),
         total=cfg.epochs,
@@ -243,44 +271,68 @@ def fit(
         trainable.train()
         loss_sum, correct = 0.0, 0
         order = epoch_order(indices, cfg.seed, epoch)
-        for x, y, idx in batches(dataset.train, dataset, order, cfg.batch_size):
+        if ctx.is_distributed:
+            ctx.seed_epoch(cfg.seed, epoch)
+        for x, y, idx, global_size in ctx.batches(dataset.train, dataset, order, cfg.batch_size):
+            if ctx.device.type != "cpu":
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             with autocast:
                 logits = step_forward(x, idx)
-            loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
+            if ctx.is_distributed:
+                loss, batch_loss, batch_correct = sharded_loss(ctx, logits.float(), y, global_size)
+            else:
+                loss = batch_loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(batch_loss):
                 raise TrainingDiverged(
-                    f"loss became {loss.item()} in epoch {epoch + 1}; try a lower learning rate "
+                    f"loss became {batch_loss.item()} in epoch {epoch + 1}; try a lower learning rate "
                     f"(--lr, now {cfg.lr}); the last good checkpoint is kept in {run_dir}"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += batch_loss.item() * global_size
+            correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / len(indices),
             "train_accuracy": correct / len(indices),
-            **evaluate(eval_module, dataset, cfg.eval_samples),
+            **evaluate(eval_module, dataset, cfg.eval_samples, sharded=True),
             "seconds": time.perf_counter() - start,
         }
         if on_epoch is not None:
             metrics.update(on_epoch(epoch + 1, trainable))
         history.append(metrics)
         epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_accuracy']:.3f}")
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
-        save_checkpoint(
-            state_path,
-            {
-                "trainable": trainable.state_dict(),
-                "optimizer": opt.state_dict(),
-                "rng": torch.get_rng_state(),
-                "history": history,
-            },
-        )
+        state = {
+            "trainable": trainable.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": history,
+        }
+        if ctx.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(ctx.device)
+        ctx.on_main(write_epoch, run_dir, history, state)
     # resume.pt stays: resuming a finished run then reloads its final state instead of retraining
-    save_checkpoint(run_dir / "model.pt", {**entry(), "config": cfg.to_dict(), "history": history})
+    ctx.on_main(lambda: save_checkpoint(run_dir / "model.pt", {**entry(), "config": cfg.to_dict(), "history": history}))
     return history
+
+
+def write_epoch(run_dir: Path, history: list[dict], state: dict) -> None:
+    """The metrics so far and the resume state, each replaced atomically (rank 0 only in distributed runs)."""
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+    save_checkpoint(run_dir / "resume.pt", state)
+
+
+def sharded_loss(ctx: distributed.Context, logits: Tensor, y: Tensor, global_size: int) -> tuple[Tensor, Tensor, int]:
+    """This rank's loss for DDP, and the global batch's mean loss and number of correct predictions.
+
+    DDP averages the ranks' gradients; weighting each rank's summed loss by ``world_size / global_size`` makes
+    that average the gradient of the mean loss over the whole global batch, also when the shares are unequal
+    (a last batch not divisible by the number of ranks) or empty.
+    """
+    loss = F.cross_entropy(logits, y, reduction="sum") * (ctx.world_size / global_size)
+    totals = ctx.sum_over_ranks(torch.stack([loss.detach().double(), (logits.argmax(1) == y).sum().double()]))
+    return loss, totals[0] / ctx.world_size, int(totals[1])
 
 
 def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig) -> Path:
