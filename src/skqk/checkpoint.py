@@ -52,8 +52,12 @@ MODEL_KEYS = {
 }
 
 
-def load_model_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """`load_checkpoint` for a checkpoint that must hold a model (a run's model.pt, not its resume.pt)."""
+def load_model_checkpoint(path: str | os.PathLike, fits: dict | None = None) -> dict[str, Any]:
+    """`load_checkpoint` for a checkpoint that must hold a model (a run's model.pt, not its resume.pt).
+
+    With `fits` (the data's ``in_channels``, ``image_size`` and ``num_classes``), a net trained for other data
+    is refused here, in one line, instead of failing deep inside torch or scoring nonsense.
+    """
     ckpt = load_checkpoint(path)
     kind = ckpt.get("kind")
     if kind not in MODEL_KEYS:
@@ -62,7 +66,14 @@ def load_model_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [key for key in MODEL_KEYS[kind] if key not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is an incomplete {kind} checkpoint: it lacks {', '.join(missing)}")
+    if fits is not None and ckpt["model_kwargs"] != fits:
+        raise CheckpointError(f"{path} was trained for {ckpt['model_kwargs']}, the data is {fits}")
     return ckpt
+
+
+def model_kwargs(dataset) -> dict:
+    """What a checkpoint records about the data its network was built for."""
+    return {"in_channels": dataset.in_channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes}
 
 
 def network_entry(name: str, model_kwargs: dict, network: nn.Module) -> dict[str, Any]:
@@ -109,9 +120,9 @@ def load_decoupled(ckpt: dict[str, Any], path: str = "checkpoint") -> DecoupledM
     return DecoupledModel(selector, estimator)
 
 
-def load_for_evaluation(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def load_for_evaluation(path: str | os.PathLike, fits: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The module that maps images to logits, as the checkpoint's kind deploys it, in eval mode."""
-    ckpt = load_model_checkpoint(path)
+    ckpt = load_model_checkpoint(path, fits)
     if ckpt["kind"] == "decoupled":
         return load_decoupled(ckpt, str(path)).eval(), ckpt
     return build_network(ckpt, path=str(path)).eval(), ckpt

@@ -151,19 +151,6 @@ def is_main() -> bool:
     return distributed.current().is_main
 
 
-def checkpoint_for(path: str, dataset, ckpt: dict | None = None) -> dict:
-    """The model checkpoint at `path` (or its loaded `ckpt`), refused in one line unless it was trained for
-    `dataset`'s image shape and classes (a resume.pt, or a net for other data, would otherwise fail deep inside
-    torch or score nonsense)."""
-    from skqk.checkpoint import CheckpointError, load_model_checkpoint
-    from skqk.train import model_kwargs
-
-    ckpt = load_model_checkpoint(path) if ckpt is None else ckpt
-    if ckpt["model_kwargs"] != model_kwargs(dataset):
-        raise CheckpointError(f"{path} was trained for {ckpt['model_kwargs']}, the data is {model_kwargs(dataset)}")
-    return ckpt
-
-
 def cmd_train(args) -> None:
     from skqk.train import train
 
@@ -177,7 +164,6 @@ def cmd_retrain(args) -> None:
 
     cfg = config_from_args(RetrainConfig, args)
     dataset = load_data(args)
-    checkpoint_for(args.checkpoint, dataset)
     result = retrain(
         cfg,
         args.checkpoint,
@@ -205,7 +191,6 @@ def cmd_record(args) -> None:
     from skqk.record import record_from_checkpoint
 
     dataset = load_data(args)
-    checkpoint_for(args.checkpoint, dataset)
     store = record_from_checkpoint(
         args.checkpoint,
         dataset,
@@ -222,12 +207,11 @@ def cmd_record(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from skqk.checkpoint import load_for_evaluation
+    from skqk.checkpoint import load_for_evaluation, model_kwargs
     from skqk.train import evaluate
 
-    module, ckpt = load_for_evaluation(args.checkpoint)
     dataset = load_data(args)
-    checkpoint_for(args.checkpoint, dataset, ckpt)
+    module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset))
     metrics = evaluate(module, dataset)
     result = {
         "checkpoint": args.checkpoint,

@@ -12,15 +12,17 @@ import torch
 from tqdm.auto import tqdm
 
 from skqk import distributed
-from skqk.checkpoint import CheckpointError, build_network, load_checkpoint
+from skqk.checkpoint import build_network, load_model_checkpoint, model_kwargs
 from skqk.data import Dataset, batches, subset_indices
 from skqk.selector import PathSelector, build_selector
 from skqk.store import PatternStore
 
 
-def selector_from_checkpoint(checkpoint: str | os.PathLike, pooling: str = "live") -> PathSelector:
+def selector_from_checkpoint(
+    checkpoint: str | os.PathLike, pooling: str = "live", fits: dict | None = None
+) -> PathSelector:
     """The path selector of a checkpoint: its network's SK (a QK checkpoint's unchanged selector)."""
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_model_checkpoint(checkpoint, fits)
     if ckpt["kind"] == "decoupled":
         return build_selector(build_network(ckpt, "selector_state", str(checkpoint)).eval(), ckpt["pooling"])
     return build_selector(build_network(ckpt, path=str(checkpoint)).eval(), pooling)
@@ -103,8 +105,6 @@ def record_from_checkpoint(
     progress: bool = True,
 ) -> PatternStore:
     """`record` for the first `samples` samples of the run's nested subset (what `skqk record` runs)."""
-    selector = selector_from_checkpoint(checkpoint, pooling)
-    if load_checkpoint(checkpoint)["model_kwargs"]["in_channels"] != dataset.in_channels:
-        raise CheckpointError(f"{checkpoint} was trained on images with another number of channels")
+    selector = selector_from_checkpoint(checkpoint, pooling, fits=model_kwargs(dataset))
     indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced)
     return record(selector, dataset, indices, store, batch_size, progress)

@@ -8,7 +8,9 @@ and a traditional run from one checkpoint are a controlled comparison.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import subprocess
 import time
@@ -28,6 +30,8 @@ from skqk.checkpoint import (
     build_network,
     decoupled_entry,
     load_checkpoint,
+    load_model_checkpoint,
+    model_kwargs,
     network_entry,
     save_checkpoint,
 )
@@ -53,10 +57,6 @@ class RunResult:
     module: nn.Module  # the trained network, or the DecoupledModel of a QK run
     history: list[dict]  # per-epoch metrics
     run_dir: Path
-
-
-def model_kwargs(dataset: Dataset) -> dict:
-    return {"in_channels": dataset.in_channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes}
 
 
 @torch.no_grad()
@@ -108,12 +108,12 @@ def train(
         >>> result = skqk.train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
         >>> result.history[-1]["val_accuracy"]
     """
+    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
     kwargs = model_kwargs(dataset)
     torch.manual_seed(cfg.seed)
     network = models.build(cfg.model, **kwargs)
     model = distributed.wrap(network)  # itself in one process; DDP under torchrun
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
     history = fit(
         run_dir,
         network,
@@ -146,19 +146,19 @@ def retrain(
     reading each batch's patterns from the pattern `store` (or computing them on the fly); its final
     checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK.
     """
-    ckpt = load_checkpoint(checkpoint)
+    # everything that can refuse the inputs runs before the run folder is created
     kwargs = model_kwargs(dataset)
-    if ckpt["model_kwargs"] != kwargs:
-        raise CheckpointError(f"{checkpoint} was trained for {ckpt['model_kwargs']}, the data is {kwargs}")
-    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
-    torch.manual_seed(cfg.seed)
+    ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
     indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
     if cfg.method == "traditional":
         if ckpt["kind"] != "network":
             raise CheckpointError(
                 f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
             )
         network = build_network(ckpt, path=str(checkpoint))
+        run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
+        torch.manual_seed(cfg.seed)
         model = distributed.wrap(network)
         history = fit(
             run_dir,
@@ -188,6 +188,9 @@ def retrain(
         if cfg.patterns == "store"
         else (lambda x, idx: model(x, selector(x)))
     )
+    source["store"] = selector.fingerprint if cfg.patterns == "store" else None
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
+    torch.manual_seed(cfg.seed)
     selector_state = ckpt[sk_key]
     history = fit(
         run_dir,
@@ -283,10 +286,7 @@ def fit(
             else:
                 loss = batch_loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(batch_loss):
-                raise TrainingDiverged(
-                    f"loss became {batch_loss.item()} in epoch {epoch + 1}; try a lower learning rate "
-                    f"(--lr, now {cfg.lr}); the last good checkpoint is kept in {run_dir}"
-                )
+                raise diverged(batch_loss.item(), epoch, cfg, state_path)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -299,6 +299,8 @@ def fit(
             **evaluate(eval_module, dataset, cfg.eval_samples, sharded=True),
             "seconds": time.perf_counter() - start,
         }
+        if not math.isfinite(metrics["val_loss"]):  # never save a state whose outputs are already NaN/inf
+            raise diverged(metrics["val_loss"], epoch, cfg, state_path)
         if on_epoch is not None:
             metrics.update(on_epoch(epoch + 1, trainable))
         history.append(metrics)
@@ -315,6 +317,17 @@ def fit(
     # resume.pt stays: resuming a finished run then reloads its final state instead of retraining
     ctx.on_main(lambda: save_checkpoint(run_dir / "model.pt", {**entry(), "config": cfg.to_dict(), "history": history}))
     return history
+
+
+def diverged(loss: float, epoch: int, cfg: SGDConfig, state_path: Path) -> TrainingDiverged:
+    kept = (
+        f"the last good checkpoint is kept in {state_path}"
+        if state_path.exists()
+        else "nothing was saved (it diverged in the first epoch)"
+    )
+    return TrainingDiverged(
+        f"loss became {loss} in epoch {epoch + 1}; try a lower learning rate (--lr, now {cfg.lr}); {kept}"
+    )
 
 
 def write_epoch(run_dir: Path, history: list[dict], state: dict) -> None:
@@ -335,8 +348,9 @@ def sharded_loss(ctx: distributed.Context, logits: Tensor, y: Tensor, global_siz
     return loss, totals[0] / ctx.world_size, int(totals[1])
 
 
-def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig) -> Path:
-    """Create the run folder, check it is writable, and record the resolved config and code version."""
+def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig, source: dict | None = None) -> Path:
+    """Create the run folder, check it is writable, and record the resolved config, what the run starts from
+    (`source`: checkpoint and store identity) and the code version; `--resume` must match both."""
     run_dir = Path(out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -348,14 +362,22 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig) -> Pat
     if not resume and ((run_dir / "model.pt").exists() or (run_dir / "resume.pt").exists()):
         raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if resume and (run_dir / "config.json").exists():
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
-        if saved != cfg.to_dict():
+        saved = json.loads((run_dir / "config.json").read_text())
+        if saved["config"] != cfg.to_dict():
             raise RunDirError(f"--resume with a different configuration than the run in {run_dir} was started with")
-    atomic_write_text(
-        run_dir / "config.json",
-        json.dumps({"config": cfg.to_dict(), "kind": type(cfg).__name__, "code_version": code_version()}, indent=2),
-    )
+        if saved.get("source") != source:
+            raise RunDirError(f"--resume from another checkpoint or store than the run in {run_dir} started from")
+    record = {"config": cfg.to_dict(), "kind": type(cfg).__name__, "source": source, "code_version": code_version()}
+    atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
     return run_dir
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def code_version() -> str:
