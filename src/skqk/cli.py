@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="independent",
         help="fig5: each N from the pre-trained net (default) or from the previous N's result",
     )
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fig5: every run in this precision")
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
     add_data_options(p)
 
@@ -246,7 +247,7 @@ def cmd_reproduce(args) -> None:
     if args.figure == "fig4":
         results = run_fig4(preset, names, dataset, args.out, progress=not args.quiet)
     else:
-        results = run_fig5(preset, names, dataset, args.out, args.mode, progress=not args.quiet)
+        results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision)
     print(summary_table(results))
     print(f"results in {args.out}/results.json")
 

@@ -29,11 +29,12 @@ def run_fig5(
     out: Path,
     mode: Literal["independent", "successive"] = "independent",
     progress: bool = True,
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> dict:
     """Run (or pick up) every cell of Fig. 5 and write results.json, fig5.csv and one PNG per model.
 
     In "independent" mode each N re-trains from the pre-trained checkpoint (the paper); in "successive" mode
-    each N starts from the previous N's result of the same method.
+    each N starts from the previous N's result of the same method. `precision` applies to every training run.
     """
     out = Path(out)
     started = time.time()
@@ -41,11 +42,12 @@ def run_fig5(
     for name in model_names:
         protocol = preset.fig5[name]
         for n in protocol.sk_samples:
-            cells += run_sk_size(name, n, protocol, dataset, out / name / f"n{n}", mode, progress)
+            cells += run_sk_size(name, n, protocol, dataset, out / name / f"n{n}", mode, progress, precision)
     results = {
         "experiment": "fig5",
         "preset": preset.to_dict(),
         "mode": mode,
+        "precision": precision,
         "models": model_names,
         "data": dataset.source,
         "machine": machine_info(),
@@ -59,9 +61,10 @@ def run_fig5(
     return results
 
 
-def run_sk_size(name, n, protocol, dataset, folder: Path, mode, progress) -> list[dict]:
+def run_sk_size(name, n, protocol, dataset, folder: Path, mode, progress, precision="fp32") -> list[dict]:
     """The pre-training on n samples, then both re-training methods for every N >= n."""
-    pre_cfg = TrainConfig(model=name, samples=n, epochs=protocol.pretrain_epochs, eval_samples=protocol.eval_samples)
+    common = {"eval_samples": protocol.eval_samples, "precision": precision}
+    pre_cfg = TrainConfig(model=name, samples=n, epochs=protocol.pretrain_epochs, **common)
     pre = cached_cell(
         folder / "pretrain",
         lambda d: train(pre_cfg, dataset, d, resume=True, progress=progress),
@@ -73,10 +76,7 @@ def run_sk_size(name, n, protocol, dataset, folder: Path, mode, progress) -> lis
     start = dict.fromkeys(METHODS, pretrained)
     selector = selector_from_checkpoint(pretrained)
     for N in protocol.sample_counts(n):
-        cfg = {
-            m: RetrainConfig(samples=N, epochs=protocol.retrain_epochs, method=m, eval_samples=protocol.eval_samples)
-            for m in METHODS
-        }
+        cfg = {m: RetrainConfig(samples=N, epochs=protocol.retrain_epochs, method=m, **common) for m in METHODS}
 
         def qk_run(d, N=N, cfg=cfg):  # Phase 3 for the samples the store lacks, then Phase 4
             t0 = time.perf_counter()
