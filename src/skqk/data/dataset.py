@@ -106,11 +106,13 @@ def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
         images: uint8 (N, C, H, W), N > 0.
 
     Returns:
-        (mean, std), each float32 (C,); std is the population standard deviation.
+        (mean, std), each float32 (C,); std is the population standard deviation (1 for a constant channel).
     """
     counts = torch.stack([torch.bincount(channel.flatten(), minlength=256) for channel in images.unbind(1)])
     probabilities = counts.double() / counts.sum(dim=1, keepdim=True)
     values = torch.arange(256, dtype=torch.float64)
     mean = probabilities @ values
     variance = (probabilities @ values.square() - mean.square()).clamp_min(0)
-    return (mean / 255).float(), (variance.sqrt() / 255).float()
+    std = variance.sqrt() / 255
+    std = torch.where(std > 0, std, 1.0)  # a constant channel normalises to 0, not to inf/NaN
+    return (mean / 255).float(), std.float()
