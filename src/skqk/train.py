@@ -113,21 +113,7 @@ def train(
     kwargs = model_kwargs(dataset)
     torch.manual_seed(cfg.seed)
     network = models.build(cfg.model, **kwargs)
-    model = distributed.wrap(network)  # itself in one process; DDP under torchrun
-    history = fit(
-        run_dir,
-        network,
-        lambda x, idx: model(x),
-        network,
-        dataset,
-        indices,
-        cfg,
-        lambda: network_entry(cfg.model, kwargs, network),
-        resume,
-        progress,
-        on_epoch,
-    )
-    return RunResult(network, history, run_dir)
+    return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch)
 
 
 def retrain(
@@ -159,20 +145,7 @@ def retrain(
         network = build_network(ckpt, path=str(checkpoint))
         run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
         torch.manual_seed(cfg.seed)
-        model = distributed.wrap(network)
-        history = fit(
-            run_dir,
-            network,
-            lambda x, idx: model(x),
-            network,
-            dataset,
-            indices,
-            cfg,
-            lambda: network_entry(ckpt["model"], kwargs, network),
-            resume,
-            progress,
-        )
-        return RunResult(network, history, run_dir)
+        return fit_network(run_dir, network, ckpt["model"], kwargs, dataset, indices, cfg, resume, progress)
 
     sk_key = "selector_state" if ckpt["kind"] == "decoupled" else "state_dict"
     pooling = ckpt.get("pooling", pooling)
@@ -205,6 +178,27 @@ def retrain(
         progress,
     )
     return RunResult(decoupled, history, run_dir)
+
+
+def fit_network(
+    run_dir: Path,
+    network: nn.Module,
+    name: str,
+    kwargs: dict,
+    dataset: Dataset,
+    indices: Tensor,
+    cfg: SGDConfig,
+    resume: bool,
+    progress: bool,
+    on_epoch: EpochHook | None = None,
+) -> RunResult:
+    """Traditional training of the whole network, ReLUs live (Phase 1, and the re-training baseline)."""
+    model = distributed.wrap(network)  # itself in one process; DDP under torchrun
+    entry = lambda: network_entry(name, kwargs, network)  # noqa: E731
+    history = fit(
+        run_dir, network, lambda x, idx: model(x), network, dataset, indices, cfg, entry, resume, progress, on_epoch
+    )
+    return RunResult(network, history, run_dir)
 
 
 def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForward:

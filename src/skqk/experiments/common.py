@@ -7,6 +7,7 @@ import io
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +32,21 @@ def machine_info() -> dict:
         "skqk": code_version(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def write_results(out: Path, experiment: str, preset, model_names: list[str], dataset, started: float, **data) -> dict:
+    """results.json of one invocation: what was run, on which data and machine, how long, then the numbers."""
+    results = {
+        "experiment": experiment,
+        "preset": preset.to_dict(),
+        "models": model_names,
+        "data": dataset.source,
+        "machine": machine_info(),
+        "wall_seconds_this_invocation": time.time() - started,
+        **data,
+    }
+    write_json(Path(out) / "results.json", results)
+    return results
 
 
 def write_json(path: Path, obj) -> None:

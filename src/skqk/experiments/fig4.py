@@ -16,7 +16,7 @@ from skqk import models
 from skqk.checkpoint import model_kwargs
 from skqk.config import TrainConfig
 from skqk.data import Dataset
-from skqk.experiments.common import machine_info, write_csv, write_json
+from skqk.experiments.common import write_csv, write_results
 from skqk.experiments.plots import plot_fig4
 from skqk.experiments.presets import Preset
 from skqk.patterns import Pattern
@@ -29,16 +29,7 @@ def run_fig4(preset: Preset, model_names: list[str], dataset: Dataset, out: Path
     out = Path(out)
     started = time.time()
     tables = {name: stabilisation_table(preset, name, dataset, out / name / "fig4", progress) for name in model_names}
-    results = {
-        "experiment": "fig4",
-        "preset": preset.to_dict(),
-        "models": model_names,
-        "data": dataset.source,
-        "machine": machine_info(),
-        "wall_seconds_this_invocation": time.time() - started,
-        "epochs": tables,
-    }
-    write_json(out / "results.json", results)
+    results = write_results(out, "fig4", preset, model_names, dataset, started, epochs=tables)
     for name, rows in tables.items():
         write_csv(out / f"fig4_{name}.csv", [{k: v for k, v in r.items() if k != "flips_per_site"} for r in rows])
         write_csv(

@@ -13,7 +13,7 @@ from typing import Literal
 
 from skqk.config import RetrainConfig, TrainConfig
 from skqk.data import Dataset, subset_indices
-from skqk.experiments.common import machine_info, write_csv, write_json
+from skqk.experiments.common import write_csv, write_json, write_results
 from skqk.experiments.plots import plot_fig5
 from skqk.experiments.presets import Preset
 from skqk.record import record, selector_from_checkpoint
@@ -43,18 +43,9 @@ def run_fig5(
         protocol = preset.fig5[name]
         for n in protocol.sk_samples:
             cells += run_sk_size(name, n, protocol, dataset, out / name / f"n{n}", mode, progress, precision)
-    results = {
-        "experiment": "fig5",
-        "preset": preset.to_dict(),
-        "mode": mode,
-        "precision": precision,
-        "models": model_names,
-        "data": dataset.source,
-        "machine": machine_info(),
-        "wall_seconds_this_invocation": time.time() - started,
-        "cells": cells,
-    }
-    write_json(out / "results.json", results)
+    results = write_results(
+        out, "fig5", preset, model_names, dataset, started, mode=mode, precision=precision, cells=cells
+    )
     write_csv(out / "fig5.csv", [{k: v for k, v in c.items() if k != "config"} for c in cells])
     for name in model_names:
         plot_fig5([c for c in cells if c["model"] == name], name, out / f"fig5_{name}.png", preset.name)
