@@ -4,6 +4,7 @@ The paper's phases map to modules: `decoupled` (Phase 2: `decouple`), `selector`
 `patterns` (the `Pattern` type).
 """
 
+from skqk import data, models
 from skqk.decoupled import DecoupledModel, decouple, linear_map
 from skqk.estimator import Estimator
 from skqk.patterns import Flips, Pattern
@@ -23,6 +24,8 @@ __all__ = [
     "PatternStore",
     "StoreError",
     "decouple",
+    "data",
     "linear_map",
     "list_sites",
+    "models",
 ]

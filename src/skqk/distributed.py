@@ -16,7 +16,7 @@ Without torchrun (or without calling `setup`) everything runs in one process, ex
 Example (a library script started by ``torchrun --nproc-per-node 2 script.py``):
     >>> from skqk import distributed
     >>> ctx = distributed.setup("auto")        # cuda:LOCAL_RANK with nccl, else the CPU with gloo
-    >>> skqk.retrain(cfg, "runs/a/model.pt", dataset, "runs/b", store="runs/patterns")
+    >>> skqk.train.retrain(cfg, "runs/a/model.pt", dataset, "runs/b", store="runs/patterns")
     >>> distributed.teardown()
 """
 

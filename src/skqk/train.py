@@ -105,7 +105,8 @@ def train(
     """Phase 1: train zoo network `cfg.model` from scratch on the first `cfg.samples` samples.
 
     Example:
-        >>> result = skqk.train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
+        >>> from skqk.train import train
+        >>> result = train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
         >>> result.history[-1]["val_accuracy"]
     """
     indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
