@@ -1,5 +1,6 @@
 """The smoke preset of both experiments, end to end through the CLI on real CIFAR-10 (the CI test of issue 4)."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -81,3 +82,16 @@ def test_unknown_model_is_a_one_line_error(cifar10, tmp_path):
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("skqk: error: unknown model 'resnet'")
     assert "Traceback" not in done.stderr
+
+
+def test_fig5_successive_mode_starts_each_N_from_the_previous_result(cifar10, tmp_path):
+    done = reproduce("fig5", tmp_path, cifar10, "--models", "lenet5", "--mode", "successive")
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = tmp_path / "lenet5" / "n256"
+    for method in ("qk", "traditional"):
+        source = json.loads((folder / "N512" / method / "config.json").read_text())["source"]
+        previous = hashlib.sha256((folder / "N256" / method / "model.pt").read_bytes()).hexdigest()
+        assert source["checkpoint_sha256"] == previous
+    first = json.loads((folder / "N256" / "qk" / "config.json").read_text())["source"]
+    pretrained = hashlib.sha256((folder / "pretrain" / "model.pt").read_bytes()).hexdigest()
+    assert first["checkpoint_sha256"] == pretrained
