@@ -7,6 +7,7 @@ see the real zoo, so they use lenet5 on 16x16 images); other modules never see t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -30,34 +31,22 @@ TEST_SAMPLES = TEST_PER_CLASS * len(CLASS_COLOURS)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny(in_channels: int = 3, image_size: int = 16, num_classes: int = 10) -> nn.Module:
-    """Conv, ReLU, max pooling and a hidden ReLU layer: every kind of gate site, no dropout, ~2k weights."""
+def tiny(in_channels: int = 3, image_size: int = 16, num_classes: int = 10, hidden: int = 16, dropout: float = 0.0):
+    """Conv, ReLU, max pooling and a hidden ReLU layer: every kind of gate site, ~2k weights; with `dropout`
+    after the hidden layer (like AlexNet's classifier) training consumes the RNG."""
     return nn.Sequential(
         nn.Conv2d(in_channels, 4, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(4),
         nn.Flatten(),
-        nn.Linear(4 * (image_size // 4) ** 2, 16),
+        nn.Linear(4 * (image_size // 4) ** 2, hidden),
         nn.ReLU(),
-        nn.Linear(16, num_classes),
+        *([nn.Dropout(dropout)] if dropout else []),
+        nn.Linear(hidden, num_classes),
     )
 
 
-def tiny_dropout(in_channels: int = 3, image_size: int = 16, num_classes: int = 10) -> nn.Module:
-    """`tiny` with dropout after the hidden layer, like AlexNet's classifier: training consumes the RNG."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(4),
-        nn.Flatten(),
-        nn.Linear(4 * (image_size // 4) ** 2, 32),
-        nn.ReLU(),
-        nn.Dropout(0.5),
-        nn.Linear(32, num_classes),
-    )
-
-
-TEST_MODELS = {"tiny": tiny, "tiny_dropout": tiny_dropout}
+TEST_MODELS = {"tiny": tiny, "tiny_dropout": functools.partial(tiny, hidden=32, dropout=0.5)}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -65,7 +65,7 @@ def record(
     chunks = [
         opened.write_chunk(idx, selector(x.to(device)))
         for x, _, idx in tqdm(
-            batches(dataset.train, dataset, todo, batch_size) if len(todo) else (),
+            batches(dataset.train, dataset, todo, batch_size),
             desc="record patterns",
             total=-(-len(todo) // batch_size),
             disable=not progress or not ctx.is_main,
