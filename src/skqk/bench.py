@@ -39,12 +39,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from skqk import models
 from skqk.data import Dataset, ImageData, epoch_order, subset_indices
-from skqk.decoupled import DecoupledModel, decouple
+from skqk.decoupled import DecoupledModel
 from skqk.estimator import build_estimator
 from skqk.gates import MaxPoolGate, ReluGate
 from skqk.prefetch import Prefetcher
 from skqk.prune import prune_dead_units
 from skqk.record import record
+from skqk.selector import build_selector
 from skqk.store import PatternStore
 
 LEVERS = ("prefetch", "pooling", "fusion", "gates", "channels_last", "prune", "threads")
@@ -344,7 +345,7 @@ def bench_model(name: str, cfg: BenchConfig, peaks: dict[str, float], log: Calla
     selectors, stores = {}, {}
     try:
         for pooling in poolings:
-            selectors[pooling] = decouple(copy.deepcopy(net).eval(), pooling)[0]
+            selectors[pooling] = build_selector(copy.deepcopy(net).eval(), pooling)
             stores[pooling] = record(selectors[pooling], dataset, indices, tmp / f"store-{pooling}", progress=False)
         arms = _arms(net, cfg, selectors, stores, indices)
         log(f"{name}: {len(arms)} arms x {cfg.repeats} rounds (+1 warm-up) of {cfg.samples} samples")
@@ -482,7 +483,7 @@ def _arms(net: nn.Module, cfg: BenchConfig, selectors: dict, stores: dict, indic
         return Arm(name, est, lambda x, p: est(x, p), read=stores[pooling].read, prefetch=prefetch, **kw)
 
     def qk_fly(name, **kw) -> Arm:
-        _, est = decouple(copy.deepcopy(net), cfg.pooling)
+        est = build_estimator(copy.deepcopy(net), cfg.pooling)
         sel = selectors[cfg.pooling]
         return Arm(name, est, lambda x, p: est(x, sel(x)), **kw)
 
@@ -618,7 +619,7 @@ def accuracy_protocol(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfi
     idx = subset_indices(dataset.train.labels, proto.samples, 0)
     tmp = Path(tempfile.mkdtemp(prefix="skqk-bench-acc-"))
     try:
-        selector, _ = decouple(copy.deepcopy(net).eval(), cfg.pooling)
+        selector = build_selector(copy.deepcopy(net).eval(), cfg.pooling)
         start = time.perf_counter()
         store = record(selector, dataset, idx, tmp / "store", progress=False)
         phase3_s = time.perf_counter() - start
@@ -626,7 +627,7 @@ def accuracy_protocol(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfi
         for precision in cfg.precisions:
             suffix = "" if precision == "fp32" else "_bf16"
             m = copy.deepcopy(net)
-            _, est = decouple(copy.deepcopy(net), cfg.pooling)
+            est = build_estimator(copy.deepcopy(net), cfg.pooling)
             arms.append(Arm("traditional" + suffix, m, lambda x, p, m=m: m(x), precision=precision))
             arms.append(
                 Arm("qk" + suffix, est, lambda x, p, e=est: e(x, p), store.read, cfg.prefetch, precision=precision)

@@ -16,7 +16,9 @@ from torch import nn
 
 from skqk import models
 from skqk.atomic import atomic_write
-from skqk.decoupled import DecoupledModel, decouple
+from skqk.decoupled import DecoupledModel
+from skqk.estimator import build_estimator
+from skqk.selector import build_selector
 
 FORMAT = "skqk-checkpoint"
 VERSION = 1
@@ -113,10 +115,10 @@ def build_network(ckpt: dict[str, Any], state_key: str = "state_dict", path: str
 def load_decoupled(ckpt: dict[str, Any], path: str = "checkpoint") -> DecoupledModel:
     """Selector from the stored SK weights, estimator from the stored QK weights."""
     pooling = ckpt.get("pooling", "live")
-    selector, _ = decouple(build_network(ckpt, "selector_state", path).eval(), pooling)
+    selector = build_selector(build_network(ckpt, "selector_state", path).eval(), pooling)
     if selector.fingerprint != ckpt["selector_fingerprint"]:
         raise CheckpointError(f"{path}: its selector weights do not match their recorded fingerprint (corrupt?)")
-    _, estimator = decouple(build_network(ckpt, "state_dict", path), pooling)
+    estimator = build_estimator(build_network(ckpt, "state_dict", path), pooling)
     return DecoupledModel(selector, estimator)
 
 

@@ -37,7 +37,9 @@ from skqk.checkpoint import (
 )
 from skqk.config import RetrainConfig, SGDConfig, TrainConfig
 from skqk.data import Dataset, batches, epoch_order, subset_indices
-from skqk.decoupled import DecoupledModel, decouple
+from skqk.decoupled import DecoupledModel
+from skqk.estimator import build_estimator
+from skqk.selector import build_selector
 from skqk.store import PatternStore
 
 StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
@@ -152,8 +154,8 @@ def retrain(
     pooling = ckpt.get("pooling", pooling)
     if store is not None and cfg.patterns == "store":
         pooling = PatternStore.open(store, verify=False).pooling
-    selector, _ = decouple(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
-    _, estimator = decouple(build_network(ckpt, path=str(checkpoint)), pooling)
+    selector = build_selector(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
+    estimator = build_estimator(build_network(ckpt, path=str(checkpoint)), pooling)
     decoupled = DecoupledModel(selector, estimator)
     model = distributed.wrap(estimator)
     selector.to(next(estimator.parameters()).device)
