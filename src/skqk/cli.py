@@ -105,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_options(p)
 
-    p = sub.add_parser("reproduce", help="the paper's experiments: fig4 (SK stabilisation), fig5 (re-training)")
-    p.add_argument("figure", choices=["fig4", "fig5"])
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's experiments: fig4 (SK stabilisation), fig5 (re-training), qkgap (what closes the QK gap)",
+    )
+    p.add_argument("figure", choices=["fig4", "fig5", "qkgap"])
     p.add_argument(
         "--preset",
         choices=["paper", "cpu", "smoke"],
@@ -121,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fig5: each N from the pre-trained net (default) or from the previous N's result",
     )
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fig5: every run in this precision")
+    p.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds; each changes initialisation, sample choice and batch order (default 0)",
+    )
+    p.add_argument("--epochs", type=int, help="fig4: training epochs (overrides the preset's)")
+    p.add_argument("--every-steps", type=int, help="fig4: also compare patterns every K SGD steps (0 = per epoch)")
+    p.add_argument("--flip-threshold", type=float, help="fig4: flip fraction below which patterns count as settled")
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
     add_data_options(p)
 
@@ -231,12 +242,29 @@ def cmd_evaluate(args) -> None:
     )
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
 def cmd_reproduce(args) -> None:
+    from dataclasses import replace
+
     from skqk import models
-    from skqk.experiments import PRESETS, run_fig4, run_fig5
+    from skqk.experiments import PRESETS, run_fig4, run_fig5, run_qk_gap
     from skqk.experiments.report import summary_table
 
-    preset = PRESETS[args.preset]
+    overrides = {"fig4_epochs": args.epochs, "fig4_every_steps": args.every_steps}
+    overrides["fig4_flip_threshold"] = args.flip_threshold
+    if any(v is not None and v < 0 for v in overrides.values()) or args.epochs == 0:
+        raise ValueError("--epochs must be positive; --every-steps and --flip-threshold non-negative")
+    preset = replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+    seeds = parse_seeds(args.seeds)
     default = "alexnet" if args.figure == "fig4" else "lenet5,alexnet,vgg8"
     names = (args.models or default).split(",")
     for name in names:
@@ -245,11 +273,13 @@ def cmd_reproduce(args) -> None:
     print(preset.scaling(), file=sys.stderr)
     dataset = load_data(args)
     if args.figure == "fig4":
-        results = run_fig4(preset, names, dataset, args.out, progress=not args.quiet)
+        results = run_fig4(preset, names, dataset, args.out, not args.quiet, seeds)
+    elif args.figure == "qkgap":
+        results = run_qk_gap(preset, dataset, args.out, not args.quiet, seeds)
     else:
-        results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision)
+        results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision, seeds)
     print(summary_table(results))
-    print(f"results in {args.out}/results.json")
+    print(f"results in {args.out}/{'qkgap-' if args.figure == 'qkgap' else ''}results.json")
 
 
 def cmd_patterns(args) -> None:

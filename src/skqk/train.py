@@ -44,6 +44,7 @@ from skqk.store import PatternStore
 
 StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
 EpochHook = Callable[[int, nn.Module], dict]  # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips)
+StepHook = Callable[[int, nn.Module], dict | None]  # (SGD steps so far, trained module) -> metrics at that step
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,8 +104,12 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
 ) -> RunResult:
     """Phase 1: train zoo network `cfg.model` from scratch on the first `cfg.samples` samples.
+
+    `on_epoch` and `on_step` (called after every SGD step; what it returns is kept in the epoch's ``steps``)
+    add metrics to the history, as Fig. 4 does with pattern flips.
 
     Example:
         >>> from skqk.train import train
@@ -116,7 +121,7 @@ def train(
     kwargs = model_kwargs(dataset)
     torch.manual_seed(cfg.seed)
     network = models.build(cfg.model, **kwargs)
-    return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch)
+    return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch, on_step)
 
 
 def retrain(
@@ -194,13 +199,13 @@ def fit_network(
     resume: bool,
     progress: bool,
     on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
 ) -> RunResult:
     """Traditional training of the whole network, ReLUs live (Phase 1, and the re-training baseline)."""
     model = distributed.wrap(network)  # itself in one process; DDP under torchrun
     entry = lambda: network_entry(name, kwargs, network)  # noqa: E731
-    history = fit(
-        run_dir, network, lambda x, idx: model(x), network, dataset, indices, cfg, entry, resume, progress, on_epoch
-    )
+    forward = lambda x, idx: model(x)  # noqa: E731
+    history = fit(run_dir, network, forward, network, dataset, indices, cfg, entry, resume, progress, on_epoch, on_step)
     return RunResult(network, history, run_dir)
 
 
@@ -233,6 +238,7 @@ def fit(
     resume: bool,
     progress: bool,
     on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
 ) -> list[dict]:
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
     to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
@@ -246,6 +252,7 @@ def fit(
         raise ValueError("distributed training needs the trained module wrapped by skqk.distributed.wrap")
     opt = torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history: list[dict] = []
+    steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
     state_path = run_dir / "resume.pt"
     state = ctx.on_main(lambda: load_checkpoint(state_path) if resume and state_path.exists() else None)
     if state is not None:
@@ -269,11 +276,12 @@ def fit(
     for epoch in epochs:
         start = time.perf_counter()
         trainable.train()
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, steps = 0.0, 0, []
         order = epoch_order(indices, cfg.seed, epoch)
         if ctx.is_distributed:
             ctx.seed_epoch(cfg.seed, epoch)
-        for x, y, idx, global_size in ctx.batches(dataset.train, dataset, order, cfg.batch_size):
+        batch_list = ctx.batches(dataset.train, dataset, order, cfg.batch_size)
+        for step, (x, y, idx, global_size) in enumerate(batch_list, epoch * steps_per_epoch + 1):
             if ctx.device.type != "cpu":
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             with autocast:
@@ -287,6 +295,8 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if on_step is not None and (extra := on_step(step, trainable)):
+                steps.append({"step": step, **extra})
             loss_sum += batch_loss.item() * global_size
             correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
         metrics = {
@@ -295,6 +305,7 @@ def fit(
             "train_accuracy": correct / len(indices),
             **evaluate(eval_module, dataset, cfg.eval_samples, sharded=True),
             "seconds": time.perf_counter() - start,
+            **({"steps": steps} if on_step is not None else {}),
         }
         if not math.isfinite(metrics["val_loss"]):  # never save a state whose outputs are already NaN/inf
             raise diverged(metrics["val_loss"], epoch, cfg, state_path)
