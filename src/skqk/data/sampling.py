@@ -34,6 +34,15 @@ def subset_indices(labels: Tensor, n: int, seed: int = 0, balanced: bool = False
     return torch.randperm(len(labels), generator=generator)[:n]
 
 
+def subset_fingerprint(indices: Tensor) -> str:
+    """sha256 of a subset's sample indices in their order.
+
+    Records made for a subset (patterns, runs) must be continued on the same samples: a different seed,
+    size or `balanced` choice selects other samples, which the dataset fingerprint alone cannot see.
+    """
+    return hashlib.sha256(torch.as_tensor(indices, dtype=torch.int64).contiguous().numpy()).hexdigest()
+
+
 def class_interleaved_permutation(labels: Tensor, generator: torch.Generator) -> Tensor:
     """A permutation taking one sample per class in turn (classes in a seeded order, each class's samples
     in a seeded order), continuing with the classes that still have samples once smaller ones run out."""
