@@ -15,33 +15,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 DATA_NOTE = "CIFAR-10 (JPEG q75 re-encoding)"
 
 
-def band(ax, x, rows: list[list[float]], style: str, color: str, label: str, alpha: float = 1.0) -> None:
-    """Mean line of several seeds' curves (same x) with a mean ± std band; one curve is drawn as it is."""
+def band(ax, x, rows: list[list[float]], style: str, color: str, label: str, spread: str = "std") -> None:
+    """Mean line of several seeds' curves (same x) with a band: mean ± std, or the seeds' min-max `range` (for
+    log axes, where mean - std can be negative). One curve is drawn as it is."""
     values = np.array(rows, dtype=float)
     mean = np.nanmean(values, axis=0)
-    ax.plot(
-        x,
-        mean,
-        style,
-        color=color,
-        alpha=alpha,
-        label=label + (f" (mean of {len(rows)} seeds)" if len(rows) > 1 else ""),
-    )
+    ax.plot(x, mean, style, color=color, label=label + (f" (mean of {len(rows)} seeds)" if len(rows) > 1 else ""))
     if len(rows) > 1:
-        std = np.nanstd(values, axis=0, ddof=1)
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2 * alpha, linewidth=0)
+        if spread == "range":
+            low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+        else:
+            std = np.nanstd(values, axis=0, ddof=1)
+            low, high = mean - std, mean + std
+        ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
 
 
 def plot_fig4(runs: list[dict], model: str, path: Path, preset: str) -> None:
-    """Pattern change and losses against epochs, two y-axes, like the paper's Fig. 4; bands over seeds, the
-    criterion's settle epochs and validation-loss minima as vertical marks."""
+    """Pattern change and losses against epochs, two y-axes, like the paper's Fig. 4; bands over seeds (losses:
+    ± std, flips: min-max), the criterion's settle epochs and validation-loss minima as vertical marks."""
     fig, left = plt.subplots(figsize=(7.5, 4.2))
     fine = all(r["steps"] for r in runs)
     points = [r["steps"] if fine else r["epochs"] for r in runs]
     x = [p["epoch"] for p in points[0]]
     flips = [[100 * p["flips"] if p["flips"] is not None else np.nan for p in rows] for rows in points]
     every = runs[0]["stabilisation"]["measured_every"]
-    band(left, x, flips, "-", "tab:red", f"gate states changed, every {every} (%)")
+    band(left, x, flips, "-", "tab:red", f"gate states changed, every {every} (%), band: range", spread="range")
     left.axhline(100 * runs[0]["stabilisation"]["flip_threshold"], color="tab:red", ls=":", lw=1, label="threshold")
     for r in runs:
         s = r["stabilisation"]
