@@ -8,7 +8,7 @@ loss gradient is 0, the decay term is not), and a new sample whose pattern activ
 update of such a weight is the same linear recurrence for every element, ``v <- m v + wd w``,
 ``w <- w - lr v``, so `PrunedEstimator.restore` applies it in closed form (a 2 x 2 matrix power) for the number
 of steps taken and writes the full-size parameters back: the result equals unpruned training up to
-floating-point rounding (see tests/test_prune.py). With dropout between the layers the pruned net draws fewer
+floating-point rounding (see tests/pipeline/test_prune.py). With dropout between the layers the pruned net draws fewer
 random numbers, so training is equal in distribution rather than step for step.
 
 Example:
