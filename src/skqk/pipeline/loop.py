@@ -1,18 +1,15 @@
-"""Phase 1 (initial training), Phase 4 (QK-only re-training) and the traditional baseline: one SGD loop.
+"""The SGD loop shared by Phase 1 (initial training), Phase 4 (QK-only re-training) and the traditional baseline.
 
 The three differ only in what the paper says differs: which module is trained and where a batch's activation
-pattern comes from. Same samples, same hyperparameters and the same batch order (`epoch_order`), so a QK run
-and a traditional run from one checkpoint are a controlled comparison.
+pattern comes from (`StepForward`). Same samples, same hyperparameters and the same batch order (`epoch_order`),
+so a QK run and a traditional run from one checkpoint are a controlled comparison.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,24 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from skqk import __version__, distributed, models
 from skqk.atomic import atomic_write_text
-from skqk.checkpoint import (
-    CheckpointError,
-    build_network,
-    decoupled_entry,
-    load_checkpoint,
-    load_model_checkpoint,
-    model_kwargs,
-    network_entry,
-    save_checkpoint,
-)
-from skqk.config import RetrainConfig, SGDConfig, TrainConfig
 from skqk.data import Dataset, batches, epoch_order, subset_indices
-from skqk.decoupled import DecoupledModel
-from skqk.estimator import build_estimator
-from skqk.selector import build_selector
-from skqk.store import PatternStore
+from skqk.pipeline import distributed
+from skqk.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from skqk.pipeline.config import SGDConfig
 
 StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
 EpochHook = Callable[[int, nn.Module], dict]  # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips)
@@ -49,10 +33,6 @@ StepHook = Callable[[int, nn.Module], dict | None]  # (SGD steps so far, trained
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class RunDirError(ValueError):
-    """The output folder cannot be used (unwritable, or holds a finished run)."""
 
 
 @dataclass
@@ -97,135 +77,6 @@ def validation_indices(dataset: Dataset, limit: int = 0) -> Tensor:
     return subset_indices(dataset.test.labels, limit, seed=0, balanced=True)
 
 
-def train(
-    cfg: TrainConfig,
-    dataset: Dataset,
-    out: str | os.PathLike,
-    resume: bool = False,
-    progress: bool = True,
-    on_epoch: EpochHook | None = None,
-    on_step: StepHook | None = None,
-) -> RunResult:
-    """Phase 1: train zoo network `cfg.model` from scratch on the first `cfg.samples` samples.
-
-    `on_epoch` and `on_step` (called after every SGD step; what it returns is kept in the epoch's ``steps``)
-    add metrics to the history, as Fig. 4 does with pattern flips.
-
-    Example:
-        >>> from skqk.train import train
-        >>> result = train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
-        >>> result.history[-1]["val_accuracy"]
-    """
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
-    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
-    kwargs = model_kwargs(dataset)
-    torch.manual_seed(cfg.seed)
-    network = models.build(cfg.model, **kwargs)
-    return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch, on_step)
-
-
-def retrain(
-    cfg: RetrainConfig,
-    checkpoint: str | os.PathLike,
-    dataset: Dataset,
-    out: str | os.PathLike,
-    store: str | os.PathLike | None = None,
-    pooling: str = "live",
-    resume: bool = False,
-    progress: bool = True,
-) -> RunResult:
-    """Phase 4 (``cfg.method == "qk"``) or traditional re-training from `checkpoint` on `cfg.samples` samples.
-
-    A QK run keeps the SK of the checkpoint's network in a frozen selector and trains only the estimator,
-    reading each batch's patterns from the pattern `store` (or computing them on the fly); its final
-    checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK.
-    """
-    # everything that can refuse the inputs runs before the run folder is created
-    kwargs = model_kwargs(dataset)
-    ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
-    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
-    if cfg.method == "traditional":
-        if ckpt["kind"] != "network":
-            raise CheckpointError(
-                f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
-            )
-        network = build_network(ckpt, path=str(checkpoint))
-        run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
-        torch.manual_seed(cfg.seed)
-        return fit_network(run_dir, network, ckpt["model"], kwargs, dataset, indices, cfg, resume, progress)
-
-    sk_key = "selector_state" if ckpt["kind"] == "decoupled" else "state_dict"
-    pooling = ckpt.get("pooling", pooling)
-    if store is not None and cfg.patterns == "store":
-        pooling = PatternStore.open(store, verify=False).pooling
-    selector = build_selector(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
-    estimator = build_estimator(build_network(ckpt, path=str(checkpoint)), pooling)
-    decoupled = DecoupledModel(selector, estimator)
-    model = distributed.wrap(estimator)
-    selector.to(next(estimator.parameters()).device)
-    step = (
-        patterns_from_store(model, selector, store, indices)
-        if cfg.patterns == "store"
-        else (lambda x, idx: model(x, selector(x)))
-    )
-    source["store"] = selector.fingerprint if cfg.patterns == "store" else None
-    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
-    torch.manual_seed(cfg.seed)
-    selector_state = ckpt[sk_key]
-    history = fit(
-        run_dir,
-        estimator,
-        step,
-        decoupled,
-        dataset,
-        indices,
-        cfg,
-        lambda: decoupled_entry(ckpt["model"], kwargs, selector_state, decoupled),
-        resume,
-        progress,
-    )
-    return RunResult(decoupled, history, run_dir)
-
-
-def fit_network(
-    run_dir: Path,
-    network: nn.Module,
-    name: str,
-    kwargs: dict,
-    dataset: Dataset,
-    indices: Tensor,
-    cfg: SGDConfig,
-    resume: bool,
-    progress: bool,
-    on_epoch: EpochHook | None = None,
-    on_step: StepHook | None = None,
-) -> RunResult:
-    """Traditional training of the whole network, ReLUs live (Phase 1, and the re-training baseline)."""
-    model = distributed.wrap(network)  # itself in one process; DDP under torchrun
-    entry = lambda: network_entry(name, kwargs, network)  # noqa: E731
-    forward = lambda x, idx: model(x)  # noqa: E731
-    history = fit(run_dir, network, forward, network, dataset, indices, cfg, entry, resume, progress, on_epoch, on_step)
-    return RunResult(network, history, run_dir)
-
-
-def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForward:
-    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3)."""
-    if store is None:
-        raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
-    opened = PatternStore.open(store, selector)
-    missing = (~torch.isin(indices, opened.indices)).sum().item()
-    if missing:
-        raise ValueError(
-            f"pattern store {store} lacks {missing} of the {len(indices)} samples: run `skqk record` "
-            f"with the same checkpoint and --samples {len(indices)} first"
-        )
-    device = next(estimator.parameters()).device
-    if device.type != "cpu":
-        return lambda x, idx: estimator(x, opened.read(idx).to(device))
-    return lambda x, idx: estimator(x, opened.read(idx))
-
-
 def fit(
     run_dir: Path,
     trainable: nn.Module,
@@ -243,13 +94,16 @@ def fit(
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
     to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
 
-    Under torch.distributed (`skqk.distributed`), every rank computes its share of each global batch through
+    `on_epoch` adds its metrics to the epoch's; what `on_step` returns after an SGD step (numbered from 1 over the
+    whole run) is kept, with the step number, in the epoch's ``steps`` (Fig. 4's "every k steps").
+
+    Under torch.distributed (`skqk.pipeline.distributed`), every rank computes its share of each global batch through
     the DDP wrapper of `trainable` that `step_forward` calls, so each step is the single-process step on the
     same global batch; only rank 0 writes the run folder, and on resume it hands its saved state to all ranks.
     """
     ctx = distributed.current()
     if ctx.is_distributed and not distributed.is_wrapped(trainable):
-        raise ValueError("distributed training needs the trained module wrapped by skqk.distributed.wrap")
+        raise ValueError("distributed training needs the trained module wrapped by skqk.pipeline.distributed.wrap")
     opt = torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history: list[dict] = []
     steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
@@ -354,50 +208,3 @@ def sharded_loss(ctx: distributed.Context, logits: Tensor, y: Tensor, global_siz
     loss = F.cross_entropy(logits, y, reduction="sum") * (ctx.world_size / global_size)
     totals = ctx.sum_over_ranks(torch.stack([loss.detach().double(), (logits.argmax(1) == y).sum().double()]))
     return loss, totals[0] / ctx.world_size, int(totals[1])
-
-
-def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig, source: dict | None = None) -> Path:
-    """Create the run folder, check it is writable, and record the resolved config, what the run starts from
-    (`source`: checkpoint and store identity) and the code version; `--resume` must match both."""
-    run_dir = Path(out)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise RunDirError(f"cannot write to output folder {run_dir}: {e.strerror}") from None
-    if not resume and ((run_dir / "model.pt").exists() or (run_dir / "resume.pt").exists()):
-        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and (run_dir / "config.json").exists():
-        saved = json.loads((run_dir / "config.json").read_text())
-        if saved["config"] != cfg.to_dict():
-            raise RunDirError(f"--resume with a different configuration than the run in {run_dir} was started with")
-        if saved.get("source") != source:
-            raise RunDirError(f"--resume from another checkpoint or store than the run in {run_dir} started from")
-    record = {"config": cfg.to_dict(), "kind": type(cfg).__name__, "source": source, "code_version": code_version()}
-    atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
-    return run_dir
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout, saved beside every result."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
