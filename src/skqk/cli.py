@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="0",
         help="comma-separated seeds; each changes initialisation, sample choice and batch order (default 0)",
     )
+    p.add_argument("--sk-samples", help="fig5: comma-separated SK sizes n (overrides the preset's)")
+    p.add_argument("--max-samples", type=int, help="fig5: largest N (overrides the preset's)")
     p.add_argument("--epochs", type=int, help="fig4: training epochs (overrides the preset's)")
     p.add_argument("--every-steps", type=int, help="fig4: also compare patterns every K SGD steps (0 = per epoch)")
     p.add_argument("--flip-threshold", type=float, help="fig4: flip fraction below which patterns count as settled")
@@ -245,14 +247,15 @@ def cmd_evaluate(args) -> None:
     )
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
+def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+    """Distinct non-negative integers from a comma-separated list (seeds, or sample counts)."""
     try:
-        seeds = tuple(int(s) for s in text.split(","))
+        values = tuple(int(s) for s in text.split(","))
     except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ValueError(f"--seeds must be distinct non-negative integers, got {text!r}")
-    return seeds
+        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if len(set(values)) != len(values) or min(values) < 0:
+        raise ValueError(f"{option} must be distinct non-negative integers, got {text!r}")
+    return values
 
 
 def cmd_reproduce(args) -> None:
@@ -267,6 +270,15 @@ def cmd_reproduce(args) -> None:
     if any(v is not None and v < 0 for v in overrides.values()) or args.epochs == 0:
         raise ValueError("--epochs must be positive; --every-steps and --flip-threshold non-negative")
     preset = replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+    protocol = {}
+    if args.sk_samples:
+        protocol["sk_samples"] = parse_seeds(args.sk_samples, "--sk-samples")
+    if args.max_samples is not None:
+        protocol["max_samples"] = args.max_samples
+    if protocol:  # the overrides are part of the preset written into results.json and printed with its scaling
+        if min(protocol.get("sk_samples", (1,))) <= 0 or protocol.get("max_samples", 1) <= 0:
+            raise ValueError("--sk-samples and --max-samples must be positive")
+        preset = replace(preset, fig5={name: replace(p, **protocol) for name, p in preset.fig5.items()})
     seeds = parse_seeds(args.seeds)
     default = "alexnet" if args.figure == "fig4" else "lenet5,alexnet,vgg8"
     names = (args.models or default).split(",")
