@@ -273,11 +273,13 @@ def cmd_reproduce(args) -> None:
     protocol = {}
     if args.sk_samples:
         protocol["sk_samples"] = parse_seeds(args.sk_samples, "--sk-samples")
+        if 0 in protocol["sk_samples"]:
+            raise ValueError(f"--sk-samples must be positive, got {args.sk_samples!r}")
     if args.max_samples is not None:
+        if args.max_samples <= 0:
+            raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
         protocol["max_samples"] = args.max_samples
     if protocol:  # the overrides are part of the preset written into results.json and printed with its scaling
-        if min(protocol.get("sk_samples", (1,))) <= 0 or protocol.get("max_samples", 1) <= 0:
-            raise ValueError("--sk-samples and --max-samples must be positive")
         preset = replace(preset, fig5={name: replace(p, **protocol) for name, p in preset.fig5.items()})
     seeds = parse_seeds(args.seeds)
     default = "alexnet" if args.figure == "fig4" else "lenet5,alexnet,vgg8"

@@ -147,11 +147,14 @@ def test_qk_gap_shares_the_fig5_cells_and_changes_one_factor_per_cell(cifar10, t
     assert (tmp_path / "qkgap_lenet5.png").exists() and (tmp_path / "qkgap.csv").exists()
 
 
-@pytest.mark.parametrize("seeds", ["0,x", "1,1", "-1"])
-def test_bad_seeds_are_a_one_line_error(cifar10, tmp_path, seeds):
-    done = reproduce("fig5", tmp_path, cifar10, "--models", "lenet5", "--seeds", seeds)
+@pytest.mark.parametrize(
+    "option, value",
+    [("--seeds", "0,x"), ("--seeds", "1,1"), ("--seeds", "-1"), ("--sk-samples", "0"), ("--max-samples", "0")],
+)
+def test_bad_seeds_and_sample_counts_are_a_one_line_error(cifar10, tmp_path, option, value):
+    done = reproduce("fig5", tmp_path, cifar10, "--models", "lenet5", option, value)
     assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1].startswith("skqk: error: --seeds")
+    assert done.stderr.strip().splitlines()[-1].startswith(f"skqk: error: {option}")
     assert "Traceback" not in done.stderr and not (tmp_path / "lenet5").exists()
 
 
