@@ -3,18 +3,14 @@
 The paper's objects are the top-level modules: `patterns` (the `Pattern` type), `gates`, `sites`, `selector` (the
 SK), `estimator` (the QK) and `decoupled` (Phase 2: `decouple`). Around them: `pipeline` (configuration,
 checkpoints, Phases 1, 3 and 4), `store` (the pattern store), `bench`, `models`, `data` and `experiments`.
-
-The public names below are imported on first use (PEP 562), so ``import skqk`` and ``skqk --help`` do not pay for
-torch until something needs it.
 """
 
-from __future__ import annotations
-
 import importlib
-from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# Each public name and the module that defines it, imported on first use: ``import skqk`` loads no torch, so
+# the command line starts at once and answers a Ctrl-C during its first seconds (importing torch) cleanly.
 _PUBLIC = {
     "DecoupledModel": "skqk.decoupled",
     "DecouplingError": "skqk.sites",
@@ -25,47 +21,23 @@ _PUBLIC = {
     "PatternStore": "skqk.store",
     "StoreError": "skqk.store",
     "decouple": "skqk.decoupled",
+    "data": "skqk.data",
     "linear_map": "skqk.decoupled",
     "list_sites": "skqk.sites",
+    "models": "skqk.models",
 }
-_SUBPACKAGES = ("data", "models")
 
-__all__ = [
-    "DecoupledModel",
-    "DecouplingError",
-    "Estimator",
-    "Flips",
-    "PathSelector",
-    "Pattern",
-    "PatternStore",
-    "StoreError",
-    "decouple",
-    "data",
-    "linear_map",
-    "list_sites",
-    "models",
-]
-
-if TYPE_CHECKING:
-    from skqk import data, models
-    from skqk.decoupled import DecoupledModel, decouple, linear_map
-    from skqk.estimator import Estimator
-    from skqk.patterns import Flips, Pattern
-    from skqk.selector import PathSelector
-    from skqk.sites import DecouplingError, list_sites
-    from skqk.store import PatternStore, StoreError
+__all__ = list(_PUBLIC)
 
 
 def __getattr__(name: str):
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    elif name in _SUBPACKAGES:
-        value = importlib.import_module(f"skqk.{name}")
-    else:
+    if name not in _PUBLIC:
         raise AttributeError(f"module 'skqk' has no attribute {name!r}")
-    globals()[name] = value  # later lookups do not come here
+    module = importlib.import_module(_PUBLIC[name])
+    value = module if module.__name__ == f"skqk.{name}" else getattr(module, name)
+    globals()[name] = value  # later lookups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted([*globals(), *_PUBLIC])

@@ -13,7 +13,8 @@ from skqk.pipeline.provenance import machine_info
 
 
 def write_results(out: Path, experiment: str, preset, model_names: list[str], dataset, started: float, **data) -> dict:
-    """results.json of one invocation: what was run, on which data and machine, how long, then the numbers."""
+    """results.json of one invocation (qkgap-results.json for the QK-gap study, which shares Fig. 5's folder):
+    what was run, on which data and machine, how long, then the numbers."""
     results = {
         "experiment": experiment,
         "preset": preset.to_dict(),
@@ -23,7 +24,7 @@ def write_results(out: Path, experiment: str, preset, model_names: list[str], da
         "wall_seconds_this_invocation": time.time() - started,
         **data,
     }
-    write_json(Path(out) / "results.json", results)
+    write_json(Path(out) / ("qkgap-results.json" if experiment == "qkgap" else "results.json"), results)
     return results
 
 
