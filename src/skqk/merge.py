@@ -53,7 +53,7 @@ def merge(copies: Sequence[DecoupledModel], weights: Sequence[float] | None = No
     check_compatible(copies)
     w = normalized_weights(weights, len(copies))
     states = [c.estimator.net.state_dict() for c in copies]
-    merged_state = average_states(states, w, batchnorm_modules(copies[0].estimator))
+    merged_state = average_states(states, w, batchnorm_layers(copies[0].estimator.net))
     return with_estimator_state(copies[0], merged_state)
 
 
@@ -80,7 +80,7 @@ def task_arithmetic(
         raise MergeError(f"{len(lam)} lambdas for {len(copies)} copies")
     base = start.estimator.net.state_dict()
     states = [c.estimator.net.state_dict() for c in copies]
-    batchnorm = batchnorm_modules(start.estimator)
+    batchnorm = batchnorm_layers(start.estimator.net)
     merged = average_states(states, normalized_weights(weights, len(copies)), batchnorm)
     statistics = {f"{m}.{b}" for m in batchnorm for b in ("running_mean", "running_var", "num_batches_tracked")}
     for key, value in base.items():
@@ -157,11 +157,11 @@ def normalized_weights(weights: Sequence[float] | None, count: int) -> list[floa
     return [x / sum(w) for x in w]
 
 
-def batchnorm_modules(module: nn.Module) -> set[str]:
-    """Names of the BatchNorm layers that keep running statistics."""
+def batchnorm_layers(network: nn.Module) -> set[str]:
+    """Names of the BatchNorm layers of `network` that keep running statistics (state-dict prefixes)."""
     return {
         name
-        for name, m in module.net.named_modules()
+        for name, m in network.named_modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
     }
 
