@@ -187,3 +187,26 @@ def server_app(run: Callable[[Grid, Context], None]) -> ServerApp:
     app = ServerApp()
     app.main()(run)
     return app
+
+
+def run_from_run_config(grid: Grid, context: Context) -> None:
+    """A deployment's ServerApp: the run is described by the run config (``flwr run --run-config``):
+    ``checkpoint``, ``out``, optionally ``data-dir`` / ``cache-dir``, and any `FederatedConfig` field with dashes
+    (``clients``, ``rounds``, ``local-epochs``, ``samples``, ``partition``, ``alpha``, ``method``, ...)."""
+    from skqk.data import load_dataset
+    from skqk.federated.task import prepare_start
+    from skqk.train import evaluate, file_sha256, prepare_run_dir
+
+    given = {str(k).replace("-", "_"): v for k, v in context.run_config.items()}
+    if not given.get("checkpoint") or not given.get("out"):
+        raise ValueError("the run config must name the start checkpoint and the out folder")
+    given["epochs"] = given.pop("local_epochs", given.get("epochs", 1))
+    cfg = FederatedConfig.from_dict(given)
+    dataset = load_dataset(given.get("data_dir") or None, given.get("cache_dir") or None, progress=False)
+    start = prepare_start(given["checkpoint"], cfg, dataset)
+    source = {"checkpoint_sha256": file_sha256(given["checkpoint"]), "store": None}
+    run_dir = prepare_run_dir(given["out"], False, cfg, source)
+    run_server(grid, cfg, start, run_dir, lambda module: evaluate(module, dataset, cfg.eval_samples))
+
+
+app = server_app(run_from_run_config)  # what a SuperLink runs (pyproject's [tool.flwr.app.components] serverapp)
