@@ -6,7 +6,14 @@ import copy
 
 import pytest
 import torch
-from pipeline_helpers import make_dataset, snapshot, tiny_models  # noqa: F401  (fixture: the test models)
+from pipeline_helpers import (
+    assert_one_line_error,
+    data_args,
+    main_in_process,
+    make_dataset,
+    snapshot,
+    tiny_models,  # noqa: F401  (fixture: the test models)
+)
 from torch import nn
 
 from skqk import decouple
@@ -116,7 +123,7 @@ def runs(tmp_path_factory):
     """A pre-trained `tiny` net, two QK copies re-trained from it on different samples, a QK copy from another
     pre-training (another SK), a frozen-pooling copy, a traditional copy, and a `tiny_dropout` QK copy."""
     root = tmp_path_factory.mktemp("merge")
-    _, _, data = make_dataset(root)
+    data_dir, cache_dir, data = make_dataset(root)
     sgd = {"epochs": 2, "batch_size": 20, "lr": 0.05}
     for name, model, seed in (("pre", "tiny", 0), ("pre_other", "tiny", 1), ("pre_dropout", "tiny_dropout", 0)):
         train(TrainConfig(model=model, samples=60, seed=seed, **sgd), data, root / name, progress=False)
@@ -129,13 +136,14 @@ def runs(tmp_path_factory):
     paths = {
         "a": qk("a", samples=90, subset_seed=1),
         "b": qk("b", samples=30, subset_seed=2),
+        "c": qk("c", samples=60, subset_seed=1),
         "other_sk": qk("other_sk", pre="pre_other"),
         "frozen": qk("frozen", pooling="frozen"),
         "traditional": qk("traditional", method="traditional"),
         "dropout": qk("dropout", pre="pre_dropout"),
         "pre": root / "pre" / "model.pt",
     }
-    return {"root": root, "data": data, "paths": paths}
+    return {"root": root, "data": data, "paths": paths, "data_args": data_args(data_dir, cache_dir)}
 
 
 def test_merged_checkpoint_weighs_by_samples_and_is_a_normal_qk_checkpoint(runs, tmp_path):
@@ -204,3 +212,73 @@ def test_task_arithmetic_from_the_pre_trained_checkpoint(runs, tmp_path):
     with pytest.raises(MergeError, match="--lambda"):
         merge_checkpoints([p["a"], p["b"]], tmp_path / "x.pt", method="task-arithmetic", start=p["pre"])
     assert not (tmp_path / "x.pt").exists()
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+
+def test_cli_merge_evaluate_and_merge_again(runs, tmp_path, capsys):
+    p = runs["paths"]
+    code, out, err = main_in_process(capsys, "merge", p["a"], p["b"], "-o", tmp_path / "m.pt")
+    assert code == 0, err
+    assert "m.pt" in out and "0.75" in out
+    assert load_model_checkpoint(tmp_path / "m.pt")["samples"] == 120
+    code, out, err = main_in_process(
+        capsys, "merge", tmp_path / "m.pt", p["a"], "-o", tmp_path / "m2.pt", "--weights", "1,3"
+    )
+    assert code == 0, err
+    assert load_model_checkpoint(tmp_path / "m2.pt")["merge"]["weights"] == [0.25, 0.75]
+
+
+@pytest.mark.parametrize(
+    "copies, options, fragment",
+    [
+        (["a", "other_sk"], [], "another SK"),
+        (["a", "frozen"], [], "pooling"),
+        (["a", "traditional"], [], "traditional"),
+        (["a", "dropout"], [], "architecture"),
+        (["a"], [], "at least two"),
+        (["a", "b"], ["--weights", "1"], "1 weights for 2 copies"),
+        (["a", "b"], ["--method", "task-arithmetic", "--start", "{pre}"], "--lambda"),
+        (["a", "b"], ["--method", "task-arithmetic", "--lambda", "0.5"], "--start"),
+        (["a", "c"], ["--method", "task-arithmetic", "--start", "{pre}", "--tune-samples", "40"], "--tune-samples"),
+        (["a", "b"], ["--method", "task-arithmetic", "--start", "{pre}", "--tune-samples", "20"], "sample order"),
+    ],
+)
+def test_cli_refusals_are_one_line_and_write_nothing(runs, tmp_path, capsys, copies, options, fragment):
+    p = runs["paths"]
+    options = [o.format(pre=p["pre"]) for o in options]
+    before = snapshot(runs["root"])
+    code, _, err = main_in_process(
+        capsys, "merge", *(p[c] for c in copies), "-o", tmp_path / "m.pt", *options, *runs["data_args"]
+    )
+    assert_one_line_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []
+    assert snapshot(runs["root"]) == before
+
+
+def test_cli_task_arithmetic_tunes_lambda_on_unseen_samples(runs, tmp_path, capsys):
+    """Copies a (90 samples) and c (60) of one sample order: the last 20 of the 120 are unseen by both."""
+    p = runs["paths"]
+    code, out, err = main_in_process(
+        capsys,
+        "merge",
+        p["a"],
+        p["c"],
+        "-o",
+        tmp_path / "ta.pt",
+        "--method",
+        "task-arithmetic",
+        "--start",
+        p["pre"],
+        "--tune-samples",
+        "20",
+        "--lambda-grid",
+        "0,0.5,1",
+        *runs["data_args"],
+    )
+    assert code == 0, err
+    info = load_model_checkpoint(tmp_path / "ta.pt")["merge"]
+    assert [s["lambda"] for s in info["tuning"]] == [0.0, 0.5, 1.0]
+    assert info["lambda"] == max(info["tuning"], key=lambda s: (s["accuracy"], -s["loss"]))["lambda"]
+    assert f"{info['lambda']:g}" in out

@@ -238,6 +238,31 @@ def load_start(path: str | os.PathLike, pooling: str) -> DecoupledModel:
     return DecoupledModel(build_selector(network, pooling), build_estimator(network, pooling))
 
 
+def held_out_samples(paths: Sequence[str | os.PathLike], dataset, count: int) -> tuple[Tensor, Tensor]:
+    """`count` training samples none of the copies was trained on, to tune λ on: the last `count` samples of the
+    seeded permutation whose first `samples` each copy's configuration says it trained on.
+
+    Refused when the copies do not record one permutation (subset seed and balancing) or when the samples they
+    used leave fewer than `count` unseen.
+    """
+    from skqk.data import subset_indices
+
+    configs = [load_model_checkpoint(p).get("config") or {} for p in paths]
+    orders = {(c.get("subset_seed"), c.get("balanced")) for c in configs}
+    used = [c.get("samples") for c in configs]
+    if len(orders) != 1 or None in next(iter(orders)) or not all(isinstance(u, int) for u in used):
+        raise MergeError("tuning λ needs copies whose configuration records one sample order; pass --lambda instead")
+    seed, balanced = orders.pop()
+    total = len(dataset.train)
+    if not 0 < count <= total - max(used):
+        raise MergeError(
+            f"the copies were trained on up to {max(used)} of {total} samples; {count} held-out samples for tuning λ "
+            f"do not fit (use --tune-samples <= {total - max(used)} or pass --lambda)"
+        )
+    indices = subset_indices(dataset.train.labels, total, seed, balanced)[-count:]
+    return dataset.normalize(dataset.train.images[indices]), dataset.train.labels[indices]
+
+
 def merge_checkpoints(
     paths: Sequence[str | os.PathLike],
     out: str | os.PathLike,
