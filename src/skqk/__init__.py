@@ -7,6 +7,7 @@ The paper's phases map to modules: `decoupled` (Phase 2: `decouple`), `selector`
 from skqk import data, models
 from skqk.decoupled import DecoupledModel, decouple, linear_map
 from skqk.estimator import Estimator
+from skqk.merge import MergeError, merge  # the function; its module stays importable as skqk.merge
 from skqk.patterns import Flips, Pattern
 from skqk.selector import PathSelector
 from skqk.sites import DecouplingError, list_sites
@@ -19,6 +20,7 @@ __all__ = [
     "DecouplingError",
     "Estimator",
     "Flips",
+    "MergeError",
     "PathSelector",
     "Pattern",
     "PatternStore",
@@ -27,5 +29,6 @@ __all__ = [
     "data",
     "linear_map",
     "list_sites",
+    "merge",
     "models",
 ]
