@@ -30,9 +30,9 @@ from pipeline_helpers import (
 )
 
 from skqk import __version__, cli
-from skqk.checkpoint import load_checkpoint
-from skqk.config import RetrainConfig, TrainConfig
-from skqk.record import selector_from_checkpoint
+from skqk.pipeline.checkpoint import load_checkpoint
+from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.pipeline.record import selector_from_checkpoint
 
 SGD = ["--epochs", "3", "--batch-size", "20", "--lr", "0.05"]
 

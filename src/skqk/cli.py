@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import fields
 
-from skqk.config import RetrainConfig, SGDConfig, TrainConfig
+from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
 
 
 def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> None:
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
 
     p = sub.add_parser("bench", help="benchmark QK-only against traditional re-training (medians, ratios)")
-    from skqk.bench import add_arguments as add_bench_arguments
+    from skqk.bench.protocol import add_arguments as add_bench_arguments
 
     add_bench_arguments(p)
 
@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_data(args):
-    from skqk import distributed
     from skqk.data import load_dataset
+    from skqk.pipeline import distributed
 
     with distributed.local_main_first():  # under torchrun, one process per machine fills the cache
         return load_dataset(args.data_dir, args.cache_dir, progress=not args.quiet)
@@ -147,13 +147,13 @@ def load_data(args):
 
 def is_main() -> bool:
     """False in the processes of rank > 0 of a torchrun launch: only rank 0 prints results."""
-    from skqk import distributed
+    from skqk.pipeline import distributed
 
     return distributed.current().is_main
 
 
 def cmd_train(args) -> None:
-    from skqk.train import train
+    from skqk.pipeline.train import train
 
     cfg = config_from_args(TrainConfig, args)
     result = train(cfg, load_data(args), args.out, resume=args.resume, progress=not args.quiet)
@@ -161,7 +161,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_retrain(args) -> None:
-    from skqk.train import retrain
+    from skqk.pipeline.retrain import retrain
 
     cfg = config_from_args(RetrainConfig, args)
     dataset = load_data(args)
@@ -189,7 +189,7 @@ def print_final(result) -> None:
 
 
 def cmd_record(args) -> None:
-    from skqk.record import record_from_checkpoint
+    from skqk.pipeline.record import record_from_checkpoint
 
     dataset = load_data(args)
     store = record_from_checkpoint(
@@ -208,8 +208,8 @@ def cmd_record(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from skqk.checkpoint import load_for_evaluation, model_kwargs
-    from skqk.train import evaluate
+    from skqk.pipeline.checkpoint import load_for_evaluation, model_kwargs
+    from skqk.pipeline.loop import evaluate
 
     dataset = load_data(args)
     module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset))
@@ -260,7 +260,7 @@ def cmd_patterns(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from skqk.bench import main_from_args
+    from skqk.bench.run import main_from_args
 
     main_from_args(args)
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in DISTRIBUTED_COMMANDS:
         return run_command(args)
-    from skqk import distributed
+    from skqk.pipeline import distributed
 
     try:
         code = run_command(args, lambda: distributed.setup(args.device))  # joins torchrun's process group, if any
