@@ -17,11 +17,13 @@ from pipeline_helpers import (
 from torch import nn
 
 from skqk import decouple
-from skqk.checkpoint import load_for_evaluation, load_model_checkpoint
-from skqk.config import RetrainConfig, TrainConfig
 from skqk.decoupled import DecoupledModel
 from skqk.merge import MergeError, merge, merge_checkpoints, task_arithmetic, tune_lambda
-from skqk.train import evaluate, retrain, train
+from skqk.pipeline.checkpoint import load_for_evaluation, load_model_checkpoint
+from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.pipeline.loop import evaluate
+from skqk.pipeline.retrain import retrain
+from skqk.pipeline.train import train
 
 
 def tiny_bn_net() -> nn.Module:

@@ -25,9 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skqk.checkpoint import build_network, decoupled_entry, load_decoupled, load_model_checkpoint, save_checkpoint
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import build_estimator
+from skqk.pipeline.checkpoint import (
+    build_network,
+    decoupled_entry,
+    load_decoupled,
+    load_model_checkpoint,
+    save_checkpoint,
+)
 from skqk.selector import build_selector
 
 
@@ -287,6 +293,8 @@ def merge_checkpoints(
     Returns:
         What was written besides the weights: ``samples``, ``merged_from``, ``merge`` (method, weights, λ, scores).
     """
+    from skqk.pipeline.rundir import file_sha256  # not at the top: it imports skqk, which imports this module
+
     out = Path(out)
     if any(out.resolve() == Path(p).resolve() for p in paths):
         raise MergeError(f"the output {out} is one of the inputs; choose another -o")
@@ -320,9 +328,3 @@ def merge_checkpoints(
     entry = decoupled_entry(first["model"], first["model_kwargs"], first["selector_state"], merged)
     save_checkpoint(out, {**entry, **record})
     return record
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    from skqk.train import file_sha256 as sha256  # not at the top: train pulls in the whole training pipeline
-
-    return sha256(path)

@@ -17,11 +17,11 @@ import tomllib
 import torch
 from pipeline_helpers import REPO, cli_env, make_dataset
 
-from skqk.checkpoint import load_model_checkpoint
-from skqk.config import TrainConfig
 from skqk.federated.config import FederatedConfig
 from skqk.federated.task import client_model, client_shard, local_train, prepare_start, round_seed
-from skqk.train import train
+from skqk.pipeline.checkpoint import load_model_checkpoint
+from skqk.pipeline.config import TrainConfig
+from skqk.pipeline.train import train
 
 APP = REPO / "federated-app"
 BIN = Path(sys.executable).parent

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import torch
 
-from skqk.checkpoint import decoupled_entry, load_for_evaluation, save_checkpoint
-from skqk.config import TrainConfig
 from skqk.data import Dataset
 from skqk.experiments.common import write_csv, write_json, write_results
 from skqk.experiments.fig5 import cached_cell
@@ -31,7 +29,10 @@ from skqk.experiments.plots import plot_federated
 from skqk.federated.config import FederatedConfig
 from skqk.federated.task import client_model, client_shard, local_train, prepare_start, round_seed
 from skqk.merge import merge_checkpoints
-from skqk.train import evaluate, train
+from skqk.pipeline.checkpoint import decoupled_entry, load_for_evaluation, save_checkpoint
+from skqk.pipeline.config import TrainConfig
+from skqk.pipeline.loop import evaluate
+from skqk.pipeline.train import train
 
 METHODS = ("qk-fedavg", "traditional-fedavg", "merge-once")
 

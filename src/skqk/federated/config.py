@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from skqk.config import SGDConfig
+from skqk.pipeline.config import SGDConfig
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 

@@ -21,10 +21,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
 from skqk.atomic import atomic_write_text
-from skqk.checkpoint import decoupled_entry, network_entry, save_checkpoint
 from skqk.federated.config import FederatedConfig
 from skqk.federated.task import client_model, split_state
 from skqk.merge import average_states
+from skqk.pipeline.checkpoint import decoupled_entry, network_entry, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,8 @@ def run_from_run_config(grid: Grid, context: Context) -> None:
     (``clients``, ``rounds``, ``local-epochs``, ``samples``, ``partition``, ``alpha``, ``method``, ...)."""
     from skqk.data import load_dataset
     from skqk.federated.task import prepare_start
-    from skqk.train import evaluate, file_sha256, prepare_run_dir
+    from skqk.pipeline.loop import evaluate
+    from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 
     given = {str(k).replace("-", "_"): v for k, v in context.run_config.items()}
     if not given.get("checkpoint") or not given.get("out"):

@@ -14,7 +14,8 @@ from skqk.data import load_dataset
 from skqk.data.loading import DATA_ENV
 from skqk.federated.config import FederatedConfig
 from skqk.federated.task import prepare_start
-from skqk.train import evaluate, file_sha256, prepare_run_dir
+from skqk.pipeline.loop import evaluate
+from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 
 
 def run_federated(

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skqk import models
-from skqk.checkpoint import CheckpointError, load_model_checkpoint, model_kwargs
 from skqk.data import Dataset, batches, epoch_order, subset_indices
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import build_estimator
 from skqk.federated.config import FederatedConfig
 from skqk.federated.partition import partition
 from skqk.merge import batchnorm_layers
+from skqk.pipeline.checkpoint import CheckpointError, load_model_checkpoint, model_kwargs
 from skqk.selector import build_selector
 
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
