@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 
 from skqk.federated.config import FederatedConfig
@@ -310,7 +313,7 @@ def number_list(text: str | None, option: str) -> list[float] | None:
 
 
 def cmd_merge(args) -> None:
-    from skqk.merge import held_out_samples, merge_checkpoints
+    from skqk.combine import held_out_samples, merge_checkpoints
 
     lambdas = number_list(args.lambdas, "--lambda")
     tune = None
@@ -407,7 +410,10 @@ DISTRIBUTED_COMMANDS = ("train", "record", "retrain")  # run unchanged under tor
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # building the parser imports torch (bench options): seconds on a cold start
+        return interrupted(None)
     if args.command not in DISTRIBUTED_COMMANDS:
         return run_command(args)
     from skqk.pipeline import distributed
@@ -422,22 +428,56 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+CONTINUE_HINTS = {  # how each interrupted command continues where it stopped
+    "train": " (continue the run with --resume)",
+    "retrain": " (continue the run with --resume)",
+    "record": " (rerun the same command to record the samples still missing)",
+    "reproduce": " (rerun the same command to continue)",
+}
+
+
 def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = None) -> int:
-    """Run the command; errors a user can cause become one line on stderr and exit status 1."""
+    """Run the command; errors a user can cause become one line on stderr and exit status 1, Ctrl-C exit 130."""
     try:
-        if setup is not None:
-            setup()
-        COMMANDS[args.command](args)
+        with counting_interrupts() as interrupts:
+            if setup is not None:
+                setup()
+            COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("skqk: interrupted (a run resumes with --resume)", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, RuntimeError) as e:  # our errors subclass these; one line unless --debug
-        if args.debug:
+        return interrupted(args)
+    except Exception as e:
+        if interrupts and not args.debug:  # Ctrl-C inside an import or a library can surface as another error
+            return interrupted(args)
+        if args.debug or not isinstance(e, (ValueError, OSError, RuntimeError)):  # ours subclass these
             raise
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"skqk: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextmanager
+def counting_interrupts() -> Iterator[list[int]]:
+    """Let Ctrl-C raise KeyboardInterrupt as usual, and also count it in the yielded list."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield received
+        return
+
+    def on_interrupt(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupted(args: argparse.Namespace | None) -> int:
+    print(f"skqk: interrupted{CONTINUE_HINTS.get(getattr(args, 'command', None), '')}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -49,7 +49,13 @@ class Federation:
 
     def __init__(self, root: Path, clients: int, data: tuple[Path, Path]):
         self.root, self.clients, self.data = root, clients, data
-        self.env = {**cli_env(), "FLWR_HOME": str(root / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+        # one thread per ClientApp, as in the simulation's workers: the same float sums, so the same bits
+        self.env = {
+            **cli_env(),
+            "FLWR_HOME": str(root / "flwr-home"),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "OMP_NUM_THREADS": "1",
+        }
         self.port = free_port()
         self.nodes: list[subprocess.Popen] = []
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
+from skqk.combine import merge_checkpoints
 from skqk.data import Dataset
 from skqk.experiments.common import write_csv, write_json, write_results
 from skqk.experiments.fig5 import cached_cell
 from skqk.experiments.plots import plot_federated
 from skqk.federated.config import FederatedConfig
 from skqk.federated.task import client_model, client_shard, local_train, prepare_start, round_seed
-from skqk.merge import merge_checkpoints
 from skqk.pipeline.checkpoint import decoupled_entry, load_for_evaluation, save_checkpoint
 from skqk.pipeline.config import TrainConfig
 from skqk.pipeline.loop import evaluate

@@ -3,7 +3,7 @@
 `SharedSK` wraps Flower's FedAvg, FedProx or FedAdam. The wrapped strategy samples the nodes and aggregates
 the trained parameters with its own rule; the wrapper adds what sharing one SK needs and what the report
 measures: the selector weights go to a node with its first message only, BatchNorm running statistics travel
-beside the parameters and are pooled with `skqk.merge`'s mixture rule, replies are put in client order (so the
+beside the parameters and are pooled with `skqk.combine`'s mixture rule, replies are put in client order (so the
 sum is the same in simulation and deployment), a round with fewer than `min_clients` replies leaves the global
 model as it was, and every message's bytes and every client's metrics are recorded.
 """
@@ -21,9 +21,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
 from skqk.atomic import atomic_write_text
+from skqk.combine import average_states
 from skqk.federated.config import FederatedConfig
 from skqk.federated.task import client_model, split_state
-from skqk.merge import average_states
 from skqk.pipeline.checkpoint import decoupled_entry, network_entry, save_checkpoint
 
 log = logging.getLogger(__name__)

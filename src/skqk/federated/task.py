@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skqk import models
+from skqk.combine import batchnorm_layers
 from skqk.data import Dataset, batches, epoch_order, subset_indices
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import build_estimator
 from skqk.federated.config import FederatedConfig
 from skqk.federated.partition import partition
-from skqk.merge import batchnorm_layers
 from skqk.pipeline.checkpoint import CheckpointError, load_model_checkpoint, model_kwargs
 from skqk.selector import build_selector
 
@@ -59,7 +59,7 @@ def client_model(
 
 
 def split_state(state: dict[str, Tensor], batchnorm: set[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(parameters, BatchNorm running statistics): Flower's strategy aggregates the first, `skqk.merge`'s
+    """(parameters, BatchNorm running statistics): Flower's strategy aggregates the first, `skqk.combine`'s
     mixture rule pools the second (an average of variances alone would drop the spread between clients)."""
     statistics = {f"{layer}.{name}" for layer in batchnorm for name in STATISTICS}
     params = {k: v for k, v in state.items() if k not in statistics}

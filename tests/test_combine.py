@@ -17,8 +17,8 @@ from pipeline_helpers import (
 from torch import nn
 
 from skqk import decouple
+from skqk.combine import MergeError, merge, merge_checkpoints, task_arithmetic, tune_lambda
 from skqk.decoupled import DecoupledModel
-from skqk.merge import MergeError, merge, merge_checkpoints, task_arithmetic, tune_lambda
 from skqk.pipeline.checkpoint import load_for_evaluation, load_model_checkpoint
 from skqk.pipeline.config import RetrainConfig, TrainConfig
 from skqk.pipeline.loop import evaluate

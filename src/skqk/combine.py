@@ -34,6 +34,7 @@ from skqk.pipeline.checkpoint import (
     load_model_checkpoint,
     save_checkpoint,
 )
+from skqk.pipeline.rundir import file_sha256
 from skqk.selector import build_selector
 
 
@@ -54,7 +55,7 @@ def merge(copies: Sequence[DecoupledModel], weights: Sequence[float] | None = No
         statistics pooled as a mixture). The copies are not modified.
 
     Example:
-        >>> merged = skqk.merge([copy_a, copy_b], weights=[4096, 1024])
+        >>> merged = skqk.combine([copy_a, copy_b], weights=[4096, 1024])
     """
     check_compatible(copies)
     w = normalized_weights(weights, len(copies))
@@ -293,8 +294,6 @@ def merge_checkpoints(
     Returns:
         What was written besides the weights: ``samples``, ``merged_from``, ``merge`` (method, weights, λ, scores).
     """
-    from skqk.pipeline.rundir import file_sha256  # not at the top: it imports skqk, which imports this module
-
     out = Path(out)
     if any(out.resolve() == Path(p).resolve() for p in paths):
         raise MergeError(f"the output {out} is one of the inputs; choose another -o")
