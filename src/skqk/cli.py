@@ -355,13 +355,14 @@ def cmd_federated(args) -> None:
 
 
 def reproduce_federated(args) -> None:
-    require_flower()
     from skqk.experiments.federated import PRESETS
-    from skqk.experiments.federated import run_federated_experiment as run
-    from skqk.experiments.report import summary_table
 
     if args.preset not in PRESETS:
         raise ValueError(f"reproduce federated has the presets {', '.join(PRESETS)}, not {args.preset!r}")
+    require_flower()
+    from skqk.experiments.federated import run_federated_experiment as run
+    from skqk.experiments.report import summary_table
+
     preset = PRESETS[args.preset]
     names = (args.models or ",".join(preset.models)).split(",")
     for name in names:
