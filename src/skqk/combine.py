@@ -26,16 +26,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skqk.decoupled import DecoupledModel
-from skqk.estimator import build_estimator
 from skqk.pipeline.checkpoint import (
-    build_network,
     decoupled_entry,
     load_decoupled,
+    load_estimator,
     load_model_checkpoint,
+    load_selector,
     save_checkpoint,
 )
 from skqk.pipeline.rundir import file_sha256
-from skqk.selector import build_selector
 
 
 class MergeError(ValueError):
@@ -239,10 +238,7 @@ def trained_samples(ckpt: dict, path: str | os.PathLike) -> int:
 def load_start(path: str | os.PathLike, pooling: str) -> DecoupledModel:
     """The pre-trained start of task arithmetic: a network checkpoint (decoupled here) or a QK checkpoint."""
     ckpt = load_model_checkpoint(path)
-    if ckpt["kind"] == "decoupled":
-        return load_decoupled(ckpt, str(path))
-    network = build_network(ckpt, path=str(path)).eval()
-    return DecoupledModel(build_selector(network, pooling), build_estimator(network, pooling))
+    return DecoupledModel(load_selector(ckpt, pooling, str(path)), load_estimator(ckpt, pooling, str(path)))
 
 
 def held_out_samples(paths: Sequence[str | os.PathLike], dataset, count: int) -> tuple[Tensor, Tensor]:

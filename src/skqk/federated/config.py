@@ -6,7 +6,7 @@ epochs per round (E). The defaults of the federated fields are ours (the paper h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from skqk.pipeline.config import SGDConfig
@@ -51,6 +51,12 @@ class FederatedConfig(SGDConfig):
             raise ValueError("federated clients train in fp32 (precision bf16 is not supported here)")
         if not self.round_timeout > 0:
             raise ValueError(f"round_timeout must be positive, got {self.round_timeout}")
+
+    @classmethod
+    def from_dict(cls, given: dict) -> FederatedConfig:
+        """The configuration a message or a run config carries (other keys, e.g. paths, are not fields)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in given.items() if k in names})
 
     @property
     def required_clients(self) -> int:

@@ -43,7 +43,8 @@ def run_federated(
     cache_dir = str(cache_dir) if cache_dir else None
     dataset = load_dataset(data_dir, cache_dir, progress=progress)
     start = prepare_start(checkpoint, cfg, dataset)  # every refusal comes before the run folder exists
-    run_dir = prepare_run_dir(out, False, cfg, {"checkpoint_sha256": file_sha256(checkpoint), "store": None})
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
+    run_dir = prepare_run_dir(out, False, cfg, source, start["pooling"] if cfg.method == "qk" else None)
     outcome: dict = {}
 
     def main(grid, context) -> None:

@@ -19,11 +19,18 @@ from skqk import models
 from skqk.combine import batchnorm_layers
 from skqk.data import Dataset, batches, epoch_order, subset_indices
 from skqk.decoupled import DecoupledModel
-from skqk.estimator import build_estimator
 from skqk.federated.config import FederatedConfig
 from skqk.federated.partition import partition
-from skqk.pipeline.checkpoint import CheckpointError, load_model_checkpoint, model_kwargs
-from skqk.selector import build_selector
+from skqk.pipeline.checkpoint import (
+    CheckpointError,
+    build_network,
+    load_estimator,
+    load_model_checkpoint,
+    load_selector,
+    model_kwargs,
+    resolve_pooling,
+)
+from skqk.pipeline.loop import make_optimizer, sgd_step
 
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -37,10 +44,9 @@ class ClientModel:
     deployed: nn.Module
 
 
-def network(model: str, model_kwargs: dict, state: dict[str, Tensor]) -> nn.Module:
-    net = models.build(model, **model_kwargs)
-    net.load_state_dict(state)
-    return net
+def network_checkpoint(model: str, model_kwargs: dict, state: dict[str, Tensor]) -> dict:
+    """Weights received in a message, in the form the pipeline's builders take (a network checkpoint)."""
+    return {"kind": "network", "model": model, "model_kwargs": model_kwargs, "state_dict": state}
 
 
 def client_model(
@@ -49,12 +55,12 @@ def client_model(
     """The module a client trains: an estimator gated by the frozen selector built from `sk` (method "qk"),
     or the whole network (method "traditional", `sk` unused)."""
     if method == "traditional":
-        net = network(model, model_kwargs, qk)
+        net = build_network(network_checkpoint(model, model_kwargs, qk))
         return ClientModel(net, net, net)
     if sk is None:
         raise ValueError("a QK client needs the SK (the selector weights) before its first round")
-    selector = build_selector(network(model, model_kwargs, sk).eval(), pooling)
-    estimator = build_estimator(network(model, model_kwargs, qk), pooling)
+    selector = load_selector(network_checkpoint(model, model_kwargs, sk), pooling)
+    estimator = load_estimator(network_checkpoint(model, model_kwargs, qk), pooling)
     return ClientModel(estimator.net, lambda x: estimator(x, selector(x)), DecoupledModel(selector, estimator))
 
 
@@ -104,9 +110,9 @@ def local_train(
     Returns:
         Mean training loss and accuracy over the epochs, and ``num-examples`` (the shard's size).
     """
-    params = [p for p in model.trainable.parameters() if p.requires_grad]
+    params = list(model.trainable.parameters())
     received = [p.detach().clone() for p in params] if proximal_mu else []
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model.trainable, cfg)
     model.trainable.train()
     loss_sum, correct = 0.0, 0
     for epoch in range(first_epoch, first_epoch + epochs):
@@ -115,10 +121,7 @@ def local_train(
             loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"local training diverged (loss {loss.item()}); try a lower --lr (now {cfg.lr})")
-            total = loss + proximal_term(params, received, proximal_mu) if proximal_mu else loss
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
+            sgd_step(opt, loss + proximal_term(params, received, proximal_mu) if proximal_mu else loss)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
     model.trainable.eval()
@@ -138,14 +141,13 @@ def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset) -> dict:
     checkpoint continues with its own selector (method "qk" only).
     """
     ckpt = load_model_checkpoint(checkpoint, fits=model_kwargs(dataset))
-    if ckpt["kind"] == "decoupled":
-        if cfg.method == "traditional":
-            raise CheckpointError(
-                f"{checkpoint} is a QK (decoupled) checkpoint; traditional federated training needs a network one"
-            )
-        sk, pooling = ckpt["selector_state"], ckpt["pooling"]
-    else:
-        sk, pooling = ckpt["state_dict"], "live"
+    if ckpt["kind"] == "decoupled" and cfg.method == "traditional":
+        raise CheckpointError(
+            f"{checkpoint} is a QK (decoupled) checkpoint; traditional federated training needs a network one"
+        )
+    pooling = resolve_pooling(ckpt, path=str(checkpoint))
+    load_selector(ckpt, pooling, str(checkpoint))  # refuses weights of another architecture, or a corrupt SK
+    sk = ckpt["selector_state"] if ckpt["kind"] == "decoupled" else ckpt["state_dict"]
     for client in range(cfg.clients):
         client_shard(dataset, cfg, client)
     return {
