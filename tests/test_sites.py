@@ -33,7 +33,7 @@ def test_inplace_relu_semantics_are_kept_for_later_readers():
 @pytest.mark.parametrize("act", [nn.GELU(), nn.Sigmoid(), nn.Tanh(), nn.SiLU(), nn.Softmax(dim=1)])
 def test_other_nonlinearities_are_refused_naming_the_node(act):
     model = nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 2))
-    with pytest.raises(skqk.DecouplingError, match="node '1'.*not a ReLU gate"):
+    with pytest.raises(skqk.DecouplingError, match=rf"node '1' \({type(act).__name__}\) is not known to be affine"):
         skqk.decouple(model)
 
 
@@ -88,8 +88,31 @@ class Wrapper(nn.Module):
 
 
 def test_untraceable_model_gets_an_explaining_error():
-    with pytest.raises(skqk.DecouplingError, match="cannot trace DataDependent.*leaf_modules"):
+    with pytest.raises(skqk.DecouplingError, match="cannot trace DataDependent.forward itself"):
         skqk.decouple(DataDependent())
+
+
+def test_untraceable_submodule_is_named_and_a_leaf_suggested_only_without_a_gate():
+    """The culprit is the innermost submodule whose forward failed; it may be a leaf only if it holds no gate."""
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    class WithGate(Branchy):
+        def __init__(self):
+            super().__init__()
+            self.act = nn.ReLU()
+
+    outer = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Identity(), Branchy()))
+    with pytest.raises(skqk.DecouplingError, match=r"submodule '1.1' \(Branchy\).*leaf_modules=\[Branchy\]"):
+        skqk.decouple(outer)
+    with pytest.raises(skqk.DecouplingError, match=r"'1' \(WithGate\).*contains the gate 1.act \(ReLU\)"):
+        skqk.decouple(nn.Sequential(nn.Linear(4, 4), WithGate()))
 
 
 def test_leaf_modules_are_kept_whole_but_must_not_hide_a_relu():
