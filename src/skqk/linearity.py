@@ -220,10 +220,18 @@ def analyse(gm: fx.GraphModule, pooling: str, vouched_leaves: tuple) -> list[Sit
             for r in spec.replaces:
                 values[r] = values[node]
             continue
-        values[node] = _affine_value(node, gm, pooling, values, vouched_leaves)
+        values[node] = _with_culprit(node, _affine_value(node, gm, pooling, values, vouched_leaves), inputs)
         _track_alias(node, root)
         _apply_inplace(node, values, root)
     return sites
+
+
+def _with_culprit(node: fx.Node, value: Value, inputs: list[Value]) -> Value:
+    """Remember which node first moved the batch axis away from 0 or mixed samples."""
+    if value.batch in (0, None) or value.lost_at:
+        return value
+    inherited = next((v.lost_at for v in inputs if v.lost_at), "")
+    return Value(value.dep, value.batch, inherited or node.name)
 
 
 def _discrete_inputs(graph: fx.Graph) -> set[fx.Node]:

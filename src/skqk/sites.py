@@ -58,6 +58,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type[nn.Module]] = ()) -> fx.
     except Exception as e:  # fx raises many types (TraceError, TypeError, NotImplementedError, ...)
         raise _untraceable(model, tracer.path, e) from None
     gm = fx.GraphModule(source, graph, type(model).__name__)
+    gm.training = source.training  # the root's own flag; its submodules keep theirs
     _check_leaves(gm, leaves)
     gm.meta["skqk_leaves"] = leaves  # the user vouches they are affine: `analyse` accepts them
     return gm
@@ -148,7 +149,7 @@ def rewrite_gates(
         node = spec.node
         operands = tuple(_current(o, position[node], now) for o in spec.operands)
         site = Site(_unique(readable_name(node), taken), f"{GATES_PREFIX}.{node.name}", spec.gate.bits)
-        gm.add_submodule(site.target, spec.gate)
+        gm.add_submodule(site.target, spec.gate.train(gm.training))
         with graph.inserting_before(node):
             y = graph.call_module(site.target, (*operands, state_of(graph, site, spec.gate, operands)))
         for replaced in (*spec.replaces, node):
@@ -165,6 +166,9 @@ def rewrite_gates(
     graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()  # the replaced activation / pooling modules
+    for m in gm.modules():  # the containers fx and add_submodule create hold no mode of their own: the source's
+        if type(m) is nn.Module:
+            m.training = gm.training
     return sites
 
 
