@@ -1,4 +1,4 @@
-"""Exact removal of dead units (skqk.prune): same losses, gradients and final weights as unpruned training."""
+"""Exact removal of dead units (skqk.pipeline.prune): same losses, gradients and final weights as unpruned training."""
 
 import copy
 
@@ -7,11 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from skqk import decouple, models
-from skqk.prune import _zero_gradient_factor, prune_dead_units
+from skqk.pipeline.prune import _zero_gradient_factors, prune_dead_units
 
 
-def _train(est, x, y, pattern, steps, batch=16):
-    opt = torch.optim.SGD(est.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+def _sgd(est):
+    return torch.optim.SGD(est.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+
+
+def _train(est, x, y, pattern, steps, batch=16, opt=None):
+    opt = opt or _sgd(est)
     losses = []
     for s in range(steps):
         sl = slice((s * batch) % len(x), (s * batch) % len(x) + batch)
@@ -38,15 +42,16 @@ def _setup(seed=0):
 def test_pruning_removes_dead_neurons_and_trains_identically():
     selector, est, x, y, pattern = _setup()
     est_full = copy.deepcopy(est)
-    pruned = prune_dead_units(est, pattern)
+    opt = _sgd(est)
+    pruned = prune_dead_units(est, pattern, opt)
     removed = pruned.removed_units
     assert removed["classifier.1"] >= 30 and removed["classifier.3"] >= 20
     assert est.net.get_submodule("classifier.0").out_features == 120 - removed["classifier.1"]
     torch.testing.assert_close(est(x, pattern), est_full(x, pattern))
-    losses = _train(est, x, y, pattern, 12)
+    losses = _train(est, x, y, pattern, 12, opt=opt)
     losses_full = _train(est_full, x, y, pattern, 12)
     torch.testing.assert_close(losses, losses_full)
-    pruned.restore(12, lr=0.05, momentum=0.9, weight_decay=5e-3)
+    pruned.restore()
     assert est.net.get_submodule("classifier.0").out_features == 120
     for (name, a), (_, b) in zip(est.named_parameters(), est_full.named_parameters()):
         torch.testing.assert_close(a, b, msg=name)
@@ -72,4 +77,5 @@ def test_zero_gradient_factor_matches_sgd():
     for _ in range(7):
         w.grad = torch.zeros_like(w)
         opt.step()
-    assert abs(w.item() - 2.0 * _zero_gradient_factor(7, 0.1, 0.9, 0.01)) < 1e-12
+    (a, _), _ = _zero_gradient_factors(7, opt.param_groups[0])
+    assert abs(w.item() - 2.0 * a) < 1e-12

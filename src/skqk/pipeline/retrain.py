@@ -1,0 +1,111 @@
+"""Phase 4 (QK-only re-training) and the traditional re-training baseline, from a pre-trained checkpoint.
+
+A QK run keeps the SK of the checkpoint's network in a frozen selector and trains only the estimator; its
+batches' patterns come from the Phase 3 store or are computed on the fly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from skqk.data import Dataset, subset_indices
+from skqk.decoupled import DecoupledModel
+from skqk.estimator import build_estimator
+from skqk.pipeline import distributed
+from skqk.pipeline.checkpoint import (
+    CheckpointError,
+    build_network,
+    decoupled_entry,
+    load_model_checkpoint,
+    model_kwargs,
+)
+from skqk.pipeline.config import RetrainConfig
+from skqk.pipeline.loop import RunResult, StepForward, fit
+from skqk.pipeline.rundir import file_sha256, prepare_run_dir
+from skqk.pipeline.train import fit_network
+from skqk.selector import build_selector
+from skqk.store import PatternStore
+
+
+def retrain(
+    cfg: RetrainConfig,
+    checkpoint: str | os.PathLike,
+    dataset: Dataset,
+    out: str | os.PathLike,
+    store: str | os.PathLike | None = None,
+    pooling: str = "live",
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Phase 4 (``cfg.method == "qk"``) or traditional re-training from `checkpoint` on `cfg.samples` samples.
+
+    A QK run keeps the SK of the checkpoint's network in a frozen selector and trains only the estimator,
+    reading each batch's patterns from the pattern `store` (or computing them on the fly); its final
+    checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK.
+    """
+    # everything that can refuse the inputs runs before the run folder is created
+    kwargs = model_kwargs(dataset)
+    ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
+    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
+    if cfg.method == "traditional":
+        if ckpt["kind"] != "network":
+            raise CheckpointError(
+                f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
+            )
+        network = build_network(ckpt, path=str(checkpoint))
+        run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
+        torch.manual_seed(cfg.seed)
+        return fit_network(run_dir, network, ckpt["model"], kwargs, dataset, indices, cfg, resume, progress)
+
+    sk_key = "selector_state" if ckpt["kind"] == "decoupled" else "state_dict"
+    pooling = ckpt.get("pooling", pooling)
+    if store is not None and cfg.patterns == "store":
+        pooling = PatternStore.open(store, verify=False).pooling
+    selector = build_selector(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
+    estimator = build_estimator(build_network(ckpt, path=str(checkpoint)), pooling)
+    decoupled = DecoupledModel(selector, estimator)
+    model = distributed.wrap(estimator)
+    selector.to(next(estimator.parameters()).device)
+    step = (
+        patterns_from_store(model, selector, store, indices)
+        if cfg.patterns == "store"
+        else (lambda x, idx: model(x, selector(x)))
+    )
+    source["store"] = selector.fingerprint if cfg.patterns == "store" else None
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
+    torch.manual_seed(cfg.seed)
+    selector_state = ckpt[sk_key]
+    history = fit(
+        run_dir,
+        estimator,
+        step,
+        decoupled,
+        dataset,
+        indices,
+        cfg,
+        lambda: decoupled_entry(ckpt["model"], kwargs, selector_state, decoupled),
+        resume,
+        progress,
+    )
+    return RunResult(decoupled, history, run_dir)
+
+
+def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForward:
+    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3)."""
+    if store is None:
+        raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
+    opened = PatternStore.open(store, selector)
+    missing = (~torch.isin(indices, opened.indices)).sum().item()
+    if missing:
+        raise ValueError(
+            f"pattern store {store} lacks {missing} of the {len(indices)} samples: run `skqk record` "
+            f"with the same checkpoint and --samples {len(indices)} first"
+        )
+    device = next(estimator.parameters()).device
+    if device.type != "cpu":
+        return lambda x, idx: estimator(x, opened.read(idx).to(device))
+    return lambda x, idx: estimator(x, opened.read(idx))
