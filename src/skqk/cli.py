@@ -27,9 +27,31 @@ def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> Non
     p.add_argument("--seed", type=int, help="seed of initialisation, dropout and batch order (default 0)")
     p.add_argument("--subset-seed", type=int, help="seed of the nested sample subsets (default 0)")
     p.add_argument("--balanced", action="store_true", default=None, help="class-balanced sample subsets")
+    add_order_options(p)
     p.add_argument("--eval-samples", type=int, help="validation samples per epoch (default 0 = all)")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast with fp32 master weights")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after an interruption")
+
+
+def add_order_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--class-incremental",
+        type=int,
+        metavar="CLASSES",
+        help="class-incremental sample order: each chunk of --chunk-samples brings this many new classes",
+    )
+    p.add_argument("--chunk-samples", type=int, help="samples per chunk of the class-incremental order")
+
+
+def sample_range(text: str) -> tuple[int, int]:
+    """`A:B` of --sample-range: samples A..B-1 of the run's permutation."""
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(start), int(stop)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B (e.g. 4096:8192), got {text!r}") from None
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -39,6 +61,22 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         "then the cache, downloading CIFAR-10 there if absent)",
     )
     p.add_argument("--cache-dir", help="where decoded data is cached (default: $SKQK_CACHE or ~/.cache/skqk)")
+
+
+def add_selection_options(p: argparse.ArgumentParser) -> None:
+    """Which samples a pattern recording covers (`record`, `refresh`): the same permutation as the runs'."""
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the nested sample subsets (default 0)")
+    p.add_argument("--balanced", action="store_true", help="class-balanced sample subsets")
+    add_order_options(p)
+    p.add_argument("--batch-size", type=int, default=1024, help="inference batch size (default 1024)")
+
+
+def class_chunks_of(args) -> tuple[int, int] | None:
+    """The class-incremental order of `record` and `refresh`, checked like a run's configuration."""
+    from skqk.pipeline.config import SGDConfig
+
+    order = SGDConfig(class_incremental=args.class_incremental or 0, chunk_samples=args.chunk_samples or 0)
+    return order.class_chunks
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
@@ -85,23 +123,55 @@ def build_parser() -> argparse.ArgumentParser:
         default="live",
         help="frozen: max-pooling switches become part of the SK (default live, as the paper)",
     )
-    p.add_argument("--subset-seed", type=int, default=0, help="seed of the nested sample subsets (default 0)")
-    p.add_argument("--balanced", action="store_true", help="class-balanced sample subsets")
-    p.add_argument("--batch-size", type=int, default=1024, help="inference batch size (default 1024)")
+    add_selection_options(p)
     add_data_options(p)
     add_device_option(p)
 
     p = sub.add_parser("retrain", help="Phase 4 (--method qk) or the traditional baseline on n+m samples")
     p.add_argument("--checkpoint", required=True, help="model.pt of the pre-trained run")
     p.add_argument("--samples", type=int, help="n+m (default 4096)")
+    p.add_argument(
+        "--sample-range",
+        type=sample_range,
+        metavar="A:B",
+        help="re-train on samples A..B-1 only (the new ones of data arriving in chunks); --samples N is 0:N",
+    )
+    p.add_argument("--replay", type=int, help="with --sample-range A:B: K of the samples before A, class-balanced")
     p.add_argument("--method", choices=["qk", "traditional"], help="qk: estimator only, SK fixed (default)")
     p.add_argument("--store", help="pattern store recorded by `skqk record` from the same checkpoint")
     p.add_argument("--patterns", choices=["store", "on-the-fly"], help="where QK steps get patterns (default store)")
     p.add_argument("--pooling", choices=["live", "frozen"], default="live", help="for on-the-fly patterns")
+    defaults = RetrainConfig()
+    p.add_argument(
+        "--staleness-samples",
+        type=int,
+        help=f"validation samples sk_staleness is measured on after every QK epoch (default "
+        f"{defaults.staleness_samples}; 0: not measured)",
+    )
+    p.add_argument("--sk-refresh", choices=["off", "auto"], help="auto: refresh the SK when it is stale (default off)")
+    p.add_argument(
+        "--sk-refresh-threshold",
+        type=float,
+        help=f"sk_staleness above which auto refreshes (default {defaults.sk_refresh_threshold})",
+    )
+    p.add_argument("--sk-refresh-every", type=int, help="at most one refresh every this many epochs (default 1)")
     p.add_argument("--out", required=True, help="run folder")
     add_data_options(p)
     add_sgd_options(p, RetrainConfig)
     add_device_option(p)
+
+    p = sub.add_parser(
+        "refresh", help="SK refresh: the selector becomes a QK run's current network; its patterns into a new store"
+    )
+    p.add_argument("--checkpoint", required=True, help="model.pt of a QK run (or of any run)")
+    p.add_argument("--samples", type=int, required=True, help="record the patterns of the first this many samples")
+    p.add_argument("--store", required=True, help="new pattern store folder for the refreshed SK")
+    p.add_argument("--out", required=True, help="run folder: model.pt (a QK checkpoint) and refresh.json")
+    p.add_argument(
+        "--pooling", choices=["live", "frozen"], default="live", help="for a network checkpoint (default live)"
+    )
+    add_selection_options(p)
+    add_data_options(p)
 
     p = sub.add_parser("evaluate", help="accuracy and CCE loss of a checkpoint on the test split")
     p.add_argument("--checkpoint", required=True)
@@ -166,6 +236,10 @@ def cmd_train(args) -> None:
 def cmd_retrain(args) -> None:
     from skqk.pipeline.retrain import retrain
 
+    if args.sample_range is not None:
+        if args.samples is not None:
+            raise ValueError("give --samples N or --sample-range A:B, not both (--samples N is --sample-range 0:N)")
+        args.sample_start, args.samples = args.sample_range
     cfg = config_from_args(RetrainConfig, args)
     dataset = load_data(args)
     result = retrain(
@@ -205,9 +279,35 @@ def cmd_record(args) -> None:
         args.balanced,
         args.batch_size,
         progress=not args.quiet,
+        class_chunks=class_chunks_of(args),
     )
     if is_main():
         print(f"{args.store}: {len(store)} samples, {store.bytes_per_sample} bytes per sample")
+
+
+def cmd_refresh(args) -> None:
+    from skqk.data import subset_indices
+    from skqk.pipeline.refresh import refresh_checkpoint
+
+    class_chunks = class_chunks_of(args)
+    dataset = load_data(args)
+    indices = subset_indices(dataset.train.labels, args.samples, args.subset_seed, args.balanced, class_chunks)
+    summary = refresh_checkpoint(
+        args.checkpoint,
+        dataset,
+        indices,
+        args.store,
+        args.out,
+        args.pooling,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    before = summary["sk_staleness_before"]
+    stale = f"sk_staleness before {before:.4f}, " if before is not None else ""
+    print(
+        f"{args.out}/model.pt: SK refreshed ({stale}{summary['samples']} patterns recorded into {args.store} "
+        f"in {summary['seconds']:.1f} s)"
+    )
 
 
 def cmd_evaluate(args) -> None:
@@ -272,6 +372,7 @@ COMMANDS = {
     "train": cmd_train,
     "record": cmd_record,
     "retrain": cmd_retrain,
+    "refresh": cmd_refresh,
     "evaluate": cmd_evaluate,
     "reproduce": cmd_reproduce,
     "patterns": cmd_patterns,

@@ -26,8 +26,13 @@ def network_with_qk(network: nn.Module, estimator: Estimator) -> nn.Module:
 
     `network` itself is not modified; only its architecture matters.
     """
+    return network_with_state(network, estimator.net.state_dict())
+
+
+def network_with_state(network: nn.Module, state: dict) -> nn.Module:
+    """A copy of `network` with the weights and buffers `state`, in eval mode (`network` is not modified)."""
     current = copy.deepcopy(network)
-    current.load_state_dict(estimator.net.state_dict())
+    current.load_state_dict(state)
     return current.eval()
 
 

@@ -27,7 +27,9 @@ from skqk.pipeline.checkpoint import load_checkpoint, save_checkpoint
 from skqk.pipeline.config import SGDConfig
 
 StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
-EpochHook = Callable[[int, nn.Module], dict]  # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips)
+# (epoch, trained module) -> extra metrics (Fig. 4: pattern flips); a hook with state_dict()/load_state_dict()
+# (SK refresh: the SK in use) has that state saved in, and restored from, the run's resume state
+EpochHook = Callable[[int, nn.Module], dict]
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,6 +112,8 @@ def fit(
         if "cuda_rng" in state and ctx.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], ctx.device)
         history = state["history"]
+        if hasattr(on_epoch, "load_state_dict"):
+            on_epoch.load_state_dict(state.get("hook", {}))
     autocast = (
         torch.autocast(ctx.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     )
@@ -163,6 +167,8 @@ def fit(
             "rng": torch.get_rng_state(),
             "history": history,
         }
+        if hasattr(on_epoch, "state_dict"):
+            state["hook"] = on_epoch.state_dict()
         if ctx.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(ctx.device)
         ctx.on_main(write_epoch, run_dir, history, state)

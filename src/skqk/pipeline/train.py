@@ -32,7 +32,7 @@ def train(
         >>> result = train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
         >>> result.history[-1]["val_accuracy"]
     """
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
+    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
     kwargs = model_kwargs(dataset)
     torch.manual_seed(cfg.seed)
