@@ -179,14 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
 
     p = sub.add_parser("reproduce", help="the paper's experiments: fig4 (SK stabilisation), fig5 (re-training)")
-    p.add_argument("figure", choices=["fig4", "fig5"])
+    p.add_argument("figure", choices=["fig4", "fig5", "incremental"], help="incremental: data arriving in chunks")
     p.add_argument(
         "--preset",
         choices=["paper", "cpu", "smoke"],
         default="cpu",
         help="paper: exact protocol; cpu: scaled for a 2-core CPU; smoke: minutes (default cpu)",
     )
-    p.add_argument("--models", help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5)")
+    p.add_argument(
+        "--models",
+        help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5, lenet5,vgg8 for incremental)",
+    )
     p.add_argument(
         "--mode",
         choices=["independent", "successive"],
@@ -340,15 +343,20 @@ def cmd_reproduce(args) -> None:
     from skqk.experiments.report import summary_table
 
     preset = PRESETS[args.preset]
-    default = "alexnet" if args.figure == "fig4" else "lenet5,alexnet,vgg8"
+    default = {"fig4": "alexnet", "fig5": "lenet5,alexnet,vgg8", "incremental": "lenet5,vgg8"}[args.figure]
     names = (args.models or default).split(",")
+    protocols = {"fig4": models.list_models(), "fig5": preset.fig5, "incremental": preset.incremental}[args.figure]
     for name in names:
-        if name not in models.list_models() or (args.figure == "fig5" and name not in preset.fig5):
-            raise ValueError(f"unknown model {name!r} for {args.figure}; choose from {', '.join(preset.fig5)}")
+        if name not in models.list_models() or name not in protocols:
+            raise ValueError(f"unknown model {name!r} for {args.figure}; choose from {', '.join(protocols)}")
     print(preset.scaling(), file=sys.stderr)
     dataset = load_data(args)
     if args.figure == "fig4":
         results = run_fig4(preset, names, dataset, args.out, progress=not args.quiet)
+    elif args.figure == "incremental":
+        from skqk.experiments.incremental import run_incremental
+
+        results = run_incremental(preset, names, dataset, args.out, progress=not args.quiet)
     else:
         results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision)
     print(summary_table(results))

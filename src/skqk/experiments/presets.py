@@ -28,6 +28,23 @@ class Fig5Protocol:
 
 
 @dataclass(frozen=True)
+class IncrementalProtocol:
+    """Data arriving in chunks for one model (`skqk.experiments.incremental`; not in the paper)."""
+
+    chunk_samples: int  # samples per chunk; chunk 0 is the pre-training data
+    pretrain_epochs: int
+    retrain_epochs: int  # per chunk
+    replay: int  # the small replay buffer of the replay arms
+    chunks: int = 5
+    classes_per_chunk: int = 2  # class-incremental order: new classes per chunk
+    eval_per_chunk: int = 500  # test samples measuring each chunk (a column of the accuracy matrix)
+    eval_samples: int = 2000  # validation samples after every epoch (the final accuracy)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    orders: tuple[str, ...] = ("random", "class-incremental")
+    arms: tuple[str, ...] = ()  # names from skqk.experiments.incremental.ARMS; () = every arm
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str
@@ -36,6 +53,7 @@ class Preset:
     fig4_samples: int = 1024
     fig4_val_samples: int = 1000  # validation samples whose patterns are compared epoch to epoch
     fig4_eval_samples: int = 0
+    incremental: dict[str, IncrementalProtocol] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "scaling": self.scaling()}
@@ -54,6 +72,13 @@ class Preset:
             f"{self.fig4_val_samples:,} validation samples, validation on {self.fig4_eval_samples or 'all'} test "
             "samples"
         )
+        for name, p in self.incremental.items():
+            lines.append(
+                f"  incremental {name}: {p.chunks} chunks of {p.chunk_samples:,} samples (class-incremental: "
+                f"{p.classes_per_chunk} new classes each), pre-train {p.pretrain_epochs} epochs on chunk 0, re-train "
+                f"{p.retrain_epochs} epochs per chunk, replay {p.replay}, {p.eval_per_chunk} test samples per chunk, "
+                f"seeds {list(p.seeds)}, orders {list(p.orders)}, arms {list(p.arms) or 'all'}"
+            )
         return "\n".join(lines)
 
 
@@ -72,7 +97,8 @@ CPU = Preset(
     "cpu",
     "scaled for a 2-core CPU: LeNet-5 keeps the paper's pre-training, half its re-training epochs and N up to "
     "16,384; AlexNet and VGG8 get a twentieth of the pre-training, 3 of the 50 re-training epochs and N up to "
-    "8,192; validation on 2,000 test samples",
+    "8,192; validation on 2,000 test samples. Incremental: LeNet-5 with 500-sample chunks, 20 + 4 epochs, 3 seeds; "
+    "VGG8 smoke-sized (200-sample chunks, 8 + 2 epochs), 1 seed, random order, no replay arms",
     fig5={
         "lenet5": Fig5Protocol((1024, 4096), 16384, pretrain_epochs=200, retrain_epochs=25, eval_samples=2000),
         "alexnet": Fig5Protocol((1024, 4096), 8192, pretrain_epochs=10, retrain_epochs=3, eval_samples=2000),
@@ -80,6 +106,22 @@ CPU = Preset(
     },
     fig4_epochs=20,
     fig4_eval_samples=2000,
+    incremental={
+        "lenet5": IncrementalProtocol(
+            500, pretrain_epochs=20, retrain_epochs=4, replay=50, eval_per_chunk=300, eval_samples=1000
+        ),
+        "vgg8": IncrementalProtocol(
+            200,
+            pretrain_epochs=8,
+            retrain_epochs=2,
+            replay=20,
+            eval_per_chunk=100,
+            eval_samples=500,
+            seeds=(0,),
+            orders=("random",),
+            arms=("qk-new", "traditional-new", "qk-all", "traditional-all", "qk-new-refresh", "qk-all-refresh"),
+        ),  # fmt: skip
+    },
 )
 
 SMOKE = Preset(
@@ -94,6 +136,12 @@ SMOKE = Preset(
     fig4_samples=256,
     fig4_val_samples=200,
     fig4_eval_samples=500,
+    incremental={
+        name: IncrementalProtocol(
+            100, pretrain_epochs=2, retrain_epochs=1, replay=10, eval_per_chunk=50, eval_samples=250, seeds=(0,)
+        )
+        for name in ("lenet5", "vgg8")
+    },
 )
 
 PRESETS = {p.name: p for p in (PAPER, CPU, SMOKE)}

@@ -45,11 +45,17 @@ class RunResult:
 
 @torch.no_grad()
 def evaluate(
-    module: nn.Module, dataset: Dataset, limit: int = 0, batch_size: int = 1000, sharded: bool = False
+    module: nn.Module,
+    dataset: Dataset,
+    limit: int = 0,
+    batch_size: int = 1000,
+    sharded: bool = False,
+    indices: Tensor | None = None,
 ) -> dict[str, float]:
     """Accuracy and categorical cross-entropy on the validation (test) split, in eval mode, on the module's device.
 
-    With `limit`, on a fixed class-balanced subset of that many test samples (the split is stored by class).
+    With `limit`, on a fixed class-balanced subset of that many test samples (the split is stored by class);
+    with `indices`, on those test samples (e.g. one chunk's, for the accuracy matrix of incremental training).
     With `sharded` under torch.distributed, every rank evaluates its share and the sums are added up (every
     rank must call it).
     """
@@ -57,7 +63,7 @@ def evaluate(
     module.eval()
     device = next(module.parameters(), torch.empty(0)).device
     ctx = distributed.current() if sharded else distributed.Context()
-    indices = validation_indices(dataset, limit)
+    indices = validation_indices(dataset, limit) if indices is None else indices
     n = len(indices)
     correct, loss_sum = 0, 0.0
     for x, y, _ in batches(dataset.test, dataset, ctx.share(indices), batch_size):
