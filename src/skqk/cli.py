@@ -178,8 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_options(p)
 
-    p = sub.add_parser("reproduce", help="the paper's experiments: fig4 (SK stabilisation), fig5 (re-training)")
-    p.add_argument("figure", choices=["fig4", "fig5", "incremental"], help="incremental: data arriving in chunks")
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's experiments: fig4 (SK stabilisation), fig5 (re-training), qkgap (what closes the QK gap); "
+        "incremental (data arriving in chunks)",
+    )
+    p.add_argument("figure", choices=["fig4", "fig5", "qkgap", "incremental"])
     p.add_argument(
         "--preset",
         choices=["paper", "cpu", "smoke"],
@@ -197,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fig5: each N from the pre-trained net (default) or from the previous N's result",
     )
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fig5: every run in this precision")
+    p.add_argument(
+        "--seeds",
+        help="comma-separated seeds; each changes initialisation, sample choice and batch order (default 0; "
+        "incremental: the preset's)",
+    )
+    p.add_argument("--sk-samples", help="fig5: comma-separated SK sizes n (overrides the preset's)")
+    p.add_argument("--max-samples", type=int, help="fig5: largest N (overrides the preset's)")
+    p.add_argument("--epochs", type=int, help="fig4: training epochs (overrides the preset's)")
+    p.add_argument("--every-steps", type=int, help="fig4: also compare patterns every K SGD steps (0 = per epoch)")
+    p.add_argument("--flip-threshold", type=float, help="fig4: flip fraction below which patterns count as settled")
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
     add_data_options(p)
 
@@ -337,30 +351,63 @@ def cmd_evaluate(args) -> None:
     )
 
 
+def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+    """Distinct non-negative integers from a comma-separated list (seeds, or sample counts)."""
+    try:
+        values = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if len(set(values)) != len(values) or min(values) < 0:
+        raise ValueError(f"{option} must be distinct non-negative integers, got {text!r}")
+    return values
+
+
 def cmd_reproduce(args) -> None:
+    from dataclasses import replace
+
     from skqk import models
-    from skqk.experiments import PRESETS, run_fig4, run_fig5
+    from skqk.experiments import PRESETS, run_fig4, run_fig5, run_qk_gap
     from skqk.experiments.report import summary_table
 
-    preset = PRESETS[args.preset]
-    default = {"fig4": "alexnet", "fig5": "lenet5,alexnet,vgg8", "incremental": "lenet5,vgg8"}[args.figure]
+    overrides = {"fig4_epochs": args.epochs, "fig4_every_steps": args.every_steps}
+    overrides["fig4_flip_threshold"] = args.flip_threshold
+    if any(v is not None and v < 0 for v in overrides.values()) or args.epochs == 0:
+        raise ValueError("--epochs must be positive; --every-steps and --flip-threshold non-negative")
+    preset = replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+    protocol = {}
+    if args.sk_samples:
+        protocol["sk_samples"] = parse_seeds(args.sk_samples, "--sk-samples")
+        if 0 in protocol["sk_samples"]:
+            raise ValueError(f"--sk-samples must be positive, got {args.sk_samples!r}")
+    if args.max_samples is not None:
+        if args.max_samples <= 0:
+            raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
+        protocol["max_samples"] = args.max_samples
+    if protocol:  # the overrides are part of the preset written into results.json and printed with its scaling
+        preset = replace(preset, fig5={name: replace(p, **protocol) for name, p in preset.fig5.items()})
+    seeds = parse_seeds(args.seeds or "0")
+    if args.seeds:
+        preset = replace(preset, incremental={n: replace(p, seeds=seeds) for n, p in preset.incremental.items()})
+    default = {"fig4": "alexnet", "incremental": "lenet5,vgg8"}.get(args.figure, "lenet5,alexnet,vgg8")
     names = (args.models or default).split(",")
-    protocols = {"fig4": models.list_models(), "fig5": preset.fig5, "incremental": preset.incremental}[args.figure]
+    protocols = {"fig5": preset.fig5, "incremental": preset.incremental}.get(args.figure, models.list_models())
     for name in names:
         if name not in models.list_models() or name not in protocols:
             raise ValueError(f"unknown model {name!r} for {args.figure}; choose from {', '.join(protocols)}")
     print(preset.scaling(), file=sys.stderr)
     dataset = load_data(args)
     if args.figure == "fig4":
-        results = run_fig4(preset, names, dataset, args.out, progress=not args.quiet)
+        results = run_fig4(preset, names, dataset, args.out, not args.quiet, seeds)
+    elif args.figure == "qkgap":
+        results = run_qk_gap(preset, dataset, args.out, not args.quiet, seeds)
     elif args.figure == "incremental":
         from skqk.experiments.incremental import run_incremental
 
         results = run_incremental(preset, names, dataset, args.out, progress=not args.quiet)
     else:
-        results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision)
+        results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision, seeds)
     print(summary_table(results))
-    print(f"results in {args.out}/results.json")
+    print(f"results in {args.out}/{'qkgap-' if args.figure == 'qkgap' else ''}results.json")
 
 
 def cmd_patterns(args) -> None:

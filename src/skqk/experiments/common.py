@@ -35,7 +35,8 @@ def machine_info() -> dict:
 
 
 def write_results(out: Path, experiment: str, preset, model_names: list[str], dataset, started: float, **data) -> dict:
-    """results.json of one invocation: what was run, on which data and machine, how long, then the numbers."""
+    """results.json of one invocation (qkgap-results.json for the QK-gap study, which shares Fig. 5's folder):
+    what was run, on which data and machine, how long, then the numbers."""
     results = {
         "experiment": experiment,
         "preset": preset.to_dict(),
@@ -45,7 +46,7 @@ def write_results(out: Path, experiment: str, preset, model_names: list[str], da
         "wall_seconds_this_invocation": time.time() - started,
         **data,
     }
-    write_json(Path(out) / "results.json", results)
+    write_json(Path(out) / ("qkgap-results.json" if experiment == "qkgap" else "results.json"), results)
     return results
 
 

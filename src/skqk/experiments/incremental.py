@@ -10,7 +10,6 @@ cell is cached as ``cell.json`` in its run folder, so an interrupted reproductio
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from skqk.data import Dataset
 from skqk.experiments.common import write_csv, write_results
 from skqk.experiments.fig5 import cached_cell
 from skqk.experiments.plots import plot_incremental
+from skqk.experiments.report import mean_std
 from skqk.incremental import chunk_indices, experience_eval_indices, stream_summary
 from skqk.pipeline.checkpoint import load_for_evaluation
 from skqk.pipeline.config import RetrainConfig, TrainConfig
@@ -184,8 +184,6 @@ def summarise(streams: list[dict]) -> list[dict]:
     for (model, order, arm), group in groups.items():
         row = {"model": model, "order": order, "arm": arm, "seeds": len(group)}
         for k in keys:
-            values = [s[k] for s in group]
-            row[f"{k}_mean"] = statistics.fmean(values)
-            row[f"{k}_std"] = statistics.stdev(values) if len(values) > 1 else None
+            row[k], row[f"{k}_std"] = mean_std([s[k] for s in group])
         rows.append(row)
     return rows

@@ -1,29 +1,65 @@
-"""Summary tables of saved experiment results (printed by `skqk reproduce`, pasted into docs/results.md)."""
+"""Summary tables of saved experiment results (printed by `skqk reproduce`, pasted into docs/results.md), with the
+mean and spread over seeds."""
 
 from __future__ import annotations
 
+import statistics
+
+CELL_KEY = ("model", "n", "N", "method", "variant")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(cells: list[dict], metrics: tuple[str, ...] = ("val_accuracy", "val_loss")) -> list[dict]:
+    """One row per (model, n, N, method, variant) with mean, std and the seeds of each metric, in first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault(tuple(c.get(k, "base") for k in CELL_KEY), []).append(c)
+    rows = []
+    for key, members in groups.items():
+        row = dict(zip(CELL_KEY, key)) | {"seeds": [c.get("seed", 0) for c in members]}
+        for m in metrics:
+            row[m], row[f"{m}_std"] = mean_std([c[m] for c in members])
+        rows.append(row)
+    return rows
+
+
+def pm(mean: float, std: float, seeds: int, fmt: str = ".4f") -> str:
+    return f"{mean:{fmt}} ± {std:{fmt}}" if seeds > 1 else f"{mean:{fmt}}"
+
 
 def summary_table(results: dict) -> str:
-    """A markdown table of a results.json: per cell for Fig. 5, per epoch for Fig. 4."""
+    """A markdown table of a results.json: per cell (mean ± std over seeds) for Fig. 5 and the QK-gap study,
+    and the stabilisation criterion per model and seed for Fig. 4."""
     if results["experiment"] == "incremental":
         return incremental_table(results["summary"])
-    if results["experiment"] == "fig5":
-        rows = ["| model | n (SK) | N | method | val acc | val CCE | train s | record s |", "|---" * 8 + "|"]
-        for c in results["cells"]:
-            record = f"{c['record_seconds']:.1f}" if "record_seconds" in c else ""
+    if results["experiment"] in ("fig5", "qkgap"):
+        rows = [
+            "| model | n (SK) | N | method | variant | seeds | val acc | val CCE |",
+            "|---" * 8 + "|",
+        ]
+        for r in aggregate(results["cells"]):
+            k = len(r["seeds"])
             rows.append(
-                f"| {c['model']} | {c['n']} | {c['N']} | {c['method']} | {c['val_accuracy']:.4f} | "
-                f"{c['val_loss']:.4f} | {c['train_seconds']:.1f} | {record} |"
+                f"| {r['model']} | {r['n']} | {r['N']} | {r['method']} | {r['variant']} | {k} | "
+                f"{pm(r['val_accuracy'], r['val_accuracy_std'], k)} | {pm(r['val_loss'], r['val_loss_std'], k)} |"
             )
         return "\n".join(rows)
-    rows = ["| model | epoch | gate states changed | train CCE | val CCE | val acc |", "|---" * 6 + "|"]
-    for name, epochs in results["epochs"].items():
-        for r in epochs:
-            flips = f"{100 * r['flips']:.2f}%" if r["flips"] is not None else "n/a (resumed)"
-            rows.append(
-                f"| {name} | {r['epoch']} | {flips} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | "
-                f"{r['val_accuracy']:.4f} |"
-            )
+    rows = [
+        "| model | seed | flips settle (epoch) | val CCE minimum (epoch) | ratio | val acc at minimum |",
+        "|---" * 6 + "|",
+    ]
+    for run in results["runs"]:
+        s = run["stabilisation"]
+        settle = f"{s['settle_epoch']:.2f}" if s["settle_epoch"] is not None else "never"
+        ratio = f"{s['ratio']:.2f}" if s["ratio"] is not None else "n/a"
+        rows.append(
+            f"| {run['model']} | {run['seed']} | {settle} | {s['val_loss_min_epoch']} | {ratio} | "
+            f"{s['val_accuracy_at_min']:.4f} |"
+        )
     return "\n".join(rows)
 
 
@@ -34,13 +70,9 @@ def incremental_table(summary: list[dict]) -> str:
         "|---" * 10 + "|",
     ]
     for r in summary:
-        cells = [pm(r, "final_accuracy", 4), pm(r, "average_forgetting", 4), pm(r, "backward_transfer", 4)]
-        cells += [f"{r['samples_processed_mean']:,.0f}", pm(r, "wall_seconds", 0), pm(r, "refreshes", 1)]
-        rows.append(f"| {r['model']} | {r['order']} | {r['arm']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        k = r["seeds"]
+        cells = [pm(r[m], r[f"{m}_std"], k) for m in ("final_accuracy", "average_forgetting", "backward_transfer")]
+        cells += [f"{r['samples_processed']:,.0f}", pm(r["wall_seconds"], r["wall_seconds_std"], k, ".0f")]
+        cells.append(pm(r["refreshes"], r["refreshes_std"], k, ".1f"))
+        rows.append(f"| {r['model']} | {r['order']} | {r['arm']} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def pm(row: dict, key: str, digits: int) -> str:
-    """`mean ± std` of a summary row (the mean alone for one seed)."""
-    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"

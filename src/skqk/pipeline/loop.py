@@ -30,6 +30,7 @@ StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> 
 # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips); a hook with state_dict()/load_state_dict()
 # (SK refresh: the SK in use) has that state saved in, and restored from, the run's resume state
 EpochHook = Callable[[int, nn.Module], dict]
+StepHook = Callable[[int, nn.Module], dict | None]  # (SGD steps so far, trained module) -> metrics at that step
 
 
 class TrainingDiverged(RuntimeError):
@@ -96,9 +97,13 @@ def fit(
     resume: bool,
     progress: bool,
     on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
 ) -> list[dict]:
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
     to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
+
+    `on_epoch` adds its metrics to the epoch's; what `on_step` returns after an SGD step (numbered from 1 over the
+    whole run) is kept, with the step number, in the epoch's ``steps`` (Fig. 4's "every k steps").
 
     Under torch.distributed (`skqk.pipeline.distributed`), every rank computes its share of each global batch through
     the DDP wrapper of `trainable` that `step_forward` calls, so each step is the single-process step on the
@@ -109,6 +114,7 @@ def fit(
         raise ValueError("distributed training needs the trained module wrapped by skqk.pipeline.distributed.wrap")
     opt = torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history: list[dict] = []
+    steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
     state_path = run_dir / "resume.pt"
     state = ctx.on_main(lambda: load_checkpoint(state_path) if resume and state_path.exists() else None)
     if state is not None:
@@ -134,11 +140,12 @@ def fit(
     for epoch in epochs:
         start = time.perf_counter()
         trainable.train()
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, steps = 0.0, 0, []
         order = epoch_order(indices, cfg.seed, epoch)
         if ctx.is_distributed:
             ctx.seed_epoch(cfg.seed, epoch)
-        for x, y, idx, global_size in ctx.batches(dataset.train, dataset, order, cfg.batch_size):
+        batch_list = ctx.batches(dataset.train, dataset, order, cfg.batch_size)
+        for step, (x, y, idx, global_size) in enumerate(batch_list, epoch * steps_per_epoch + 1):
             if ctx.device.type != "cpu":
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             with autocast:
@@ -152,6 +159,8 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if on_step is not None and (extra := on_step(step, trainable)):
+                steps.append({"step": step, **extra})
             loss_sum += batch_loss.item() * global_size
             correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
         metrics = {
@@ -160,6 +169,7 @@ def fit(
             "train_accuracy": correct / len(indices),
             **evaluate(eval_module, dataset, cfg.eval_samples, sharded=True),
             "seconds": time.perf_counter() - start,
+            **({"steps": steps} if on_step is not None else {}),
         }
         if not math.isfinite(metrics["val_loss"]):  # never save a state whose outputs are already NaN/inf
             raise diverged(metrics["val_loss"], epoch, cfg, state_path)
