@@ -60,8 +60,8 @@ def run_incremental(preset, model_names: list[str], dataset: Dataset, out: Path,
     streams = []
     for name in model_names:
         protocol = preset.incremental[name]
-        for order in protocol.orders:
-            for seed in protocol.seeds:
+        for seed in protocol.seeds:  # seed by seed: `--seeds 0` first gives a complete partial result
+            for order in protocol.orders:
                 folder = out / name / order / f"seed{seed}"
                 streams += run_stream(name, order, seed, protocol, dataset, folder, progress)
     summary = summarise(streams)

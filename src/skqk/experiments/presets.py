@@ -131,8 +131,8 @@ CPU = Preset(
     "cpu",
     "scaled for a 2-core CPU: LeNet-5 keeps the paper's pre-training and N up to 32,768 with a fifth of its "
     "re-training epochs; AlexNet gets a twentieth of the pre-training, 3 of the 50 re-training epochs and N up to "
-    "4,096, VGG8 the same up to 8,192; validation on 2,000 test samples. Incremental: LeNet-5 with 500-sample "
-    "chunks, 20 + 4 epochs, 3 seeds; VGG8 smoke-sized (200-sample chunks, 8 + 2 epochs), 1 seed, random order, "
+    "4,096, VGG8 the same up to 8,192; validation on 2,000 test samples. Incremental: LeNet-5 with 300-sample "
+    "chunks, 15 + 3 epochs, 3 seeds; VGG8 smoke-sized (100-sample chunks, 6 + 2 epochs), 1 seed, random order, "
     "no replay arms",
     fig5={
         "lenet5": Fig5Protocol((1024, 4096), 32768, pretrain_epochs=200, retrain_epochs=10, eval_samples=2000),
@@ -143,15 +143,15 @@ CPU = Preset(
     fig4_eval_samples=2000,
     incremental={
         "lenet5": IncrementalProtocol(
-            500, pretrain_epochs=20, retrain_epochs=4, replay=50, eval_per_chunk=300, eval_samples=1000
+            300, pretrain_epochs=15, retrain_epochs=3, replay=30, eval_per_chunk=200, eval_samples=500
         ),
         "vgg8": IncrementalProtocol(
-            200,
-            pretrain_epochs=8,
+            100,
+            pretrain_epochs=6,
             retrain_epochs=2,
-            replay=20,
+            replay=10,
             eval_per_chunk=100,
-            eval_samples=500,
+            eval_samples=300,
             seeds=(0,),
             orders=("random",),
             arms=("qk-new", "traditional-new", "qk-all", "traditional-all", "qk-new-refresh", "qk-all-refresh"),
