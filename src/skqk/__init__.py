@@ -1,7 +1,7 @@
 """skqk: decouple structural (SK) and quantitative (QK) knowledge of ReLU networks and re-train only the QK.
 
 The paper's phases map to modules: `decoupled` (Phase 2: `decouple`), `selector` (the SK), `estimator` (the QK),
-`patterns` (the `Pattern` type).
+`patterns` (the `Pattern` type), `refresh` (SK staleness and refresh), `incremental` (data arriving in chunks).
 """
 
 import importlib
@@ -21,9 +21,12 @@ _PUBLIC = {
     "StoreError": "skqk.store",
     "decouple": "skqk.decoupled",
     "data": "skqk.data",
+    "incremental": "skqk.incremental",
     "linear_map": "skqk.decoupled",
     "list_sites": "skqk.sites",
     "models": "skqk.models",
+    "refresh_selector": "skqk.refresh",
+    "sk_staleness": "skqk.refresh",
 }
 
 __all__ = list(_PUBLIC)
