@@ -44,6 +44,7 @@ class IncrementalProtocol:
     arms: tuple[str, ...] = ()  # names from skqk.experiments.incremental.ARMS; () = every arm
 
 
+@dataclass(frozen=True)
 class Variant:
     """One re-training cell's departure from the Fig. 5 protocol (the QK-gap study changes one factor at a time)."""
 
