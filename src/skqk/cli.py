@@ -14,16 +14,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 
+from skqk._errors import one_line
 from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
 
 
 def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> None:
-    defaults = cfg_cls()
-    p.add_argument("--epochs", type=int, help=f"training epochs (default {defaults.epochs})")
-    p.add_argument("--batch-size", type=int, help=f"SGD batch size (default {defaults.batch_size})")
-    p.add_argument("--lr", type=float, help=f"learning rate (default {defaults.lr})")
-    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {defaults.momentum})")
-    p.add_argument("--weight-decay", type=float, help=f"weight decay (default {defaults.weight_decay})")
+    defaults = {f.name: f.default for f in fields(cfg_cls)}  # not cfg_cls(): its check of the model imports torch
+    p.add_argument("--epochs", type=int, help=f"training epochs (default {defaults['epochs']})")
+    p.add_argument("--batch-size", type=int, help=f"SGD batch size (default {defaults['batch_size']})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {defaults['lr']})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {defaults['momentum']})")
+    p.add_argument("--weight-decay", type=float, help=f"weight decay (default {defaults['weight_decay']})")
     p.add_argument("--seed", type=int, help="seed of initialisation, dropout and batch order (default 0)")
     p.add_argument("--subset-seed", type=int, help="seed of the nested sample subsets (default 0)")
     p.add_argument("--balanced", action="store_true", default=None, help="class-balanced sample subsets")
@@ -120,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pooling",
         choices=["live", "frozen"],
-        default="live",
-        help="frozen: max-pooling switches become part of the SK (default live, as the paper)",
+        help="frozen: max-pooling switches become part of the SK (default: a QK checkpoint's own, else live, as "
+        "the paper)",
     )
     add_selection_options(p)
     add_data_options(p)
@@ -140,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["qk", "traditional"], help="qk: estimator only, SK fixed (default)")
     p.add_argument("--store", help="pattern store recorded by `skqk record` from the same checkpoint")
     p.add_argument("--patterns", choices=["store", "on-the-fly"], help="where QK steps get patterns (default store)")
-    p.add_argument("--pooling", choices=["live", "frozen"], default="live", help="for on-the-fly patterns")
+    p.add_argument(
+        "--pooling",
+        choices=["live", "frozen"],
+        help="max pooling of the selector/estimator pair (default: what a QK checkpoint or the store recorded, "
+        "else live); a conflict with them is an error",
+    )
     defaults = RetrainConfig()
     p.add_argument(
         "--staleness-samples",
@@ -168,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="new pattern store folder for the refreshed SK")
     p.add_argument("--out", required=True, help="run folder: model.pt (a QK checkpoint) and refresh.json")
     p.add_argument(
-        "--pooling", choices=["live", "frozen"], default="live", help="for a network checkpoint (default live)"
+        "--pooling", choices=["live", "frozen"], help="for a network checkpoint (default live; a QK checkpoint's own)"
     )
     add_selection_options(p)
     add_data_options(p)
@@ -479,7 +485,7 @@ def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = N
             return interrupted(args)
         if args.debug or not isinstance(e, (ValueError, OSError, RuntimeError)):  # ours subclass these
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
+        message = one_line(e) or type(e).__name__
         print(f"skqk: error: {message}", file=sys.stderr)
         return 1
     return 0

@@ -8,7 +8,7 @@ or batch size, so those defaults are ours and documented as such.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 Method = Literal["qk", "traditional"]
@@ -26,16 +26,14 @@ class SGDConfig:
     seed: int = 0  # weight initialisation, dropout and batch order
     subset_seed: int = 0  # which samples: subset(n) is a prefix of one permutation fixed by this seed
     balanced: bool = False  # class-balanced prefixes of that permutation
-    class_incremental: int = (
-        0  # >0: class-incremental permutation, each chunk of chunk_samples brings this many classes
-    )
+    class_incremental: int = 0  # > 0: class-incremental order, each chunk brings this many new classes
     chunk_samples: int = 0  # samples per chunk of the class-incremental permutation
     eval_samples: int = 0  # validation samples evaluated after each epoch (0 = the whole test split)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast, master weights fp32
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
+        for name in ("epochs", "batch_size", "samples"):  # samples: in both kinds of run
+            if getattr(self, name, 1) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.lr < math.inf:  # comparisons with NaN are false, so NaN is refused too
             raise ValueError(f"lr must be positive and finite, got {self.lr}")
@@ -64,11 +62,6 @@ class SGDConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 @dataclass
 class TrainConfig(SGDConfig):
@@ -80,8 +73,6 @@ class TrainConfig(SGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.samples <= 0:
-            raise ValueError(f"samples must be positive, got {self.samples}")
         from skqk.models import list_models  # not at the top: the zoo imports torch
         from skqk.patterns import unknown_name_message
 
@@ -105,8 +96,6 @@ class RetrainConfig(SGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.samples <= 0:
-            raise ValueError(f"samples must be positive, got {self.samples}")
         if not 0 <= self.sample_start < self.samples:
             raise ValueError(f"the sample range {self.sample_start}:{self.samples} is empty or negative")
         if not 0 <= self.replay <= self.sample_start:

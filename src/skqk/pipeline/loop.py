@@ -112,7 +112,7 @@ def fit(
     ctx = distributed.current()
     if ctx.is_distributed and not distributed.is_wrapped(trainable):
         raise ValueError("distributed training needs the trained module wrapped by skqk.pipeline.distributed.wrap")
-    opt = torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(trainable, cfg)
     history: list[dict] = []
     steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
     state_path = run_dir / "resume.pt"
@@ -126,9 +126,7 @@ def fit(
         history = state["history"]
         if hasattr(on_epoch, "load_state_dict"):
             on_epoch.load_state_dict(state.get("hook", {}))
-    autocast = (
-        torch.autocast(ctx.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-    )
+    autocast = precision_context(cfg.precision, ctx.device.type)
     epochs = tqdm(
         range(len(history), cfg.epochs),
         desc=run_dir.name,
@@ -156,9 +154,7 @@ def fit(
                 loss = batch_loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(batch_loss):
                 raise diverged(batch_loss.item(), epoch, cfg, state_path)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            sgd_step(opt, loss)
             if on_step is not None and (extra := on_step(step, trainable)):
                 steps.append({"step": step, **extra})
             loss_sum += batch_loss.item() * global_size
@@ -191,6 +187,23 @@ def fit(
     # resume.pt stays: resuming a finished run then reloads its final state instead of retraining
     ctx.on_main(lambda: save_checkpoint(run_dir / "model.pt", {**entry(), "config": cfg.to_dict(), "history": history}))
     return history
+
+
+def make_optimizer(trainable: nn.Module, cfg: SGDConfig) -> torch.optim.SGD:
+    """Plain SGD, as in the paper, with the run's learning rate, momentum and weight decay."""
+    return torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def precision_context(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """Where a step's forward runs: bf16 autocast (the master weights stay fp32), or nothing for fp32."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def sgd_step(opt: torch.optim.Optimizer, loss: Tensor) -> None:
+    """One optimiser step on `loss`: gradients set to None first, so nothing accumulates across steps."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def diverged(loss: float, epoch: int, cfg: SGDConfig, state_path: Path) -> TrainingDiverged:

@@ -26,6 +26,7 @@ from skqk.pipeline.checkpoint import (
     load_decoupled,
     load_model_checkpoint,
     model_kwargs,
+    resolve_pooling,
     save_checkpoint,
 )
 from skqk.pipeline.config import RetrainConfig
@@ -136,7 +137,7 @@ def refresh_checkpoint(
     indices: Tensor,
     store: str | os.PathLike,
     out: str | os.PathLike,
-    pooling: str = "live",
+    pooling: str | None = None,
     staleness_samples: int = 256,
     batch_size: int = 1024,
     progress: bool = True,
@@ -151,7 +152,7 @@ def refresh_checkpoint(
         indices: the training samples in use, whose patterns `store` gets.
         store: a new pattern store (or one this very SK recorded; another selector's is refused).
         out: the refresh's run folder: model.pt and refresh.json (cause, cost, staleness before).
-        pooling: for a network checkpoint; a QK checkpoint keeps its own.
+        pooling: the max-pooling mode (`resolve_pooling`: a QK checkpoint keeps its own, a network's is live).
         staleness_samples: validation samples the staleness before the refresh is measured on (0: not measured).
 
     Returns:
@@ -162,7 +163,7 @@ def refresh_checkpoint(
     out = Path(out)
     if (out / "model.pt").exists():
         raise RunDirError(f"{out} already holds a run; choose another --out")
-    pooling = ckpt.get("pooling", pooling)
+    pooling = resolve_pooling(ckpt, pooling, path=str(checkpoint))
     start = time.perf_counter()
     network = build_network(ckpt, path=str(checkpoint)).eval()  # the current QK, ReLUs back in
     selector = build_selector(network, pooling)
