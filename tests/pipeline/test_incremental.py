@@ -155,3 +155,13 @@ def test_refresh_of_a_qk_run_makes_its_estimators_network_the_sk(qk_run, data, t
     assert result.history[0]["sk_staleness"] >= 0
     with pytest.raises(ValueError, match="already holds a run"):
         refresh_checkpoint(qk_run / "model.pt", data, indices, tmp_path / "other", out, progress=False)
+
+
+def test_a_configuration_saved_before_the_incremental_fields_still_matches():
+    """Runs and cached cells saved by an skqk without sample ranges, replay or refresh keep resuming."""
+    cfg = RetrainConfig(samples=100, epochs=3)
+    saved = {k: v for k, v in cfg.to_dict().items() if k not in ("sample_start", "replay", "sk_refresh")}
+
+    assert cfg.matches(saved)
+    assert not cfg.matches({**saved, "epochs": 4})
+    assert not RetrainConfig(samples=100, epochs=3, replay=0, sample_start=50).matches(saved)

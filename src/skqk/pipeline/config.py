@@ -8,7 +8,7 @@ or batch size, so those defaults are ours and documented as such.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 Method = Literal["qk", "traditional"]
@@ -61,6 +61,11 @@ class SGDConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def matches(self, saved: dict) -> bool:
+        """Whether a saved configuration (config.json, a cached cell) is this one; a field added since it was
+        saved counts as its default, so runs and cells saved before it still resume and stay cached."""
+        return {**{f.name: f.default for f in fields(self)}, **saved} == self.to_dict()
 
 
 @dataclass
