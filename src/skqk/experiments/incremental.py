@@ -16,14 +16,14 @@ from pathlib import Path
 
 from skqk.atomic import atomic_write_text
 from skqk.data import Dataset
-from skqk.experiments.common import write_csv, write_results
+from skqk.experiments.common import write_csv, write_json, write_results
 from skqk.experiments.fig5 import cached_cell
 from skqk.experiments.plots import plot_incremental
 from skqk.experiments.report import mean_std
 from skqk.incremental import chunk_indices, experience_eval_indices, stream_summary
 from skqk.pipeline.checkpoint import load_for_evaluation
 from skqk.pipeline.config import RetrainConfig, TrainConfig
-from skqk.pipeline.loop import evaluate
+from skqk.pipeline.loop import TrainingDiverged, evaluate
 from skqk.pipeline.record import record, selector_from_checkpoint
 from skqk.pipeline.retrain import retrain, training_indices
 from skqk.pipeline.train import train
@@ -110,10 +110,22 @@ def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, prog
             )
             cell_dir = folder / arm_name / f"chunk{k}"
             run = chunk_run(cfg, start, dataset, folder, eval_sets[: k + 1], progress)
-            cells.append(cached_cell(cell_dir, run, {**key, "arm": arm_name, "chunk": k}, cfg))
+            cells.append(diverged_or_cached(cell_dir, run, {**key, "arm": arm_name, "chunk": k}, cfg))
+            if "diverged" in cells[-1]:  # the arm's stream ends here: nothing to continue from
+                break
             start = cell_dir / "model.pt"
         streams.append(stream_result(key, arm_name, pre, cells, folder / arm_name))
     return streams
+
+
+def diverged_or_cached(cell_dir: Path, run, key: dict, cfg: RetrainConfig) -> dict:
+    """`cached_cell`, where a run whose loss became NaN is a result too (cached, so it is not retried)."""
+    try:
+        return cached_cell(cell_dir, run, key, cfg)
+    except TrainingDiverged as e:
+        cell = {**key, "diverged": str(e), "config": cfg.to_dict()}
+        write_json(cell_dir / "cell.json", cell)
+        return cell
 
 
 def chunk_run(cfg: RetrainConfig, start: Path, dataset: Dataset, folder: Path, eval_sets, progress: bool):
@@ -149,7 +161,12 @@ def accuracy_row(checkpoint: Path, dataset: Dataset, eval_sets) -> list[float]:
 
 
 def stream_result(key: dict, arm: str, pre: dict, cells: list[dict], folder: Path) -> dict:
-    """The accuracy matrix of one arm's stream, its forgetting and transfer, and what it cost."""
+    """The accuracy matrix of one arm's stream, its forgetting and transfer, and what it cost; a stream whose
+    training diverged keeps its matrix up to there and gets no final numbers."""
+    if "diverged" in cells[-1]:
+        finished = cells[:-1]
+        return {**key, "arm": arm, "diverged_at_chunk": cells[-1]["chunk"], "diverged": cells[-1]["diverged"],
+                "matrix": [pre["row"][:1], *(c["row"] for c in finished)]}  # fmt: skip
     matrix = [pre["row"][:1], *(c["row"] for c in cells)]
     steps = stream_summary(matrix)
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,8 +199,15 @@ def summarise(streams: list[dict]) -> list[dict]:
         groups.setdefault((s["model"], s["order"], s["arm"]), []).append(s)
     rows = []
     for (model, order, arm), group in groups.items():
-        row = {"model": model, "order": order, "arm": arm, "seeds": len(group)}
+        finished = [s for s in group if "diverged" not in s]
+        row = {
+            "model": model,
+            "order": order,
+            "arm": arm,
+            "seeds": len(finished),
+            "diverged": len(group) - len(finished),
+        }
         for k in keys:
-            row[k], row[f"{k}_std"] = mean_std([s[k] for s in group])
+            row[k], row[f"{k}_std"] = mean_std([s[k] for s in finished]) if finished else (None, None)
         rows.append(row)
     return rows

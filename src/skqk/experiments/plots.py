@@ -128,7 +128,9 @@ def plot_incremental(streams: list[dict], title: str, path: Path, preset: str) -
     (mean over seeds)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arm in dict.fromkeys(s["arm"] for s in streams):
-        runs = [s for s in streams if s["arm"] == arm]
+        runs = [s for s in streams if s["arm"] == arm and "diverged" not in s]
+        if not runs:
+            continue
         style = "-" if arm.startswith("qk") else "--"
         for ax, key in zip(axes, ("accuracy_per_step", "forgetting_per_step")):
             steps = range(len(runs[0][key]))

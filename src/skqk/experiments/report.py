@@ -71,8 +71,12 @@ def incremental_table(summary: list[dict]) -> str:
     ]
     for r in summary:
         k = r["seeds"]
+        if not k:
+            rows.append(f"| {r['model']} | {r['order']} | {r['arm']} | 0 ({r['diverged']} diverged) |" + " |" * 6)
+            continue
         cells = [pm(r[m], r[f"{m}_std"], k) for m in ("final_accuracy", "average_forgetting", "backward_transfer")]
         cells += [f"{r['samples_processed']:,.0f}", pm(r["wall_seconds"], r["wall_seconds_std"], k, ".0f")]
         cells.append(pm(r["refreshes"], r["refreshes_std"], k, ".1f"))
-        rows.append(f"| {r['model']} | {r['order']} | {r['arm']} | {k} | " + " | ".join(cells) + " |")
+        seeds = f"{k} (+{r['diverged']} diverged)" if r["diverged"] else str(k)
+        rows.append(f"| {r['model']} | {r['order']} | {r['arm']} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
