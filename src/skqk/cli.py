@@ -357,7 +357,7 @@ def cmd_evaluate(args) -> None:
     )
 
 
-def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+def parse_int_list(text: str, option: str = "--seeds") -> tuple[int, ...]:
     """Distinct non-negative integers from a comma-separated list (seeds, or sample counts)."""
     try:
         values = tuple(int(s) for s in text.split(","))
@@ -382,7 +382,7 @@ def cmd_reproduce(args) -> None:
     preset = replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
     protocol = {}
     if args.sk_samples:
-        protocol["sk_samples"] = parse_seeds(args.sk_samples, "--sk-samples")
+        protocol["sk_samples"] = parse_int_list(args.sk_samples, "--sk-samples")
         if 0 in protocol["sk_samples"]:
             raise ValueError(f"--sk-samples must be positive, got {args.sk_samples!r}")
     if args.max_samples is not None:
@@ -391,7 +391,7 @@ def cmd_reproduce(args) -> None:
         protocol["max_samples"] = args.max_samples
     if protocol:  # the overrides are part of the preset written into results.json and printed with its scaling
         preset = replace(preset, fig5={name: replace(p, **protocol) for name, p in preset.fig5.items()})
-    seeds = parse_seeds(args.seeds or "0")
+    seeds = parse_int_list(args.seeds or "0")
     if args.seeds:
         preset = replace(preset, incremental={n: replace(p, seeds=seeds) for n, p in preset.incremental.items()})
     default = {"fig4": "alexnet", "incremental": "lenet5,vgg8"}.get(args.figure, "lenet5,alexnet,vgg8")
