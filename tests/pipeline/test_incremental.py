@@ -165,3 +165,10 @@ def test_a_configuration_saved_before_the_incremental_fields_still_matches():
     assert cfg.matches(saved)
     assert not cfg.matches({**saved, "epochs": 4})
     assert not RetrainConfig(samples=100, epochs=3, replay=0, sample_start=50).matches(saved)
+
+
+def test_a_saved_training_configuration_without_a_factory_field_still_matches():
+    cfg = TrainConfig(model="tiny", samples=40, epochs=3)
+    saved = {k: v for k, v in cfg.to_dict().items() if k not in ("model_kwargs", "class_incremental")}
+
+    assert cfg.matches(saved)

@@ -174,7 +174,7 @@ def refresh_checkpoint(
     record(selector, dataset, indices, store, batch_size, progress)
     decoupled = DecoupledModel(selector, build_estimator(network, pooling))
     out.mkdir(parents=True, exist_ok=True)
-    entry = decoupled_entry(ckpt["model"], kwargs, network.state_dict(), decoupled)
+    entry = decoupled_entry(ckpt["model"], ckpt["model_kwargs"], network.state_dict(), decoupled)
     save_checkpoint(out / "model.pt", entry)
     summary = {
         "kind": "SKRefresh",
