@@ -50,7 +50,7 @@ def retrain(
     kwargs = model_kwargs(dataset)
     ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
     indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
-    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None, "data": dataset.fingerprint}
     if cfg.method == "traditional":
         if ckpt["kind"] != "network":
             raise CheckpointError(

@@ -33,7 +33,7 @@ def train(
         >>> result.history[-1]["val_accuracy"]
     """
     indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
-    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, {"data": dataset.fingerprint})
     kwargs = model_kwargs(dataset)
     torch.manual_seed(cfg.seed)
     network = models.build(cfg.model, **kwargs)
