@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the nested sample subsets (default 0)")
     p.add_argument("--balanced", action="store_true", help="class-balanced sample subsets")
     p.add_argument("--batch-size", type=int, default=1024, help="inference batch size (default 1024)")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="fail at once if another process is writing the store (default: wait for it to finish)",
+    )
     add_data_options(p)
     add_device_option(p)
 
@@ -205,6 +210,7 @@ def cmd_record(args) -> None:
         args.balanced,
         args.batch_size,
         progress=not args.quiet,
+        wait=not args.no_wait,
     )
     if is_main():
         print(f"{args.store}: {len(store)} samples, {store.bytes_per_sample} bytes per sample")

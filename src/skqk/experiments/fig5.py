@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from skqk.data import Dataset, subset_indices
+from skqk.data import Dataset, subset_fingerprint, subset_indices
 from skqk.experiments.common import write_csv, write_json, write_results
 from skqk.experiments.plots import plot_fig5
 from skqk.experiments.presets import Preset
@@ -72,7 +72,8 @@ def run_sk_size(name, n, protocol, dataset, folder: Path, mode, progress, precis
 
         def qk_run(d, N=N, cfg=cfg):  # Phase 3 for the samples the store lacks, then Phase 4
             t0 = time.perf_counter()
-            record(selector, dataset, subset_indices(dataset.train.labels, N), folder / "patterns", progress=progress)
+            indices, subset = subset_indices(dataset.train.labels, N), subset_fingerprint(dataset.train.labels)
+            record(selector, dataset, indices, folder / "patterns", progress=progress, subset=subset)
             record_seconds = time.perf_counter() - t0
             result = retrain(
                 cfg["qk"], start["qk"], dataset, d, store=folder / "patterns", resume=True, progress=progress

@@ -11,7 +11,7 @@ import os
 import torch
 from torch import Tensor
 
-from skqk.data import Dataset, subset_indices
+from skqk.data import Dataset, subset_fingerprint, subset_indices
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import build_estimator
 from skqk.pipeline import distributed
@@ -71,7 +71,7 @@ def retrain(
     model = distributed.wrap(estimator)
     selector.to(next(estimator.parameters()).device)
     step = (
-        patterns_from_store(model, selector, store, indices)
+        patterns_from_store(model, selector, store, indices, dataset, cfg)
         if cfg.patterns == "store"
         else (lambda x, idx: model(x, selector(x)))
     )
@@ -94,11 +94,15 @@ def retrain(
     return RunResult(decoupled, history, run_dir)
 
 
-def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForward:
-    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3)."""
+def patterns_from_store(
+    estimator, selector, store, indices: Tensor, dataset: Dataset, cfg: RetrainConfig
+) -> StepForward:
+    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3) from
+    this very data and subset order."""
     if store is None:
         raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
-    opened = PatternStore.open(store, selector)
+    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced)
+    opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
     missing = (~torch.isin(indices, opened.indices)).sum().item()
     if missing:
         raise ValueError(
