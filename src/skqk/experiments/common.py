@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from skqk.atomic import atomic_write_text
-from skqk.pipeline.rundir import code_version
+from skqk.pipeline.rundir import changed_settings, code_version
 
 
 def machine_info() -> dict:
@@ -34,6 +34,29 @@ def machine_info() -> dict:
     }
 
 
+def claim_results_folder(out: Path, settings: dict) -> None:
+    """Record in ``out/reproduce.json`` the settings and data a results folder is made with, or, when it has
+    them, refuse to continue it with others: its cached cells would mix two experiments in one table.
+
+    Args:
+        out: the results folder (created if needed).
+        settings: JSON-serialisable; the data's fingerprint among them.
+
+    Raises:
+        ValueError: `out` holds results of other settings; the message names each difference.
+    """
+    path, settings = Path(out) / "reproduce.json", json.loads(json.dumps(settings))  # tuples compare as lists
+    if path.exists():
+        changed = changed_settings(json.loads(path.read_text()), settings)
+        if changed:
+            raise ValueError(
+                f"{out} holds results made with other settings: {'; '.join(changed)}; rerun with the same ones "
+                "to continue them, or choose another --out"
+            )
+    else:
+        write_json(path, settings)
+
+
 def write_results(out: Path, experiment: str, preset, model_names: list[str], dataset, started: float, **data) -> dict:
     """results.json of one invocation: what was run, on which data and machine, how long, then the numbers."""
     results = {
@@ -41,6 +64,7 @@ def write_results(out: Path, experiment: str, preset, model_names: list[str], da
         "preset": preset.to_dict(),
         "models": model_names,
         "data": dataset.source,
+        "data_fingerprint": dataset.fingerprint,
         "machine": machine_info(),
         "wall_seconds_this_invocation": time.time() - started,
         **data,

@@ -14,7 +14,7 @@ from torch import nn
 
 from skqk import models
 from skqk.data import Dataset
-from skqk.experiments.common import write_csv, write_results
+from skqk.experiments.common import claim_results_folder, write_csv, write_results
 from skqk.experiments.plots import plot_fig4
 from skqk.experiments.presets import Preset
 from skqk.patterns import Pattern
@@ -29,6 +29,7 @@ def run_fig4(preset: Preset, model_names: list[str], dataset: Dataset, out: Path
     """Train each model from scratch and log pattern flips, losses and accuracy per epoch."""
     out = Path(out)
     started = time.time()
+    claim_results_folder(out, {"experiment": "fig4", "preset": preset.to_dict(), "data": dataset.fingerprint})
     tables = {name: stabilisation_table(preset, name, dataset, out / name / "fig4", progress) for name in model_names}
     results = write_results(out, "fig4", preset, model_names, dataset, started, epochs=tables)
     for name, rows in tables.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from skqk.data import Dataset, subset_fingerprint, subset_indices
-from skqk.experiments.common import write_csv, write_json, write_results
+from skqk.experiments.common import claim_results_folder, write_csv, write_json, write_results
 from skqk.experiments.plots import plot_fig5
 from skqk.experiments.presets import Preset
 from skqk.pipeline.config import RetrainConfig, TrainConfig
@@ -39,6 +39,8 @@ def run_fig5(
     """
     out = Path(out)
     started = time.time()
+    settings = {"preset": preset.to_dict(), "mode": mode, "precision": precision, "data": dataset.fingerprint}
+    claim_results_folder(out, {"experiment": "fig5", **settings})
     cells = []
     for name in model_names:
         protocol = preset.fig5[name]
