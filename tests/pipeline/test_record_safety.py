@@ -148,18 +148,24 @@ def test_a_second_recording_of_one_store_waits_or_fails_at_once_and_never_takes_
 
         refused = run_cli(*command, "--no-wait", check=False)
         waiting = subprocess.Popen(
-            [sys.executable, "-m", "skqk.cli", "-q", *map(str, command)], env=cli_env(), stderr=subprocess.PIPE
+            [sys.executable, "-m", "skqk.cli", "-q", *map(str, command)],
+            env=cli_env(),
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        time.sleep(8)  # long enough to start and reach the lock on a busy machine
+        said = waiting.stderr.readline()
+        while said and "waiting for it" not in said:  # read up to its message that it waits (or its end)
+            said = waiting.stderr.readline()
+        time.sleep(1)
         still_waiting = waiting.poll() is None
         assert unsaved.exists()
         unsaved.unlink()  # the first recording ends (here: without committing it)
     _, err = waiting.communicate(timeout=120)
 
     assert_one_line_error(refused.returncode, refused.stderr, "is being written by another process")
+    assert "being written by another process; waiting for it" in said
     assert still_waiting
     assert waiting.returncode == 0, err
-    assert "being written by another process; waiting" in err.decode()
     assert_holds_the_selectors_patterns(setup, store, 60)
 
 
