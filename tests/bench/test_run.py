@@ -45,7 +45,6 @@ def test_bench_reports_every_metric():
     assert set(result["machine"]["matmul_peak_flops"]) == {"fp32", "bf16"}
     assert any("previous bool-mul gates" in k for k in m["levers"])
     assert m["qk_pruned_over_traditional"] > 0
-    assert result["targets"] and all("met" in t for t in result["targets"])
     assert "| lenet5 |" in markdown(result)
     json.dumps(result)
 

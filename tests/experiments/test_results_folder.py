@@ -13,7 +13,7 @@ import skqk.experiments.report as report
 @pytest.fixture
 def stubbed_runs(monkeypatch):
     """Every cell finishes at once with no result: only the folder's bookkeeping runs."""
-    monkeypatch.setattr(fig5, "run_sk_size", lambda *args, **kwargs: [])
+    monkeypatch.setattr(fig5.SKRun, "fig5_cells", lambda *args, **kwargs: [])
     monkeypatch.setattr(fig5, "plot_fig5", lambda *args, **kwargs: None)
     monkeypatch.setattr(report, "summary_table", lambda results: "")
 
@@ -31,7 +31,7 @@ def two_datasets(tmp_path_factory):
         ("other data", "data: "),
         (["--mode", "successive"], "mode: 'independent' -> 'successive'"),
         (["--precision", "bf16"], "precision: 'fp32' -> 'bf16'"),
-        (["--preset", "paper"], "preset: "),
+        (["--preset", "paper"], "preset: 'smoke' -> 'paper'"),
     ],
 )
 def test_continuing_a_results_folder_with_other_data_or_settings_is_refused(
@@ -41,7 +41,7 @@ def test_continuing_a_results_folder_with_other_data_or_settings_is_refused(
     code, _, err = main_in_process(capsys, *command, *two_datasets[0])
     assert code == 0, err
     recorded = json.loads((tmp_path / "results" / "reproduce.json").read_text())
-    assert recorded["experiment"] == "fig5" and len(recorded["data"]) == 64
+    assert recorded["preset"] == "smoke" and "fig5" in recorded["experiments"] and len(recorded["data"]) == 64
     code, _, err = main_in_process(capsys, *command, *two_datasets[0])
     assert code == 0, err  # the same: continues
 

@@ -3,12 +3,11 @@ order, step by step in a rotating order, so a load change on a shared machine hi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,10 @@ from torch import Tensor, nn
 from skqk.bench.levers import with_previous_gates
 from skqk.bench.protocol import BenchConfig
 from skqk.data import Dataset, ImageData
+from skqk.data.sampling import batch_indices
 from skqk.estimator import build_estimator
+from skqk.pipeline.config import SGDConfig
+from skqk.pipeline.loop import make_optimizer, precision_context, sgd_step
 from skqk.pipeline.prefetch import Prefetcher
 from skqk.pipeline.prune import prune_dead_units
 
@@ -43,17 +45,14 @@ class Arm:
     forward: Callable[[Tensor, object], Tensor]  # (images, pattern or None) -> logits
     read: Callable[[Tensor], object] | None = None  # sample indices -> Pattern (QK from a store)
     prefetch: bool = False
-    precision: str = "fp32"
+    sgd: SGDConfig = field(default_factory=SGDConfig)  # the optimiser's settings and the precision
     channels_last: bool = False
     threads: int = 0  # 0: leave torch's setting
 
     def __post_init__(self):
         if self.channels_last:
             self.trainable.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.SGD(self.trainable.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-
-    def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+        self.opt = make_optimizer(self.trainable, self.sgd)
 
     def inputs(self, dataset: Dataset, idx: Tensor) -> tuple[Tensor, Tensor]:
         x = dataset.normalize(dataset.train.images[idx])
@@ -62,12 +61,10 @@ class Arm:
         return x, dataset.train.labels[idx]
 
     def step(self, x: Tensor, y: Tensor, pattern) -> Tensor:
-        with self.autocast():
+        with precision_context(self.sgd.precision, "cpu"):
             logits = self.forward(x, pattern)
         loss = F.cross_entropy(logits.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        sgd_step(self.opt, loss)
         return loss.detach()
 
     def epoch(self, dataset: Dataset, order: Tensor, batch_size: int) -> dict[str, float]:
@@ -79,7 +76,7 @@ class Arm:
     def steps(self, dataset: Dataset, order: Tensor, batch_size: int) -> _Steps:
         """One epoch as an iterator of step times (seconds), so several arms' epochs can be interleaved step
         by step: a load change on a shared machine then hits every arm alike."""
-        return _Steps(self, dataset, list(order.split(batch_size)))
+        return _Steps(self, dataset, list(batch_indices(order, batch_size)))
 
     def patterns(self, splits: list[Tensor]):
         if self.read is None:
@@ -167,22 +164,34 @@ def interleaved_epoch(
 def make_arms(net: nn.Module, cfg: BenchConfig, selectors: dict, stores: dict, indices: Tensor) -> list[Arm]:
     """The timed methods. Every arm trains its own copy of the same initial weights."""
 
-    def traditional(name, **kw) -> Arm:
-        m = copy.deepcopy(net)
-        return Arm(name, m, lambda x, p: m(x), **kw)
+    sgd = SGDConfig(lr=cfg.lr, batch_size=cfg.batch_size)
 
-    def qk_store(name, pooling=cfg.pooling, prefetch=cfg.prefetch, previous_gates=False, fuse=True, prune=False, **kw):
+    def traditional(name, precision="fp32", **kw) -> Arm:
+        m = copy.deepcopy(net)
+        return Arm(name, m, lambda x, p: m(x), sgd=replace(sgd, precision=precision), **kw)
+
+    def qk_store(
+        name,
+        pooling=cfg.pooling,
+        prefetch=cfg.prefetch,
+        previous_gates=False,
+        fuse=True,
+        prune=False,
+        precision="fp32",
+        **kw,
+    ):
         est = build_estimator(copy.deepcopy(net), pooling, fuse=fuse and not previous_gates)
         if prune:  # exact: units inactive for every stored sample (skqk.pipeline.prune)
             prune_dead_units(est, stores[pooling].read(indices))
         if previous_gates:
             with_previous_gates(est)
-        return Arm(name, est, lambda x, p: est(x, p), read=stores[pooling].read, prefetch=prefetch, **kw)
+        read = stores[pooling].read
+        return Arm(name, est, lambda x, p: est(x, p), read, prefetch, replace(sgd, precision=precision), **kw)
 
-    def qk_fly(name, **kw) -> Arm:
+    def qk_fly(name) -> Arm:
         est = build_estimator(copy.deepcopy(net), cfg.pooling)
         sel = selectors[cfg.pooling]
-        return Arm(name, est, lambda x, p: est(x, sel(x)), **kw)
+        return Arm(name, est, lambda x, p: est(x, sel(x)), sgd=sgd)
 
     arms = [traditional("traditional"), qk_store("qk_store"), qk_fly("qk_fly")]
     if "bf16" in cfg.precisions:

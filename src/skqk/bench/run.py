@@ -35,7 +35,6 @@ from skqk import models
 from skqk.bench.arms import Arm, interleaved_epoch, make_arms, synthetic_dataset
 from skqk.bench.measure import (
     dead_units,
-    machine_info,
     matmul_flops,
     peak_memory,
     state_bytes,
@@ -43,10 +42,14 @@ from skqk.bench.measure import (
     top_operators,
 )
 from skqk.bench.protocol import AccuracyProtocol, BenchConfig, add_arguments, config_from_args
-from skqk.bench.report import markdown, targets
+from skqk.bench.report import markdown
 from skqk.data import Dataset, epoch_order, subset_indices
+from skqk.data.sampling import batch_indices
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import build_estimator
+from skqk.pipeline.checkpoint import model_kwargs
+from skqk.pipeline.config import SGDConfig
+from skqk.pipeline.provenance import machine_info
 from skqk.pipeline.record import record
 from skqk.selector import build_selector
 
@@ -87,7 +90,7 @@ def bench_model(name: str, cfg: BenchConfig, peaks: dict[str, float], log: Calla
                 phase3.append(time.perf_counter() - start)
             shutil.rmtree(tmp / f"phase3-{r}", ignore_errors=True)
             start = time.perf_counter()
-            for idx in order.split(cfg.batch_size):
+            for idx in batch_indices(order, cfg.batch_size):
                 stores[cfg.pooling].read(idx)
             if r:
                 reads.append(time.perf_counter() - start)
@@ -222,12 +225,10 @@ def accuracy_protocol(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfi
     interleaved, evaluating after each epoch (evaluation not timed). QK time includes Phase 3."""
     from skqk.pipeline.loop import evaluate
 
-    kwargs = {"in_channels": dataset.in_channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes}
     torch.manual_seed(cfg.seed)
-    net = models.build(proto.model, **kwargs)
+    net = models.build(proto.model, **model_kwargs(dataset))
     pre_idx = subset_indices(dataset.train.labels, proto.pretrain_samples, 0)
-    pre = Arm("pretrain", net, lambda x, p: net(x))
-    pre.opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    pre = Arm("pretrain", net, lambda x, p: net(x), sgd=SGDConfig())  # the protocol's optimiser: SGDConfig's
     for e in range(proto.pretrain_epochs):
         pre.epoch(dataset, epoch_order(pre_idx, cfg.seed, e), cfg.batch_size)
     pretrained = evaluate(net, dataset, proto.eval_samples)["val_accuracy"]
@@ -244,13 +245,10 @@ def accuracy_protocol(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfi
             suffix = "" if precision == "fp32" else "_bf16"
             m = copy.deepcopy(net)
             est = build_estimator(copy.deepcopy(net), cfg.pooling)
-            arms.append(Arm("traditional" + suffix, m, lambda x, p, m=m: m(x), precision=precision))
-            arms.append(
-                Arm("qk" + suffix, est, lambda x, p, e=est: e(x, p), store.read, cfg.prefetch, precision=precision)
-            )
+            sgd = SGDConfig(precision=precision)
+            arms.append(Arm("traditional" + suffix, m, lambda x, p, m=m: m(x), sgd=sgd))
+            arms.append(Arm("qk" + suffix, est, lambda x, p, e=est: e(x, p), store.read, cfg.prefetch, sgd))
             evals["traditional" + suffix], evals["qk" + suffix] = m, DecoupledModel(selector, est)
-        for a in arms:  # the protocol's optimiser: the SGDConfig defaults
-            a.opt = torch.optim.SGD(a.trainable.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         curves = {a.name: [] for a in arms}
         clock = {a.name: phase3_s if a.name.startswith("qk") else 0.0 for a in arms}
         for e in range(proto.epochs):
@@ -291,7 +289,7 @@ def accuracy_protocol(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfi
 def run(cfg: BenchConfig, dataset: Dataset | None = None, log: Callable[[str], None] = print) -> dict:
     """All measurements of `cfg`; `dataset` (real data) is needed for the time-to-accuracy protocol only."""
     started = time.perf_counter()
-    machine = machine_info()
+    machine = {**machine_info(), "loadavg_start": list(os.getloadavg())}
     machine["note"] = (
         "timings are medians of interleaved repeats in one process; compare them only as ratios within this run"
     )
@@ -322,7 +320,6 @@ def run(cfg: BenchConfig, dataset: Dataset | None = None, log: Callable[[str], N
             result["time_to_accuracy"] = accuracy_protocol(dataset, cfg.accuracy, cfg, log)
     machine["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - started
-    result["targets"] = targets(result)
     return result
 
 

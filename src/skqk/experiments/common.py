@@ -5,60 +5,45 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-import torch
-
 from skqk.atomic import atomic_write_text
-from skqk.pipeline.rundir import changed_settings, code_version
+from skqk.pipeline.provenance import machine_info
+from skqk.pipeline.rundir import changed_settings
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "skqk": code_version(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
+def claim_results_folder(out: Path, experiment: str, dataset, preset, **settings) -> None:
+    """Record in ``out/reproduce.json`` the data, preset and `settings` of `experiment` in a results folder, or,
+    when it has them, refuse to continue it with others: its cached cells would mix two experiments in one table.
 
-
-def claim_results_folder(out: Path, settings: dict) -> None:
-    """Record in ``out/reproduce.json`` the settings and data a results folder is made with, or, when it has
-    them, refuse to continue it with others: its cached cells would mix two experiments in one table.
-
-    Args:
-        out: the results folder (created if needed).
-        settings: JSON-serialisable; the data's fingerprint among them.
+    The data and preset are shared by every experiment of the folder (fig5 and qkgap share cells); `settings`
+    (e.g. fig5's mode and precision) are `experiment`'s own. Models, seeds and sample counts may be added later
+    (the preset is compared by name: each cached cell also checks its own configuration).
 
     Raises:
         ValueError: `out` holds results of other settings; the message names each difference.
     """
-    path, settings = Path(out) / "reproduce.json", json.loads(json.dumps(settings))  # tuples compare as lists
-    if path.exists():
-        changed = changed_settings(json.loads(path.read_text()), settings)
-        if changed:
-            raise ValueError(
-                f"{out} holds results made with other settings: {'; '.join(changed)}; rerun with the same ones "
-                "to continue them, or choose another --out"
-            )
-    else:
-        write_json(path, settings)
+    path = Path(out) / "reproduce.json"
+    shared = {"data": dataset.fingerprint, "preset": preset.name}
+    own = json.loads(json.dumps(settings))  # as read back: tuples become lists
+    claimed = json.loads(path.read_text()) if path.exists() else {**shared, "experiments": {}}
+    changed = changed_settings({key: claimed.get(key) for key in shared}, json.loads(json.dumps(shared)))
+    if experiment in claimed["experiments"]:
+        changed += changed_settings(claimed["experiments"][experiment], own)
+    if changed:
+        raise ValueError(
+            f"{out} holds results made with other settings: {'; '.join(changed)}; rerun with the same ones "
+            "to continue them, or choose another --out"
+        )
+    if experiment not in claimed["experiments"]:
+        claimed["experiments"][experiment] = own
+        write_json(path, claimed)
 
 
 def write_results(out: Path, experiment: str, preset, model_names: list[str], dataset, started: float, **data) -> dict:
-    """results.json of one invocation: what was run, on which data and machine, how long, then the numbers."""
+    """results.json of one invocation (qkgap-results.json for the QK-gap study, which shares Fig. 5's folder):
+    what was run, on which data and machine, how long, then the numbers."""
     results = {
         "experiment": experiment,
         "preset": preset.to_dict(),
@@ -69,7 +54,7 @@ def write_results(out: Path, experiment: str, preset, model_names: list[str], da
         "wall_seconds_this_invocation": time.time() - started,
         **data,
     }
-    write_json(Path(out) / "results.json", results)
+    write_json(Path(out) / ("qkgap-results.json" if experiment == "qkgap" else "results.json"), results)
     return results
 
 

@@ -28,6 +28,7 @@ from skqk.pipeline.config import SGDConfig
 
 StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
 EpochHook = Callable[[int, nn.Module], dict]  # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips)
+StepHook = Callable[[int, nn.Module], dict | None]  # (SGD steps so far, trained module) -> metrics at that step
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,9 +89,13 @@ def fit(
     resume: bool,
     progress: bool,
     on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
 ) -> list[dict]:
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
     to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
+
+    `on_epoch` adds its metrics to the epoch's; what `on_step` returns after an SGD step (numbered from 1 over the
+    whole run) is kept, with the step number, in the epoch's ``steps`` (Fig. 4's "every k steps").
 
     Under torch.distributed (`skqk.pipeline.distributed`), every rank computes its share of each global batch through
     the DDP wrapper of `trainable` that `step_forward` calls, so each step is the single-process step on the
@@ -99,8 +104,9 @@ def fit(
     ctx = distributed.current()
     if ctx.is_distributed and not distributed.is_wrapped(trainable):
         raise ValueError("distributed training needs the trained module wrapped by skqk.pipeline.distributed.wrap")
-    opt = torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(trainable, cfg)
     history: list[dict] = []
+    steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
     state_path = run_dir / "resume.pt"
     state = ctx.on_main(lambda: load_checkpoint(state_path) if resume and state_path.exists() else None)
     if state is not None:
@@ -110,9 +116,7 @@ def fit(
         if "cuda_rng" in state and ctx.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], ctx.device)
         history = state["history"]
-    autocast = (
-        torch.autocast(ctx.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-    )
+    autocast = precision_context(cfg.precision, ctx.device.type)
     epochs = tqdm(
         range(len(history), cfg.epochs),
         desc=run_dir.name,
@@ -124,11 +128,12 @@ def fit(
     for epoch in epochs:
         start = time.perf_counter()
         trainable.train()
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, steps = 0.0, 0, []
         order = epoch_order(indices, cfg.seed, epoch)
         if ctx.is_distributed:
             ctx.seed_epoch(cfg.seed, epoch)
-        for x, y, idx, global_size in ctx.batches(dataset.train, dataset, order, cfg.batch_size):
+        batch_list = ctx.batches(dataset.train, dataset, order, cfg.batch_size)
+        for step, (x, y, idx, global_size) in enumerate(batch_list, epoch * steps_per_epoch + 1):
             if ctx.device.type != "cpu":
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             with autocast:
@@ -139,9 +144,9 @@ def fit(
                 loss = batch_loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(batch_loss):
                 raise diverged(batch_loss.item(), epoch, cfg, state_path)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            sgd_step(opt, loss)
+            if on_step is not None and (extra := on_step(step, trainable)):
+                steps.append({"step": step, **extra})
             loss_sum += batch_loss.item() * global_size
             correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
         metrics = {
@@ -150,6 +155,7 @@ def fit(
             "train_accuracy": correct / len(indices),
             **evaluate(eval_module, dataset, cfg.eval_samples, sharded=True),
             "seconds": time.perf_counter() - start,
+            **({"steps": steps} if on_step is not None else {}),
         }
         if not math.isfinite(metrics["val_loss"]):  # never save a state whose outputs are already NaN/inf
             raise diverged(metrics["val_loss"], epoch, cfg, state_path)
@@ -169,6 +175,23 @@ def fit(
     # resume.pt stays: resuming a finished run then reloads its final state instead of retraining
     ctx.on_main(lambda: save_checkpoint(run_dir / "model.pt", {**entry(), "config": cfg.to_dict(), "history": history}))
     return history
+
+
+def make_optimizer(trainable: nn.Module, cfg: SGDConfig) -> torch.optim.SGD:
+    """Plain SGD, as in the paper, with the run's learning rate, momentum and weight decay."""
+    return torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def precision_context(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """Where a step's forward runs: bf16 autocast (the master weights stay fp32), or nothing for fp32."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def sgd_step(opt: torch.optim.Optimizer, loss: Tensor) -> None:
+    """One optimiser step on `loss`: gradients set to None first, so nothing accumulates across steps."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def diverged(loss: float, epoch: int, cfg: SGDConfig, state_path: Path) -> TrainingDiverged:

@@ -13,20 +13,21 @@ from torch import Tensor
 
 from skqk.data import Dataset, subset_fingerprint, subset_indices
 from skqk.decoupled import DecoupledModel
-from skqk.estimator import build_estimator
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import (
     CheckpointError,
     build_network,
     decoupled_entry,
+    load_estimator,
     load_model_checkpoint,
+    load_selector,
     model_kwargs,
+    resolve_pooling,
 )
 from skqk.pipeline.config import RetrainConfig
 from skqk.pipeline.loop import RunResult, StepForward, fit
 from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 from skqk.pipeline.train import fit_network
-from skqk.selector import build_selector
 from skqk.store import PatternStore
 
 
@@ -36,7 +37,7 @@ def retrain(
     dataset: Dataset,
     out: str | os.PathLike,
     store: str | os.PathLike | None = None,
-    pooling: str = "live",
+    pooling: str | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> RunResult:
@@ -44,7 +45,9 @@ def retrain(
 
     A QK run keeps the SK of the checkpoint's network in a frozen selector and trains only the estimator,
     reading each batch's patterns from the pattern `store` (or computing them on the fly); its final
-    checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK.
+    checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK. The max-pooling
+    mode follows `resolve_pooling` (checkpoint, store and `pooling` must agree) and is recorded in the run
+    folder's config.json, which `resume` checks.
     """
     # everything that can refuse the inputs runs before the run folder is created
     kwargs = model_kwargs(dataset)
@@ -62,11 +65,11 @@ def retrain(
         return fit_network(run_dir, network, ckpt["model"], kwargs, dataset, indices, cfg, resume, progress)
 
     sk_key = "selector_state" if ckpt["kind"] == "decoupled" else "state_dict"
-    pooling = ckpt.get("pooling", pooling)
-    if store is not None and cfg.patterns == "store":
-        pooling = PatternStore.open(store, verify=False).pooling
-    selector = build_selector(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
-    estimator = build_estimator(build_network(ckpt, path=str(checkpoint)), pooling)
+    from_store = store is not None and cfg.patterns == "store"
+    store_pooling = PatternStore.open(store, verify=False).pooling if from_store else None
+    pooling = resolve_pooling(ckpt, pooling, store_pooling, str(checkpoint))
+    selector = load_selector(ckpt, pooling, str(checkpoint))
+    estimator = load_estimator(ckpt, pooling, str(checkpoint))
     decoupled = DecoupledModel(selector, estimator)
     model = distributed.wrap(estimator)
     selector.to(next(estimator.parameters()).device)
@@ -76,7 +79,7 @@ def retrain(
         else (lambda x, idx: model(x, selector(x)))
     )
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
-    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source, pooling)
     torch.manual_seed(cfg.seed)
     selector_state = ckpt[sk_key]
     history = fit(

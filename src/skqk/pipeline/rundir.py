@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 
-from skqk import __version__
 from skqk.atomic import atomic_write_text, remove_partial_writes
 from skqk.pipeline.config import SGDConfig
+from skqk.pipeline.provenance import code_version
 
 RUN_FILES = ("model.pt", "resume.pt", "metrics.jsonl", "config.json")  # what a run writes, all atomically
 
@@ -19,10 +18,13 @@ class RunDirError(ValueError):
     """The output folder cannot be used (unwritable, or holds a finished run)."""
 
 
-def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig, source: dict | None = None) -> Path:
+def prepare_run_dir(
+    out: str | os.PathLike, resume: bool, cfg: SGDConfig, source: dict | None = None, pooling: str | None = None
+) -> Path:
     """Create the run folder, check it is writable, and record the resolved config, what the run starts from
-    (`source`: the data's fingerprint, the checkpoint and store identity) and the code version; `--resume` must
-    match both, and is told which settings differ. Temporary files of saves killed midway are removed."""
+    (`source`: the data's fingerprint, the checkpoint and store identity), the max-pooling mode of a QK run and
+    the code version; `--resume` must match all but the code version, and is told which settings differ.
+    Temporary files of saves killed midway are removed."""
     run_dir = Path(out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -36,13 +38,23 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig, source
     remove_partial_writes(run_dir, RUN_FILES)  # of a save killed midway; the files themselves are intact
     if resume and (run_dir / "config.json").exists():
         saved = json.loads((run_dir / "config.json").read_text())
-        changed = changed_settings(saved["config"], cfg.to_dict()) + changed_settings(saved.get("source"), source)
+        changed = (
+            changed_settings(saved["config"], cfg.to_dict())
+            + changed_settings(saved.get("source"), source)
+            + changed_settings({"pooling": saved.get("pooling")}, {"pooling": pooling})
+        )
         if changed:
             raise RunDirError(
                 f"--resume with other settings than the run in {run_dir} was started with: {'; '.join(changed)};"
                 " resume with the same ones or choose another --out"
             )
-    record = {"config": cfg.to_dict(), "kind": type(cfg).__name__, "source": source, "code_version": code_version()}
+    record = {
+        "config": cfg.to_dict(),
+        "kind": type(cfg).__name__,
+        "source": source,
+        "pooling": pooling,
+        "code_version": code_version(),
+    }
     atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
     return run_dir
 
@@ -64,18 +76,3 @@ def file_sha256(path: str | os.PathLike) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout, saved beside every result."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
