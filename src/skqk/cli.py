@@ -13,9 +13,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from skqk._errors import one_line
-from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
+
+if TYPE_CHECKING:  # imported where used, so that a Ctrl-C while Python starts up is caught by `main`
+    from skqk.pipeline.config import SGDConfig
 
 
 def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> None:
@@ -59,6 +62,8 @@ def config_from_args(cfg_cls, args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from skqk.pipeline.config import RetrainConfig, TrainConfig
+
     parser = argparse.ArgumentParser(
         prog="skqk",
         description="Decouple structural (SK) and quantitative (QK) knowledge of ReLU networks and "
@@ -180,6 +185,7 @@ def is_main() -> bool:
 
 
 def cmd_train(args) -> None:
+    from skqk.pipeline.config import TrainConfig
     from skqk.pipeline.train import train
 
     cfg = config_from_args(TrainConfig, args)
@@ -188,6 +194,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_retrain(args) -> None:
+    from skqk.pipeline.config import RetrainConfig
     from skqk.pipeline.retrain import retrain
 
     cfg = config_from_args(RetrainConfig, args)
@@ -341,12 +348,14 @@ DISTRIBUTED_COMMANDS = ("train", "record", "retrain")  # run unchanged under tor
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-    except KeyboardInterrupt:  # building the parser imports torch (bench options): seconds on a cold start
+    except KeyboardInterrupt:
         return interrupted(None)
     if args.command not in DISTRIBUTED_COMMANDS:
         return run_command(args)
-    from skqk.pipeline import distributed
-
+    try:
+        from skqk.pipeline import distributed
+    except KeyboardInterrupt:  # it imports torch: seconds on a cold start
+        return interrupted(args)
     try:
         code = run_command(args, lambda: distributed.setup(args.device))  # joins torchrun's process group, if any
     finally:
