@@ -22,7 +22,7 @@ from pipeline_helpers import (
     write_colour_tree,
 )
 
-from skqk.data import load_dataset, subset_indices
+from skqk.data import load_dataset, subset_fingerprint, subset_indices
 from skqk.pipeline.config import TrainConfig
 from skqk.pipeline.record import selector_from_checkpoint
 from skqk.pipeline.train import train
@@ -54,6 +54,8 @@ def record(capsys, setup, store, samples=60, *extra, data="args"):
 def assert_holds_the_selectors_patterns(setup, store, samples):
     opened = PatternStore.open(store)
     indices = subset_indices(setup["data"].train.labels, samples)
+    assert (opened.data, opened.subset) == (setup["data"].fingerprint, subset_fingerprint(setup["data"].train.labels))
+    assert opened.info()["data"] == opened.data
     assert torch.equal(opened.indices, indices.sort().values)
     selector = selector_from_checkpoint(setup["pre"])
     assert opened.read(indices) == selector(setup["data"].normalize(setup["data"].train.images[indices]))

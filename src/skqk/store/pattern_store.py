@@ -324,6 +324,16 @@ class PatternStore:
         return self._manifest.pooling
 
     @property
+    def data(self) -> str | None:
+        """Content fingerprint of the data the patterns describe (None for stores of older skqk versions)."""
+        return self._manifest.data
+
+    @property
+    def subset(self) -> str | None:
+        """Fingerprint of the subset permutation the samples were drawn from (None if not recorded)."""
+        return self._manifest.subset
+
+    @property
     def sites(self) -> list[str]:
         return [s.name for s in self._manifest.sites]
 
