@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -57,6 +58,17 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def json_object(text: str, option: str) -> dict:
+    """The JSON object an option such as --model-kwargs holds; anything else is a one-line error."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{option} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} must be a JSON object like '{{\"width\": 64}}', got {text!r}")
+    return value
+
+
 def config_from_args(cfg_cls, args: argparse.Namespace):
     """The dataclass with its paper defaults, overridden only by the options the user gave."""
     given = {f.name: getattr(args, f.name) for f in fields(cfg_cls) if getattr(args, f.name, None) is not None}
@@ -74,7 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="Phase 1: train a zoo network from scratch on n samples")
-    p.add_argument("--model", help="zoo model: lenet5, alexnet, vgg8 (default lenet5)")
+    p.add_argument(
+        "--model",
+        help="zoo model: lenet5, alexnet, vgg8 (default lenet5), or your own as package.module:callable returning "
+        "an nn.Module (importable from the current directory or PYTHONPATH; it gets in_channels, image_size, "
+        "num_classes where its signature takes them)",
+    )
+    p.add_argument(
+        "--model-kwargs",
+        help='JSON object of keyword arguments for an imported model, e.g. \'{"width": 64}\'; recorded in the '
+        "checkpoint, so record/retrain/evaluate rebuild the model without these flags",
+    )
     p.add_argument("--samples", type=int, help="n, samples to train on (default 1024)")
     p.add_argument("--out", required=True, help="run folder (model.pt, config.json, metrics.jsonl)")
     add_data_options(p)
@@ -227,6 +249,8 @@ def is_main() -> bool:
 def cmd_train(args) -> None:
     from skqk.pipeline.train import train
 
+    if args.model_kwargs is not None:
+        args.model_kwargs = json_object(args.model_kwargs, "--model-kwargs")
     cfg = config_from_args(TrainConfig, args)
     result = train(cfg, load_data(args), args.out, resume=args.resume, progress=not args.quiet)
     print_final(result)
@@ -466,6 +490,8 @@ DISTRIBUTED_COMMANDS = ("train", "record", "retrain")  # run unchanged under tor
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.getcwd() not in sys.path:  # --model package.module:callable (or a checkpoint naming one) imports from
+        sys.path.append(os.getcwd())  # the current directory too, as `python -m skqk` would
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:

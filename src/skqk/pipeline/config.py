@@ -8,7 +8,7 @@ or batch size, so those defaults are ours and documented as such.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Method = Literal["qk", "traditional"]
@@ -52,17 +52,21 @@ class SGDConfig:
 class TrainConfig(SGDConfig):
     """Phase 1: initial training of the network from scratch on n samples."""
 
-    model: str = "lenet5"  # a name from skqk.models.list_models()
+    model: str = "lenet5"  # a name from skqk.models.list_models(), or an import path package.module:callable
+    model_kwargs: dict = field(default_factory=dict)  # keyword arguments of an imported model's callable
     samples: int = 1024  # n; paper: 1,024 (LeNet-5, AlexNet), 512 (VGG8), and 4,096 for the larger SK
     epochs: int = 200  # paper: 200 pre-training epochs
 
     def __post_init__(self):
         super().__post_init__()
-        from skqk.models import list_models  # not at the top: the zoo imports torch
-        from skqk.patterns import unknown_name_message
+        from skqk.models import DATA_ARGUMENTS, resolve  # not at the top: the zoo imports torch
 
-        if self.model not in list_models():  # refused here, before a run folder is created for it
-            raise ValueError(unknown_name_message("model", self.model, list_models()))
+        resolve(self.model)  # refused here, before a run folder is created for it
+        if self.model_kwargs and ":" not in self.model:
+            raise ValueError(f"zoo model {self.model!r} takes no model keyword arguments (they are for imported ones)")
+        taken = sorted(set(self.model_kwargs) & set(DATA_ARGUMENTS))
+        if taken:
+            raise ValueError(f"model keyword arguments cannot set {', '.join(taken)}: the data decides them")
 
 
 @dataclass

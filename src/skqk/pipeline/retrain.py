@@ -62,7 +62,8 @@ def retrain(
         network = build_network(ckpt, path=str(checkpoint))
         run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
         torch.manual_seed(cfg.seed)
-        return fit_network(run_dir, network, ckpt["model"], kwargs, dataset, indices, cfg, resume, progress)
+        built = ckpt["model_kwargs"]  # the data's sizes and an imported model's options
+        return fit_network(run_dir, network, ckpt["model"], built, dataset, indices, cfg, resume, progress)
 
     sk_key = "selector_state" if ckpt["kind"] == "decoupled" else "state_dict"
     from_store = store is not None and cfg.patterns == "store"
@@ -90,7 +91,7 @@ def retrain(
         dataset,
         indices,
         cfg,
-        lambda: decoupled_entry(ckpt["model"], kwargs, selector_state, decoupled),
+        lambda: decoupled_entry(ckpt["model"], ckpt["model_kwargs"], selector_state, decoupled),
         resume,
         progress,
     )
