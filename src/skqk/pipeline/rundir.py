@@ -38,11 +38,10 @@ def prepare_run_dir(
     remove_partial_writes(run_dir, RUN_FILES)  # of a save killed midway; the files themselves are intact
     if resume and (run_dir / "config.json").exists():
         saved = json.loads((run_dir / "config.json").read_text())
-        changed = (
-            changed_settings(saved["config"], cfg.to_dict())
-            + changed_settings(saved.get("source"), source)
-            + changed_settings({"pooling": saved.get("pooling")}, {"pooling": pooling})
-        )
+        # a config field added since the run was saved counts as its default (`matches`)
+        changed = [] if cfg.matches(saved["config"]) else changed_settings(saved["config"], cfg.to_dict())
+        changed += changed_settings(saved.get("source"), source)
+        changed += changed_settings({"pooling": saved.get("pooling")}, {"pooling": pooling})
         if changed:
             raise RunDirError(
                 f"--resume with other settings than the run in {run_dir} was started with: {'; '.join(changed)};"
