@@ -11,7 +11,7 @@ import os
 import torch
 from torch import Tensor
 
-from skqk.data import Dataset, subset_indices
+from skqk.data import Dataset, subset_fingerprint, subset_indices
 from skqk.data.sampling import replay_indices
 from skqk.decoupled import DecoupledModel
 from skqk.pipeline import distributed
@@ -55,7 +55,7 @@ def retrain(
     kwargs = model_kwargs(dataset)
     ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
     indices = training_indices(dataset.train.labels, cfg)
-    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None, "data": dataset.fingerprint}
     if cfg.method == "traditional":
         if ckpt["kind"] != "network":
             raise CheckpointError(
@@ -79,7 +79,7 @@ def retrain(
 
     def make_step(selector, store) -> StepForward:
         if cfg.patterns == "store":
-            return patterns_from_store(model, selector, store, indices)
+            return patterns_from_store(model, selector, store, indices, dataset, cfg)
         return lambda x, idx: model(x, selector(x))
 
     make_step(selector, store)  # refuses a store that lacks samples before the run folder is created
@@ -115,11 +115,15 @@ def training_indices(labels: Tensor, cfg: RetrainConfig) -> Tensor:
     return torch.cat([new, replay_indices(labels, order[: cfg.sample_start], cfg.replay, cfg.subset_seed)])
 
 
-def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForward:
-    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3)."""
+def patterns_from_store(
+    estimator, selector, store, indices: Tensor, dataset: Dataset, cfg: RetrainConfig
+) -> StepForward:
+    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3) from
+    this very data and subset order."""
     if store is None:
         raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
-    opened = PatternStore.open(store, selector)
+    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
     missing = (~torch.isin(indices, opened.indices)).sum().item()
     if missing:
         raise ValueError(
