@@ -61,8 +61,30 @@ def _candidates():
                 continue
             seen.add(name)
             yield f"{prefix}.{name}", fn, None
-    binary = ["add", "sub", "mul", "div", "maximum", "minimum", "max", "min", "where_gt", "matmul", "gt", "ge",
-              "lt", "le", "pow", "remainder", "floor_divide", "fmax", "atan2", "hypot", "clamp_min", "clamp_max"]
+    binary = [
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "maximum",
+        "minimum",
+        "max",
+        "min",
+        "where_gt",
+        "matmul",
+        "gt",
+        "ge",
+        "lt",
+        "le",
+        "pow",
+        "remainder",
+        "floor_divide",
+        "fmax",
+        "atan2",
+        "hypot",
+        "clamp_min",
+        "clamp_max",
+    ]
     for name in binary:
         fn = getattr(torch, name, None) or (lambda h, o: torch.where(h > o, h, o))
         for second in ("branch", "parameter", "scalar"):

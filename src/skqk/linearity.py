@@ -149,8 +149,14 @@ _ALIASING = _RESHAPES | _STRUCTURAL - {"sum", "mean", "cumsum", "matmul", "mm", 
                                        "take_along_dim", "repeat", "tile", "flip", "flipud", "roll", "tril",
                                        "triu"}  # fmt: skip
 _ALIASING |= {"contiguous", "float", "double", "to", "dropout"}
-_DROPOUTS = {"dropout": True, "dropout1d": True, "dropout2d": True, "dropout3d": True, "alpha_dropout": False,
-             "feature_alpha_dropout": False}  # fmt: skip  (the default of their `training` argument)
+_DROPOUTS = {
+    "dropout": True,
+    "dropout1d": True,
+    "dropout2d": True,
+    "dropout3d": True,
+    "alpha_dropout": False,
+    "feature_alpha_dropout": False,
+}  # fmt: skip  (the default of their `training` argument)
 
 
 def op_name(node: fx.Node) -> str | None:

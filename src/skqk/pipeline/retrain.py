@@ -11,7 +11,8 @@ import os
 import torch
 from torch import Tensor
 
-from skqk.data import Dataset, subset_indices
+from skqk.data import Dataset, subset_fingerprint, subset_indices
+from skqk.data.sampling import replay_indices
 from skqk.decoupled import DecoupledModel
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import (
@@ -26,6 +27,7 @@ from skqk.pipeline.checkpoint import (
 )
 from skqk.pipeline.config import RetrainConfig
 from skqk.pipeline.loop import RunResult, StepForward, fit
+from skqk.pipeline.refresh import SKMonitor
 from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 from skqk.pipeline.train import fit_network
 from skqk.store import PatternStore
@@ -52,8 +54,8 @@ def retrain(
     # everything that can refuse the inputs runs before the run folder is created
     kwargs = model_kwargs(dataset)
     ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
-    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
+    indices = training_indices(dataset.train.labels, cfg)
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None, "data": dataset.fingerprint}
     if cfg.method == "traditional":
         if ckpt["kind"] != "network":
             raise CheckpointError(
@@ -74,35 +76,54 @@ def retrain(
     decoupled = DecoupledModel(selector, estimator)
     model = distributed.wrap(estimator)
     selector.to(next(estimator.parameters()).device)
-    step = (
-        patterns_from_store(model, selector, store, indices)
-        if cfg.patterns == "store"
-        else (lambda x, idx: model(x, selector(x)))
-    )
+
+    def make_step(selector, store) -> StepForward:
+        if cfg.patterns == "store":
+            return patterns_from_store(model, selector, store, indices, dataset, cfg)
+        return lambda x, idx: model(x, selector(x))
+
+    make_step(selector, store)  # refuses a store that lacks samples before the run folder is created
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source, pooling)
     torch.manual_seed(cfg.seed)
-    selector_state = ckpt[sk_key]
+    network = build_network(ckpt, path=str(checkpoint)).to(next(estimator.parameters()).device)
+    monitor = SKMonitor(cfg, decoupled, network, ckpt[sk_key], dataset, indices, run_dir, make_step, store)
     history = fit(
         run_dir,
         estimator,
-        step,
+        monitor.step,
         decoupled,
         dataset,
         indices,
         cfg,
-        lambda: decoupled_entry(ckpt["model"], ckpt["model_kwargs"], selector_state, decoupled),
+        lambda: decoupled_entry(ckpt["model"], ckpt["model_kwargs"], monitor.selector_state, decoupled),
         resume,
         progress,
+        on_epoch=monitor,
     )
     return RunResult(decoupled, history, run_dir)
 
 
-def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForward:
-    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3)."""
+def training_indices(labels: Tensor, cfg: RetrainConfig) -> Tensor:
+    """The samples a re-training visits: the range ``cfg.sample_start`` .. ``cfg.samples - 1`` of the run's
+    permutation (all n + m samples by default, only the new ones for data arriving in chunks), then the
+    class-balanced replay buffer of ``cfg.replay`` samples from before the range."""
+    order = subset_indices(labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    new = order[cfg.sample_start :]
+    if not cfg.replay:
+        return new
+    return torch.cat([new, replay_indices(labels, order[: cfg.sample_start], cfg.replay, cfg.subset_seed)])
+
+
+def patterns_from_store(
+    estimator, selector, store, indices: Tensor, dataset: Dataset, cfg: RetrainConfig
+) -> StepForward:
+    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3) from
+    this very data and subset order."""
     if store is None:
         raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
-    opened = PatternStore.open(store, selector)
+    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
     missing = (~torch.isin(indices, opened.indices)).sum().item()
     if missing:
         raise ValueError(
