@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="pattern store recorded by `skqk record` from the same checkpoint")
     p.add_argument("--patterns", choices=["store", "on-the-fly"], help="where QK steps get patterns (default store)")
     p.add_argument("--pooling", choices=["live", "frozen"], default="live", help="for on-the-fly patterns")
+    p.add_argument(
+        "--no-prune",
+        dest="prune",
+        action="store_false",
+        default=None,
+        help="qk: train all units (default: remove those dead for every training sample, exactly; skqk.prune)",
+    )
+    p.add_argument(
+        "--patience", type=int, help="stop after this many epochs without a better val accuracy, keep the best"
+    )
     p.add_argument("--out", required=True, help="run folder")
     add_data_options(p)
     add_sgd_options(p, RetrainConfig)

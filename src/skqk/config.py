@@ -74,6 +74,8 @@ class RetrainConfig(SGDConfig):
     samples: int = 4096  # n + m
     method: Method = "qk"  # "qk": estimator only, SK fixed; "traditional": the whole network with its ReLUs
     patterns: Literal["store", "on-the-fly"] = "store"  # where a QK step gets its batch's patterns
+    prune: bool = True  # qk: remove units dead for every training sample while training (exact, skqk.prune)
+    patience: int = 0  # stop after this many epochs without a better val accuracy, keep the best (0 = off)
 
     def __post_init__(self):
         super().__post_init__()
@@ -83,3 +85,5 @@ class RetrainConfig(SGDConfig):
             raise ValueError(f"method must be 'qk' or 'traditional', got {self.method!r}")
         if self.patterns not in ("store", "on-the-fly"):
             raise ValueError(f"patterns must be 'store' or 'on-the-fly', got {self.patterns!r}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be non-negative, got {self.patience}")

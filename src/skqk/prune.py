@@ -32,8 +32,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -180,6 +181,32 @@ def prune_dead_units(
     return pruned
 
 
+@contextlib.contextmanager
+def dead_units_removed(
+    estimator: Estimator, active: Mapping[str, Tensor], optimizer: torch.optim.Optimizer
+) -> Iterator[PrunedEstimator]:
+    """Inside the block `estimator` (and `optimizer`) train without the dead units; after it, also after an
+    error, the full-size network is back, as unpruned training would have left it."""
+    pruned = prune_dead_units(estimator, active, optimizer)
+    try:
+        yield pruned
+    finally:
+        pruned.restore()
+
+
+def removal_report(estimator: Estimator, active: Mapping[str, Tensor]) -> dict[str, dict[str, int]]:
+    """Per gate site with dead units: units, dead units, and how many of them `prune_dead_units` removes (a dead
+    unit stays when its chain is not removable, e.g. batch norm between the convolution and its gate)."""
+    probe = torch.optim.SGD(estimator.parameters(), lr=1.0)
+    with dead_units_removed(estimator, active, probe) as pruned:  # no step taken: restored bit for bit
+        removed = pruned.removed_units
+    return {
+        site: {"units": alive.numel(), "dead": int((~alive).sum()), "removed": removed.get(site, 0)}
+        for site, alive in active.items()
+        if not alive.all()
+    }
+
+
 def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattened, optimizer) -> RemovedUnits:
     """Slice one chain's parameters, states and dropouts to the kept units."""
     p_mod, c_mod = gm.get_submodule(producer.target), gm.get_submodule(consumer.target)
@@ -271,7 +298,7 @@ def _chain_at(gm: fx.GraphModule, gate: fx.Node):
                 states.append(user.args[1])
             cur = user
             continue
-        if user.op == "call_function" and user.target is torch.flatten and user.args[1:] == (1,) and not flattened:
+        if _flattens(user, module) and not flattened:
             flattened, cur = True, user
             continue
         if module is None or not _is_layer(gm, user):
@@ -291,6 +318,13 @@ def _matched(gm, site, producer, states, dropouts, consumer, flattened):
     else:
         ok = not flattened and isinstance(c, nn.Conv2d) and c.in_channels == units
     return (site, producer, states, dropouts, consumer, flattened) if ok else None
+
+
+def _flattens(node: fx.Node, module: nn.Module | None) -> bool:
+    """``torch.flatten(x, 1)`` or ``nn.Flatten()``: each channel becomes a block of consecutive columns."""
+    if type(module) is nn.Flatten:
+        return module.start_dim == 1 and module.end_dim == -1
+    return node.op == "call_function" and node.target is torch.flatten and node.args[1:] == (1,) and not node.kwargs
 
 
 def _is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:

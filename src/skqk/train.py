@@ -39,11 +39,14 @@ from skqk.config import RetrainConfig, SGDConfig, TrainConfig
 from skqk.data import Dataset, batches, epoch_order, subset_indices
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import build_estimator
+from skqk.patterns import Pattern
+from skqk.prune import active_units, dead_units_removed, removal_report
 from skqk.selector import build_selector
 from skqk.store import PatternStore
 
 StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
 EpochHook = Callable[[int, nn.Module], dict]  # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips)
+EpochContext = Callable[[torch.optim.Optimizer], contextlib.AbstractContextManager]  # wraps an epoch's steps
 
 
 class TrainingDiverged(RuntimeError):
@@ -159,13 +162,21 @@ def retrain(
     decoupled = DecoupledModel(selector, estimator)
     model = distributed.wrap(estimator)
     selector.to(next(estimator.parameters()).device)
-    step = (
-        patterns_from_store(model, selector, store, indices)
-        if cfg.patterns == "store"
-        else (lambda x, idx: model(x, selector(x)))
-    )
+    if cfg.patterns == "store":
+        read = patterns_from_store(selector, store, indices)
+        device = next(estimator.parameters()).device
+        if device.type == "cpu":
+            step = lambda x, idx: model(x, read(idx))  # noqa: E731
+        else:
+            step = lambda x, idx: model(x, read(idx).to(device))  # noqa: E731
+    else:
+        read = None
+        step = lambda x, idx: model(x, selector(x))  # noqa: E731
+    removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
-    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
+    run_dir = distributed.current().on_main(
+        prepare_run_dir, out, resume, cfg, source, removal and {"removed_units": removal.report}
+    )
     torch.manual_seed(cfg.seed)
     selector_state = ckpt[sk_key]
     history = fit(
@@ -179,8 +190,40 @@ def retrain(
         lambda: decoupled_entry(ckpt["model"], kwargs, selector_state, decoupled),
         resume,
         progress,
+        removal and removal.metrics,
+        removal and removal.epoch,
     )
     return RunResult(decoupled, history, run_dir)
+
+
+@dataclass
+class DeadUnitRemoval:
+    """Phase 4 without the units the SK proves dead for every training sample (`skqk.prune`), per epoch."""
+
+    estimator: nn.Module
+    active: dict[str, Tensor]
+    report: dict[str, dict[str, int]]  # per site: units, dead, removed
+
+    def epoch(self, optimizer: torch.optim.Optimizer):
+        return dead_units_removed(self.estimator, self.active, optimizer)
+
+    def metrics(self, epoch: int, trainable: nn.Module) -> dict:
+        return {"removed_units": {site: r["removed"] for site, r in self.report.items() if r["removed"]}}
+
+
+def dead_unit_removal(cfg, estimator, selector, read, dataset: Dataset, indices: Tensor) -> DeadUnitRemoval | None:
+    """What `cfg.prune` removes: units inactive in the patterns of every sample of `indices` (from the store, or
+    the selector's on the fly). Off under torch.distributed: DDP holds the full-size parameters."""
+    if not cfg.prune or distributed.current().is_distributed:
+        return None
+    with torch.no_grad():
+        if read is not None:
+            patterns = (read(idx) for idx in indices.split(1024))
+        else:
+            device = next(estimator.parameters()).device
+            patterns = (selector(x.to(device)) for x, _, _ in batches(dataset.train, dataset, indices, 1024))
+        active = {site: a.cpu() for site, a in active_units(patterns).items()}
+    return DeadUnitRemoval(estimator, active, removal_report(estimator, active))
 
 
 def fit_network(
@@ -204,8 +247,8 @@ def fit_network(
     return RunResult(network, history, run_dir)
 
 
-def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForward:
-    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3)."""
+def patterns_from_store(selector, store, indices: Tensor) -> Callable[[Tensor], Pattern]:
+    """The reader of each batch's patterns from the store recorded by this very selector (Phase 3)."""
     if store is None:
         raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
     opened = PatternStore.open(store, selector)
@@ -215,10 +258,7 @@ def patterns_from_store(estimator, selector, store, indices: Tensor) -> StepForw
             f"pattern store {store} lacks {missing} of the {len(indices)} samples: run `skqk record` "
             f"with the same checkpoint and --samples {len(indices)} first"
         )
-    device = next(estimator.parameters()).device
-    if device.type != "cpu":
-        return lambda x, idx: estimator(x, opened.read(idx).to(device))
-    return lambda x, idx: estimator(x, opened.read(idx))
+    return opened.read
 
 
 def fit(
@@ -233,9 +273,14 @@ def fit(
     resume: bool,
     progress: bool,
     on_epoch: EpochHook | None = None,
+    epoch_context: EpochContext | None = None,
 ) -> list[dict]:
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
     to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
+
+    `epoch_context(optimizer)` wraps the training steps of every epoch (dead-unit removal: `skqk.prune`), so
+    evaluation, checkpoints and resume see the full-size module. With ``cfg.patience`` the run stops after that
+    many epochs without a better validation accuracy, and ``model.pt`` holds the best epoch (``best.pt``).
 
     Under torch.distributed (`skqk.distributed`), every rank computes its share of each global batch through
     the DDP wrapper of `trainable` that `step_forward` calls, so each step is the single-process step on the
@@ -244,8 +289,9 @@ def fit(
     ctx = distributed.current()
     if ctx.is_distributed and not distributed.is_wrapped(trainable):
         raise ValueError("distributed training needs the trained module wrapped by skqk.distributed.wrap")
-    opt = torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = sgd(trainable.parameters(), cfg)
     history: list[dict] = []
+    patience = getattr(cfg, "patience", 0)
     state_path = run_dir / "resume.pt"
     state = ctx.on_main(lambda: load_checkpoint(state_path) if resume and state_path.exists() else None)
     if state is not None:
@@ -267,28 +313,31 @@ def fit(
         total=cfg.epochs,
     )
     for epoch in epochs:
+        if patience and epochs_since_best(history) >= patience:
+            break
         start = time.perf_counter()
         trainable.train()
         loss_sum, correct = 0.0, 0
         order = epoch_order(indices, cfg.seed, epoch)
         if ctx.is_distributed:
             ctx.seed_epoch(cfg.seed, epoch)
-        for x, y, idx, global_size in ctx.batches(dataset.train, dataset, order, cfg.batch_size):
-            if ctx.device.type != "cpu":
-                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            with autocast:
-                logits = step_forward(x, idx)
-            if ctx.is_distributed:
-                loss, batch_loss, batch_correct = sharded_loss(ctx, logits.float(), y, global_size)
-            else:
-                loss = batch_loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(batch_loss):
-                raise diverged(batch_loss.item(), epoch, cfg, state_path)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += batch_loss.item() * global_size
-            correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
+        with epoch_context(opt) if epoch_context is not None else contextlib.nullcontext():
+            for x, y, idx, global_size in ctx.batches(dataset.train, dataset, order, cfg.batch_size):
+                if ctx.device.type != "cpu":
+                    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                with autocast:
+                    logits = step_forward(x, idx)
+                if ctx.is_distributed:
+                    loss, batch_loss, batch_correct = sharded_loss(ctx, logits.float(), y, global_size)
+                else:
+                    loss = batch_loss = F.cross_entropy(logits.float(), y)
+                if not torch.isfinite(batch_loss):
+                    raise diverged(batch_loss.item(), epoch, cfg, state_path)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += batch_loss.item() * global_size
+                correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / len(indices),
@@ -302,6 +351,8 @@ def fit(
             metrics.update(on_epoch(epoch + 1, trainable))
         history.append(metrics)
         epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_accuracy']:.3f}")
+        if patience and epochs_since_best(history) == 0:  # before resume.pt: a resumed run never lacks it
+            ctx.on_main(save_checkpoint, run_dir / "best.pt", {**entry(), "epoch": epoch + 1})
         state = {
             "trainable": trainable.state_dict(),
             "optimizer": opt.state_dict(),
@@ -311,9 +362,24 @@ def fit(
         if ctx.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(ctx.device)
         ctx.on_main(write_epoch, run_dir, history, state)
+    final_entry = (lambda: load_checkpoint(run_dir / "best.pt")) if patience else entry
     # resume.pt stays: resuming a finished run then reloads its final state instead of retraining
-    ctx.on_main(lambda: save_checkpoint(run_dir / "model.pt", {**entry(), "config": cfg.to_dict(), "history": history}))
+    ctx.on_main(
+        lambda: save_checkpoint(run_dir / "model.pt", {**final_entry(), "config": cfg.to_dict(), "history": history})
+    )
     return history
+
+
+def sgd(params, cfg: SGDConfig) -> torch.optim.SGD:
+    """The optimiser of every training phase: plain SGD, the fused kernel (one pass over each parameter, its
+    gradient and momentum instead of three; fp32 throughout, same update up to rounding)."""
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True)
+
+
+def epochs_since_best(history: list[dict]) -> int:
+    """Epochs after the first one with the best validation accuracy (early stopping)."""
+    accuracies = [m["val_accuracy"] for m in history]
+    return len(accuracies) - 1 - accuracies.index(max(accuracies)) if accuracies else 0
 
 
 def diverged(loss: float, epoch: int, cfg: SGDConfig, state_path: Path) -> TrainingDiverged:
@@ -345,9 +411,12 @@ def sharded_loss(ctx: distributed.Context, logits: Tensor, y: Tensor, global_siz
     return loss, totals[0] / ctx.world_size, int(totals[1])
 
 
-def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig, source: dict | None = None) -> Path:
+def prepare_run_dir(
+    out: str | os.PathLike, resume: bool, cfg: SGDConfig, source: dict | None = None, extra: dict | None = None
+) -> Path:
     """Create the run folder, check it is writable, and record the resolved config, what the run starts from
-    (`source`: checkpoint and store identity) and the code version; `--resume` must match both."""
+    (`source`: checkpoint and store identity), the code version and `extra` facts of the run (units removed);
+    `--resume` must match config and source."""
     run_dir = Path(out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -365,6 +434,7 @@ def prepare_run_dir(out: str | os.PathLike, resume: bool, cfg: SGDConfig, source
         if saved.get("source") != source:
             raise RunDirError(f"--resume from another checkpoint or store than the run in {run_dir} started from")
     record = {"config": cfg.to_dict(), "kind": type(cfg).__name__, "source": source, "code_version": code_version()}
+    record.update(extra or {})
     atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
     return run_dir
 

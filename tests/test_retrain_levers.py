@@ -1,0 +1,65 @@
+"""`skqk retrain` speed levers: dead-unit removal on by default (same training as without it) and early stopping
+(`--patience`) keeping the best checkpoint."""
+
+import json
+
+import pytest
+import torch
+from pipeline_helpers import make_dataset, read_metrics, state_dict_of, tiny_models  # noqa: F401
+
+from skqk.checkpoint import load_checkpoint, load_for_evaluation, save_checkpoint
+from skqk.config import RetrainConfig, TrainConfig
+from skqk.train import evaluate, retrain, train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))[2]
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny_dropout"])
+def pretrained(request, data, tmp_path_factory):
+    """A briefly trained tiny net with a dead conv channel and dead hidden neurons (on every sample)."""
+    out = tmp_path_factory.mktemp("pre") / "run"
+    train(TrainConfig(model=request.param, samples=60, epochs=2, batch_size=20, lr=0.05), data, out, progress=False)
+    ckpt = load_checkpoint(out / "model.pt")
+    ckpt["state_dict"]["0.bias"][1] = -100.0
+    ckpt["state_dict"]["4.bias"][:5] = -100.0
+    save_checkpoint(out / "model.pt", ckpt)
+    return out / "model.pt"
+
+
+def test_pruned_qk_retraining_equals_unpruned_and_reports_what_it_removed(pretrained, data, tmp_path):
+    cfg = {"samples": 64, "epochs": 3, "batch_size": 16, "lr": 0.05, "patterns": "on-the-fly"}
+    retrain(RetrainConfig(**cfg), pretrained, data, tmp_path / "pruned", progress=False)
+    retrain(RetrainConfig(**cfg, prune=False), pretrained, data, tmp_path / "full", progress=False)
+    pruned, full = state_dict_of(tmp_path / "pruned" / "model.pt"), state_dict_of(tmp_path / "full" / "model.pt")
+    assert pruned.keys() == full.keys()
+    for key in pruned:
+        torch.testing.assert_close(pruned[key], full[key], msg=key)
+    assert not torch.equal(pruned["4.weight"], state_dict_of(pretrained)["4.weight"])  # it trained
+    metrics, metrics_full = read_metrics(tmp_path / "pruned"), read_metrics(tmp_path / "full")
+    assert [m["val_accuracy"] for m in metrics] == [m["val_accuracy"] for m in metrics_full]
+    assert [m["train_accuracy"] for m in metrics] == [m["train_accuracy"] for m in metrics_full]
+    removed = json.loads((tmp_path / "pruned" / "config.json").read_text())["removed_units"]
+    assert removed["1"] == {"units": 4, "dead": 1, "removed": 1}
+    assert removed["5"]["units"] == 16 or removed["5"]["units"] == 32
+    assert removed["5"]["removed"] == removed["5"]["dead"] >= 5
+    assert all(m["removed_units"] == {"1": 1, "5": removed["5"]["removed"]} for m in metrics)
+    assert "removed_units" not in json.loads((tmp_path / "full" / "config.json").read_text())
+    assert "removed_units" not in metrics_full[0]
+
+
+def test_patience_stops_early_and_keeps_the_best_epoch(pretrained, data, tmp_path):
+    cfg = RetrainConfig(samples=64, epochs=12, batch_size=16, lr=0.5, patience=2, patterns="on-the-fly")
+    retrain(cfg, pretrained, data, tmp_path / "r", progress=False)
+    metrics = read_metrics(tmp_path / "r")
+    accuracies = [m["val_accuracy"] for m in metrics]
+    best = accuracies.index(max(accuracies))
+    assert len(metrics) == best + 1 + 2 < 12, accuracies  # two epochs without improvement, then stop
+    model = load_checkpoint(tmp_path / "r" / "model.pt")
+    assert model["epoch"] == best + 1 and len(model["history"]) == len(metrics)
+    assert model["state_dict"].keys() == load_checkpoint(tmp_path / "r" / "best.pt")["state_dict"].keys()
+    for key, value in load_checkpoint(tmp_path / "r" / "best.pt")["state_dict"].items():
+        assert torch.equal(model["state_dict"][key], value)
+    assert evaluate(load_for_evaluation(tmp_path / "r" / "model.pt")[0], data)["val_accuracy"] == max(accuracies)
