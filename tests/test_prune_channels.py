@@ -78,7 +78,7 @@ def test_dead_channels_removed_and_restored_exactly_around_every_epoch(pooling):
         assert est.net.get_submodule("features.0").out_channels == 6
         _assert_same_training_state(est, opt, est_full, opt_full)
     assert not any(n.startswith("_skqk_keep") for n, _ in est.net.named_buffers())
-    assert "index_select" not in est.net.code
+    assert "select_units" not in est.net.code
 
     other = 30 * torch.randn(32, 3, 32, 32)  # large inputs activate the removed channels
     other_pattern = selector(other)
@@ -142,3 +142,21 @@ def test_restore_refuses_an_untracked_optimizer_and_unsupported_sgd():
         prune_dead_units(est, pattern, torch.optim.SGD(est.parameters(), lr=0.1, momentum=0.9, nesterov=True))
     with pytest.raises(RuntimeError, match="optimizer"):
         prune_dead_units(est, pattern).restore()
+
+
+def test_channels_last_layout_is_kept_through_removal_and_restore():
+    selector, est = _lenet("frozen")
+    selector.to(memory_format=torch.channels_last)
+    est.to(memory_format=torch.channels_last)
+    est_full = copy.deepcopy(est)
+    x = (0.05 * torch.randn(16, 3, 32, 32)).contiguous(memory_format=torch.channels_last)
+    y, pattern = torch.randint(0, 10, (16,)), selector(x)
+    assert pattern["features.1"].is_contiguous(memory_format=torch.channels_last)
+    opt, opt_full = _sgd(est), _sgd(est_full)
+    pruned = prune_dead_units(est, pattern, opt)
+    conv = est.net.get_submodule("features.3")
+    assert conv.in_channels < 6 and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(_steps(est, opt, x, y, pattern, 2), _steps(est_full, opt_full, x, y, pattern, 2))
+    pruned.restore()
+    assert est.net.get_submodule("features.3").weight.is_contiguous(memory_format=torch.channels_last)
+    _assert_same_training_state(est, opt, est_full, opt_full)

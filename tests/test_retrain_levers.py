@@ -5,10 +5,18 @@ import json
 
 import pytest
 import torch
-from pipeline_helpers import make_dataset, read_metrics, state_dict_of, tiny_models  # noqa: F401
+from pipeline_helpers import (
+    assert_same_tensors,
+    make_dataset,
+    read_metrics,
+    state_dict_of,
+    tiny_models,  # noqa: F401  (fixture: the test models)
+)
 
+import skqk.train as train_module
 from skqk.checkpoint import load_checkpoint, load_for_evaluation, save_checkpoint
 from skqk.config import RetrainConfig, TrainConfig
+from skqk.record import record_from_checkpoint
 from skqk.train import evaluate, retrain, train
 
 
@@ -30,9 +38,10 @@ def pretrained(request, data, tmp_path_factory):
 
 
 def test_pruned_qk_retraining_equals_unpruned_and_reports_what_it_removed(pretrained, data, tmp_path):
+    """Both exact levers at once: dead units removed in channels-last vs all units in the contiguous layout."""
     cfg = {"samples": 64, "epochs": 3, "batch_size": 16, "lr": 0.05, "patterns": "on-the-fly"}
-    retrain(RetrainConfig(**cfg), pretrained, data, tmp_path / "pruned", progress=False)
-    retrain(RetrainConfig(**cfg, prune=False), pretrained, data, tmp_path / "full", progress=False)
+    retrain(RetrainConfig(**cfg, layout="channels_last"), pretrained, data, tmp_path / "pruned", progress=False)
+    retrain(RetrainConfig(**cfg, prune=False, layout="contiguous"), pretrained, data, tmp_path / "full", progress=False)
     pruned, full = state_dict_of(tmp_path / "pruned" / "model.pt"), state_dict_of(tmp_path / "full" / "model.pt")
     assert pruned.keys() == full.keys()
     for key in pruned:
@@ -63,3 +72,30 @@ def test_patience_stops_early_and_keeps_the_best_epoch(pretrained, data, tmp_pat
     for key, value in load_checkpoint(tmp_path / "r" / "best.pt")["state_dict"].items():
         assert torch.equal(model["state_dict"][key], value)
     assert evaluate(load_for_evaluation(tmp_path / "r" / "model.pt")[0], data)["val_accuracy"] == max(accuracies)
+
+
+class Interrupt(Exception):
+    """Stands in for a crash in the middle of a run."""
+
+
+def test_pruned_channels_last_qk_retraining_resumes_bit_identically(pretrained, data, tmp_path, monkeypatch):
+    """Resume restores the full-size network and optimiser state saved after the interrupted run's last epoch,
+    and pruning starts again from it: the same bits as a run that was never interrupted."""
+    record_from_checkpoint(pretrained, data, 64, tmp_path / "store")
+    cfg = RetrainConfig(samples=64, epochs=3, batch_size=16, lr=0.05, layout="channels_last")
+    retrain(cfg, pretrained, data, tmp_path / "straight", store=tmp_path / "store", progress=False)
+    calls = []
+
+    def evaluate_then_crash_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupt
+        return evaluate(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "evaluate", evaluate_then_crash_in_epoch_2)
+        with pytest.raises(Interrupt):
+            retrain(cfg, pretrained, data, tmp_path / "resumed", store=tmp_path / "store", progress=False)
+    retrain(cfg, pretrained, data, tmp_path / "resumed", store=tmp_path / "store", resume=True, progress=False)
+    straight, resumed = (state_dict_of(tmp_path / name / "model.pt") for name in ("straight", "resumed"))
+    assert_same_tensors(resumed, straight)

@@ -26,6 +26,12 @@ def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> Non
     p.add_argument("--balanced", action="store_true", default=None, help="class-balanced sample subsets")
     p.add_argument("--eval-samples", type=int, help="validation samples per epoch (default 0 = all)")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast with fp32 master weights")
+    p.add_argument(
+        "--layout",
+        choices=["auto", "contiguous", "channels_last"],
+        help="memory layout of activations and conv weights (default auto: channels_last where the benchmark "
+        "shows it pays for that model)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out after an interruption")
 
 

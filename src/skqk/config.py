@@ -27,6 +27,7 @@ class SGDConfig:
     balanced: bool = False  # class-balanced prefixes of that permutation
     eval_samples: int = 0  # validation samples evaluated after each epoch (0 = the whole test split)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast, master weights fp32
+    layout: Literal["auto", "contiguous", "channels_last"] = "auto"  # activations; auto: where it pays (benchmarks)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -38,6 +39,8 @@ class SGDConfig:
             raise ValueError("momentum, weight_decay and eval_samples must be non-negative")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.layout not in ("auto", "contiguous", "channels_last"):
+            raise ValueError(f"layout must be 'auto', 'contiguous' or 'channels_last', got {self.layout!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

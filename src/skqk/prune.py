@@ -105,8 +105,8 @@ class PrunedEstimator:
                 _set_module(gm, target, dropout)
             delattr(gm, _keep_name(r.site))
         for node in list(gm.graph.nodes):
-            if node.op == "call_function" and node.target is torch.index_select and node.meta.get("skqk_prune"):
-                keep = node.args[2]
+            if node.op == "call_function" and node.target is select_units:
+                keep = node.args[1]
                 node.replace_all_uses_with(node.args[0])
                 gm.graph.erase_node(node)
                 if not keep.users:
@@ -224,10 +224,10 @@ def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattene
             r.sliced.append(
                 _Sliced(target, name, dim, index, param.detach().clone(), None if buffer is None else buffer.clone())
             )
-            new = nn.Parameter(param.index_select(dim, index), requires_grad=param.requires_grad)
+            new = nn.Parameter(_in_layout_of(param.index_select(dim, index), param), requires_grad=param.requires_grad)
             if optimizer is not None:
                 group = _group_of(optimizer, param)
-                sliced = None if buffer is None else buffer.index_select(dim, index)
+                sliced = None if buffer is None else _in_layout_of(buffer.index_select(dim, index), buffer)
                 _swap_parameter(optimizer, group, param, new, sliced)
             setattr(module, name, new)
             _set_size(module)
@@ -236,8 +236,7 @@ def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattene
         with gm.graph.inserting_after(state):
             keep_node = gm.graph.get_attr(_keep_name(site))
         with gm.graph.inserting_after(keep_node):
-            sliced = gm.graph.call_function(torch.index_select, (state, 1, keep_node))
-        sliced.meta["skqk_prune"] = True
+            sliced = gm.graph.call_function(select_units, (state, keep_node))
         for user in list(state.users):
             if user is not sliced:
                 user.replace_input_with(state, sliced)
@@ -247,6 +246,18 @@ def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattene
         r.dropouts[target] = original
         _set_module(gm, target, FullWidthDropout(original.p, keep, width))
     return r
+
+
+def select_units(state: Tensor, keep: Tensor) -> Tensor:
+    """The states of the kept units (dimension 1), in the memory layout `state` came in (channels-last masks
+    stay channels-last, so the gate multiplies tensors of one layout; weights likewise)."""
+    return _in_layout_of(state.index_select(1, keep), state)
+
+
+def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
 class FullWidthDropout(nn.Module):

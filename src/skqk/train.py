@@ -118,7 +118,7 @@ def train(
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
     kwargs = model_kwargs(dataset)
     torch.manual_seed(cfg.seed)
-    network = models.build(cfg.model, **kwargs)
+    network = models.build(cfg.model, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
     return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch)
 
 
@@ -148,7 +148,7 @@ def retrain(
             raise CheckpointError(
                 f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
             )
-        network = build_network(ckpt, path=str(checkpoint))
+        network = build_network(ckpt, path=str(checkpoint)).to(memory_format=memory_format(cfg.layout, ckpt["model"]))
         run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
         torch.manual_seed(cfg.seed)
         return fit_network(run_dir, network, ckpt["model"], kwargs, dataset, indices, cfg, resume, progress)
@@ -158,17 +158,16 @@ def retrain(
     if store is not None and cfg.patterns == "store":
         pooling = PatternStore.open(store, verify=False).pooling
     selector = build_selector(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
-    estimator = build_estimator(build_network(ckpt, path=str(checkpoint)), pooling)
+    layout = memory_format(cfg.layout, ckpt["model"])
+    selector.to(memory_format=layout)
+    estimator = build_estimator(build_network(ckpt, path=str(checkpoint)), pooling).to(memory_format=layout)
     decoupled = DecoupledModel(selector, estimator)
     model = distributed.wrap(estimator)
     selector.to(next(estimator.parameters()).device)
     if cfg.patterns == "store":
         read = patterns_from_store(selector, store, indices)
         device = next(estimator.parameters()).device
-        if device.type == "cpu":
-            step = lambda x, idx: model(x, read(idx))  # noqa: E731
-        else:
-            step = lambda x, idx: model(x, read(idx).to(device))  # noqa: E731
+        step = lambda x, idx: model(x, in_layout(read(idx).to(device), layout))  # noqa: E731
     else:
         read = None
         step = lambda x, idx: model(x, selector(x))  # noqa: E731
@@ -290,6 +289,7 @@ def fit(
     if ctx.is_distributed and not distributed.is_wrapped(trainable):
         raise ValueError("distributed training needs the trained module wrapped by skqk.distributed.wrap")
     opt = sgd(trainable.parameters(), cfg)
+    layout = memory_format_of(trainable)
     history: list[dict] = []
     patience = getattr(cfg, "patience", 0)
     state_path = run_dir / "resume.pt"
@@ -325,6 +325,7 @@ def fit(
             for x, y, idx, global_size in ctx.batches(dataset.train, dataset, order, cfg.batch_size):
                 if ctx.device.type != "cpu":
                     x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                x = x.contiguous(memory_format=layout) if x.dim() == 4 else x
                 with autocast:
                     logits = step_forward(x, idx)
                 if ctx.is_distributed:
@@ -368,6 +369,32 @@ def fit(
         lambda: save_checkpoint(run_dir / "model.pt", {**final_entry(), "config": cfg.to_dict(), "history": history})
     )
     return history
+
+
+CHANNELS_LAST_PAYS = {"lenet5", "vgg8"}  # layout="auto": measured in docs/benchmarks.md (not for AlexNet)
+
+
+def memory_format(layout: str, model: str) -> torch.memory_format:
+    """The activation layout of a run: channels-last (NHWC) where `layout` asks for it, or for "auto" where the
+    benchmark shows it pays on that zoo model; an exact lever (fp32, same sums up to rounding)."""
+    if layout == "channels_last" or (layout == "auto" and model in CHANNELS_LAST_PAYS):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def memory_format_of(module: nn.Module) -> torch.memory_format:
+    """channels_last if `module`'s convolution weights were put in it, so its inputs follow."""
+    for p in module.parameters():
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+    return torch.contiguous_format
+
+
+def in_layout(pattern: Pattern, layout: torch.memory_format) -> Pattern:
+    """`pattern` with its per-position states in `layout`, so a gate multiplies tensors of one layout."""
+    if layout == torch.contiguous_format:
+        return pattern
+    return Pattern({s: t.contiguous(memory_format=layout) if t.dim() == 4 else t for s, t in pattern.items()})
 
 
 def sgd(params, cfg: SGDConfig) -> torch.optim.SGD:
