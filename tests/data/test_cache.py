@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+import skqk.data.dataset
 import skqk.data.loading
-from skqk.data import load_dataset
+from skqk.data import DataError, load_dataset
 
 
 @pytest.fixture
@@ -45,6 +46,25 @@ def test_second_load_reads_the_cache(tmp_path, cache_dir, image_tree, decodes):
     assert torch.equal(first.std, second.std)
     assert (first.source, first.train.classes) == (second.source, second.train.classes)
     assert [path.suffix for path in cache_files(cache_dir)] == [".pt"]  # no temporary file left behind
+
+
+def test_fingerprint_is_cached_with_the_decoded_data(tmp_path, cache_dir, image_tree, monkeypatch):
+    image_tree(tmp_path / "tree")
+    first = load(tmp_path / "tree", cache_dir)
+
+    monkeypatch.setattr(skqk.data.dataset, "content_fingerprint", lambda *args: pytest.fail("hashed again"))
+    second = load(tmp_path / "tree", cache_dir)
+
+    assert second.fingerprint == first.fingerprint and len(first.fingerprint) == 64
+
+
+def test_empty_class_folder_made_after_caching_is_noticed(tmp_path, cache_dir, image_tree):
+    image_tree(tmp_path / "tree")
+    load(tmp_path / "tree", cache_dir)
+    (tmp_path / "tree" / "train" / "yak").mkdir()
+
+    with pytest.raises(DataError, match="class folder train/yak holds no images"):
+        load(tmp_path / "tree", cache_dir)
 
 
 def corrupt_garbage(path):

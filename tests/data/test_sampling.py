@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from skqk.data import DataError, Dataset, ImageData, batches, epoch_order, subset_indices
+from skqk.data import DataError, Dataset, ImageData, batches, epoch_order, subset_fingerprint, subset_indices
 
 # 50 samples of class 0, 30 of class 1, 20 of class 2, shuffled
 LABELS = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100, generator=torch.Generator().manual_seed(5))]
@@ -28,6 +28,16 @@ def test_balanced_prefixes_are_as_balanced_as_the_class_sizes_allow():
         # water-filling: the level each class is filled to, capped by its size (50, 30, 20)
         level = next(level for level in range(51) if sum(min(level, size) for size in (50, 30, 20)) >= n)
         assert all(min(level - 1, size) <= count <= min(level, size) for count, size in zip(counts, (50, 30, 20)))
+
+
+def test_subset_fingerprint_names_the_permutation_of_all_nested_subsets():
+    fingerprints = [
+        subset_fingerprint(LABELS, seed, balanced) for seed, balanced in [(0, False), (1, False), (0, True)]
+    ]
+
+    assert len(set(fingerprints)) == 3
+    assert subset_fingerprint(LABELS.clone(), 0, False) == fingerprints[0]
+    assert subset_fingerprint(LABELS[:-1], 0, False) != fingerprints[0]  # another split, other subsets
 
 
 def test_subset_size_out_of_range_raises_one_line_error():

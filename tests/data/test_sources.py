@@ -3,7 +3,10 @@
 import io
 import os
 import pickle
+import re
+import struct
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
@@ -70,7 +73,8 @@ def test_tar_archives_and_nested_layouts_give_the_same_tensors(tmp_path, cache_d
         assert torch.equal(direct.mean, other.mean) and torch.equal(direct.std, other.std)
 
 
-def test_jpeg_tree_of_cifar10_classes_is_described_with_its_quality(tmp_path, cache_dir):
+def test_cifar10_class_names_alone_do_not_make_a_dataset_cifar10(tmp_path, cache_dir):
+    """Ten red squares in folders named like CIFAR-10's classes are an image folder, described by encoding."""
     for split in ("train", "test"):
         for name in ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]:
             (tmp_path / "t" / split / name).mkdir(parents=True)
@@ -78,8 +82,79 @@ def test_jpeg_tree_of_cifar10_classes_is_described_with_its_quality(tmp_path, ca
 
     dataset = load(tmp_path / "t", cache_dir)
 
-    assert dataset.source == f"CIFAR-10 (JPEG q75 re-encoding) from {tmp_path / 't'}"
+    assert dataset.source == f"image folder (JPEG q75) from {tmp_path / 't'}"
     assert dataset.train.labels.tolist() == list(range(10))
+
+
+def test_one_class_dataset_warns_that_accuracy_means_nothing(tmp_path, cache_dir):
+    for split in ("train", "test"):
+        write_file(tmp_path / "one" / split / "cat" / "0.png", png((8, 8)))
+
+    with pytest.warns(UserWarning, match=r"has a single class, 'cat': accuracy is trivially 1.0"):
+        load(tmp_path / "one", cache_dir)
+    with pytest.warns(UserWarning, match=r"single class"):  # also when read back from the cache
+        load(tmp_path / "one", cache_dir)
+
+
+def peak_memory() -> int:
+    """Peak resident memory of this process in bytes, since the last `reset_peak_memory` (Linux)."""
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) * 1024
+
+
+def reset_peak_memory() -> None:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def load_error_and_peak_growth(path, cache_dir) -> tuple[str, int]:
+    """The DataError message of loading `path`, and how far resident memory rose above its start meanwhile."""
+    try:
+        reset_peak_memory()
+    except OSError:
+        pytest.skip("peak memory cannot be reset here (/proc/self/clear_refs is Linux-only)")
+    start = peak_memory()
+    with pytest.raises(DataError) as error:
+        load(path, cache_dir)
+    return str(error.value), peak_memory() - start
+
+
+def huge_black_png(side: int) -> bytes:
+    """A valid `side` x `side` grayscale PNG, all black: a few kB on disk, side**2 bytes once decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, rows = zlib.compressobj(9), bytes(side + 1)  # each row: filter byte 0, then black pixels
+    pixels = b"".join(compressor.compress(rows) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_huge_image_is_refused_from_its_header_before_decoding(tmp_path, cache_dir, image_tree):
+    image_tree(tmp_path / "tree")
+    write_file(tmp_path / "tree" / "train" / "cat" / "huge.png", huge_black_png(8000))  # 64 MB decoded, 64 kB here
+
+    message, growth = load_error_and_peak_growth(tmp_path / "tree", cache_dir)
+
+    assert growth < 16 << 20, f"peak memory grew by {growth >> 20} MB"
+    assert re.fullmatch(
+        r"cannot decode image train/cat/huge.png: 8000x8000 pixels is more than the \d+ allowed", message
+    )
+
+
+def test_oversized_archive_member_is_refused_before_reading(tmp_path, cache_dir):
+    """A tar.gz of 0.1 MB holding a 100 MB file (zeros compress 1000-fold) is refused from the member header."""
+    archive, size = tmp_path / "bomb.tar.gz", 100 << 20
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        member = tarfile.TarInfo("train/cat/0.png")
+        member.size = size
+        tar.addfile(member, io.BytesIO(bytes(size)))
+
+    message, growth = load_error_and_peak_growth(archive, cache_dir)
+
+    assert growth < 16 << 20, f"peak memory grew by {growth >> 20} MB"
+    assert message == f"{archive}: train/cat/0.png is {size} bytes, more than any dataset file (67108864 bytes at most)"
 
 
 @pytest.mark.parametrize("where", ["folder", "parent", "archive"])
@@ -174,6 +249,27 @@ def make_undecodable_image(root, tree, cifar):
     return root
 
 
+def make_empty_class_folder(root, tree, cifar):
+    tree(root)
+    (root / "train" / "yak").mkdir()
+    return root
+
+
+def make_archive_with_empty_class_folder(root, tree, cifar):
+    tree(root / "tree")
+    (root / "tree" / "test" / "yak").mkdir()
+    with tarfile.open(root / "a.tar.gz", "w:gz") as tar:
+        tar.add(root / "tree", arcname=".")
+    return root / "a.tar.gz"
+
+
+def make_oversized_file(root, tree, cifar):
+    tree(root)
+    with open(root / "train" / "cat" / "big.png", "wb") as file:
+        file.truncate(65 << 20)  # sparse: 65 MB long, no disk used
+    return root
+
+
 def make_incomplete_cifar(root, tree, cifar):
     cifar(root)
     (root / "test_batch").unlink()
@@ -214,6 +310,9 @@ MALFORMED = {
     make_test_only_class: r"test classes without train images in .*: yak",
     make_two_datasets: r"found image folders in a, CIFAR-10 batches in b",
     make_undecodable_image: r"cannot decode image train/cat/bad.png",
+    make_empty_class_folder: r"class folder train/yak holds no images \(.bmp, .jpeg, .jpg, .png\); add some or",
+    make_archive_with_empty_class_folder: r"a.tar.gz: class folder test/yak holds no images",
+    make_oversized_file: r"train/cat/big.png is 68157440 bytes, more than any dataset file",
     make_incomplete_cifar: r"incomplete CIFAR-10 python batches in .*: missing test_batch",
     make_plain_file: r"data.txt is neither a folder nor a tar archive",
     make_truncated_archive: r"cannot read archive .*a.tar.gz",

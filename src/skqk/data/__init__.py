@@ -8,8 +8,18 @@ Example:
     ...     pass
 """
 
-from skqk.data.dataset import DataError, Dataset, ImageData
+from skqk.data.dataset import DataError, Dataset, ImageData, content_fingerprint
 from skqk.data.loading import load_dataset
-from skqk.data.sampling import batches, epoch_order, subset_indices
+from skqk.data.sampling import batches, epoch_order, subset_fingerprint, subset_indices
 
-__all__ = ["DataError", "Dataset", "ImageData", "batches", "epoch_order", "load_dataset", "subset_indices"]
+__all__ = [
+    "DataError",
+    "Dataset",
+    "ImageData",
+    "batches",
+    "content_fingerprint",
+    "epoch_order",
+    "load_dataset",
+    "subset_fingerprint",
+    "subset_indices",
+]

@@ -18,7 +18,7 @@ from skqk.data.dataset import Dataset, ImageData
 
 CACHE_ENV = "SKQK_CACHE"
 DEFAULT_CACHE = Path("~/.cache/skqk")
-CACHE_FORMAT = 1  # bump when the decoding or the file layout changes, so old files are ignored
+CACHE_FORMAT = 2  # bump when the decoding or the file layout changes, so old files are ignored
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -43,6 +43,7 @@ def write_cache(dataset: Dataset, path: Path) -> None:
         "mean": dataset.mean,
         "std": dataset.std,
         "source": dataset.source,
+        "fingerprint": dataset.fingerprint,
     }
     try:
         with atomic_write(path) as file:
@@ -64,6 +65,7 @@ def read_cache(path: Path) -> Dataset | None:
             content["mean"],
             content["std"],
             content["source"],
+            content["fingerprint"],
         )
     except Exception as error:  # truncated, foreign or inconsistent files all just mean "decode again"
         reason = type(error).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from skqk.data.cache import cache_file, cache_root, read_cache, write_cache
@@ -48,6 +49,11 @@ def load_dataset(
     if dataset is None:
         dataset = read_source(source, progress)
         write_cache(dataset, path)
+    if dataset.num_classes == 1:  # training "works" and reaches accuracy 1.0, which means nothing
+        warnings.warn(
+            f"{dataset.source} has a single class, {dataset.train.classes[0]!r}: accuracy is trivially 1.0",
+            stacklevel=2,
+        )
     return dataset
 
 

@@ -34,6 +34,18 @@ def subset_indices(labels: Tensor, n: int, seed: int = 0, balanced: bool = False
     return torch.randperm(len(labels), generator=generator)[:n]
 
 
+def subset_fingerprint(labels: Tensor, seed: int = 0, balanced: bool = False) -> str:
+    """sha256 of the permutation whose prefixes are the subsets of (`seed`, `balanced`): names every subset
+    `subset_indices` draws with them, whatever its size.
+
+    Records made for nested subsets (a pattern store grown from n to n + m samples) must be continued with the
+    same permutation: another seed or `balanced` choice selects other samples, which the dataset fingerprint
+    alone cannot see.
+    """
+    order = subset_indices(labels, len(labels), seed, balanced)
+    return hashlib.sha256(order.numpy()).hexdigest()
+
+
 def class_interleaved_permutation(labels: Tensor, generator: torch.Generator) -> Tensor:
     """A permutation taking one sample per class in turn (classes in a seeded order, each class's samples
     in a seeded order), continuing with the classes that still have samples once smaller ones run out."""

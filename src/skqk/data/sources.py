@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from skqk.data.dataset import DataError, Dataset, ImageData
+from skqk.data.dataset import DataError, Dataset, ImageData, content_fingerprint
 from skqk.data.formats import (
-    CIFAR10_CLASSES,
+    KNOWN_DATASETS,
     cifar_batch,
     cifar_label_names,
     decode_image,
@@ -38,8 +38,12 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_FILES = (*CIFAR10_TRAIN_FILES, "test_batch", "batches.meta")
 EXPECTED_LAYOUT = "expected cifar-10-batches-py files or train/ and test/ folders of class folders of images"
+# Files are read whole, so their size is checked first (a 0.5 MB tar.gz can hold a 400 MB file). The largest
+# file a layout holds: a CIFAR-10 batch is 31 MB, an uncompressed 24-bit BMP of MAX_IMAGE_PIXELS 48 MB.
+MAX_FILE_BYTES = 64 << 20
 
 Parts = tuple[str, ...]
+Member = tuple[Parts, bytes | None]  # content None: a class folder, so that an empty one is noticed
 
 
 class ImageFile(NamedTuple):
@@ -64,6 +68,11 @@ def dataset_root(parts: Parts) -> str | None:
     return None if path.startswith(".") or "/." in path else "/".join(root)
 
 
+def is_class_folder(parts: Parts) -> bool:
+    """Whether a folder is a ``[ROOT/]{train,test}/<class>`` folder of an image tree."""
+    return len(parts) in (2, 3) and parts[-2] in SPLITS and not any(part.startswith(".") for part in parts)
+
+
 def may_hold_dataset_files(folder: Parts) -> bool:
     """Whether a folder can contain a file that `dataset_root` accepts, to keep folder walks shallow."""
     if len(folder) == 1:
@@ -73,11 +82,12 @@ def may_hold_dataset_files(folder: Parts) -> bool:
     return len(folder) == 3 and folder[1] in SPLITS
 
 
-def folder_files(folder: Path) -> Iterator[str]:
-    """Paths of the files in the folders below `folder` that may hold dataset files, in a fixed order."""
+def folder_entries(folder: Path) -> Iterator[str]:
+    """Paths of the folders below `folder` that may hold dataset files and of their files, in a fixed order."""
     for directory, subdirectories, names in os.walk(folder, followlinks=True):
         relative = Path(directory).relative_to(folder).parts
         subdirectories[:] = sorted(name for name in subdirectories if may_hold_dataset_files((*relative, name)))
+        yield directory
         yield from (os.path.join(directory, name) for name in sorted(names))
 
 
@@ -89,30 +99,42 @@ def safe_member_parts(name: str, archive: Path) -> Parts:
     return parts
 
 
-def archive_members(archive: Path) -> Iterator[tuple[Parts, bytes]]:
-    """(relative parts, content) of the dataset files in a tar archive, in a single streaming pass."""
+def check_file_size(size: int, path: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path} is {size} bytes, more than any dataset file ({MAX_FILE_BYTES} bytes at most)")
+
+
+def archive_members(archive: Path) -> Iterator[Member]:
+    """(relative parts, content) of the dataset files and class folders in a tar archive, in one streaming pass."""
     try:
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
                 parts = safe_member_parts(member.name, archive)
-                if member.isfile() and dataset_root(parts) is not None:
+                if member.isdir() and is_class_folder(parts):
+                    yield parts, None
+                elif member.isfile() and dataset_root(parts) is not None:
+                    check_file_size(member.size, f"{archive}: {member.name}")  # the header's size bounds read()
                     yield parts, tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"cannot read archive {archive}: {error}") from None
 
 
-def folder_members(folder: Path) -> Iterator[tuple[Parts, bytes]]:
-    """(relative parts, content) of the dataset files in a folder tree."""
-    for path in folder_files(folder):
+def folder_members(folder: Path) -> Iterator[Member]:
+    """(relative parts, content) of the dataset files and class folders in a folder tree."""
+    for path in folder_entries(folder):
         parts = Path(path).relative_to(folder).parts
-        if dataset_root(parts) is not None:
+        if os.path.isdir(path):
+            if is_class_folder(parts):
+                yield parts, None
+        elif dataset_root(parts) is not None:
             try:
+                check_file_size(os.path.getsize(path), path)
                 yield parts, Path(path).read_bytes()
             except OSError as error:
                 raise DataError(f"cannot read {path}: {error}") from None
 
 
-def source_members(source: Path) -> Iterator[tuple[Parts, bytes]]:
+def source_members(source: Path) -> Iterator[Member]:
     if source.is_dir():
         return folder_members(source)
     if source.is_file() and tarfile.is_tarfile(source):
@@ -123,11 +145,12 @@ def source_members(source: Path) -> Iterator[tuple[Parts, bytes]]:
 def source_signature(source: Path) -> str:
     """Hash of the path, sizes and modification times of a source's files: changes whenever its data does.
 
-    For a folder, every file in the folders a dataset may occupy counts: classifying each would cost more
-    than the stat calls, and this runs on every load.
+    For a folder, every file and folder where a dataset may be counts (a folder's time changes when an entry
+    is added or removed, e.g. an empty class folder): classifying each would cost more than the stat calls,
+    and this runs on every load.
     """
     digest = hashlib.sha256(str(source.resolve()).encode())
-    files = [str(source)] if source.is_file() else folder_files(source)
+    files = [str(source)] if source.is_file() else folder_entries(source)
     for path in files:
         stat = os.stat(path)
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -145,13 +168,18 @@ def read_source(source: Path, progress: bool = True) -> Dataset:
         The dataset, with its statistics computed from the train split.
 
     Raises:
-        DataError: no dataset, several, or one that is incomplete or malformed.
+        DataError: no dataset, several, or one that is incomplete or malformed (an empty class folder, a file
+            larger than any dataset file, an image of more than `MAX_IMAGE_PIXELS`).
     """
     cifar_files: dict[str, dict[str, bytes]] = defaultdict(dict)
     images: dict[str, list[ImageFile]] = defaultdict(list)
+    class_folders: dict[str, list[Parts]] = defaultdict(list)
     samples: dict[str, bytes] = {}
     members = tqdm(source_members(source), desc=f"reading {source.name}", unit=" files", disable=not progress)
     for parts, content in members:
+        if content is None:
+            class_folders["/".join(parts[:-2])].append(parts)
+            continue
         root = dataset_root(parts)
         if parts[-1] in CIFAR10_FILES:
             cifar_files[root][parts[-1]] = content
@@ -166,7 +194,7 @@ def read_source(source: Path, progress: bool = True) -> Dataset:
     ((root, _),) = found
     if root in cifar_files:
         return cifar_dataset(cifar_files[root], source)
-    return image_tree_dataset(images[root], samples[root], source)
+    return image_tree_dataset(images[root], samples[root], class_folders[root], source)
 
 
 def cifar_dataset(files: dict[str, bytes], source: Path) -> Dataset:
@@ -181,9 +209,14 @@ def cifar_dataset(files: dict[str, bytes], source: Path) -> Dataset:
     return Dataset.from_splits(train, test, f"CIFAR-10 python batches from {source}")
 
 
-def image_tree_dataset(images: list[ImageFile], sample: bytes, source: Path) -> Dataset:
-    """The dataset of an image-folder tree; `sample` is one file's content, to describe the encoding."""
+def image_tree_dataset(images: list[ImageFile], sample: bytes, class_folders: list[Parts], source: Path) -> Dataset:
+    """The dataset of an image-folder tree; `sample` is one file's content, to describe the encoding.
+
+    Named after the data itself: a known dataset by its content fingerprint, anything else as an image
+    folder, whatever its class names.
+    """
     images.sort(key=lambda image: image.path)
+    check_no_empty_class_folder(images, class_folders, source)
     check_same_square_size(images, source)
     classes = sorted({image.class_name for image in images if image.split == "train"})
     unknown = sorted({image.class_name for image in images} - set(classes))
@@ -191,9 +224,20 @@ def image_tree_dataset(images: list[ImageFile], sample: bytes, source: Path) -> 
         raise DataError(f"test classes without train images in {source}: {', '.join(unknown)}")
     channels = 3 if any(image.pixels.ndim == 3 for image in images) else 1
     train, test = (split_data(images, split, classes, channels, source) for split in SPLITS)
-    encoding = image_encoding(sample)
-    title = f"CIFAR-10 ({encoding} re-encoding)" if classes == CIFAR10_CLASSES else f"image folder ({encoding})"
-    return Dataset.from_splits(train, test, f"{title} from {source}")
+    fingerprint = content_fingerprint(train, test)
+    title = KNOWN_DATASETS.get(fingerprint) or f"image folder ({image_encoding(sample)})"
+    return Dataset.from_splits(train, test, f"{title} from {source}", fingerprint)
+
+
+def check_no_empty_class_folder(images: list[ImageFile], class_folders: list[Parts], source: Path) -> None:
+    """A class folder without images would silently drop its class (or its test samples): refuse it."""
+    filled = {(image.split, image.class_name) for image in images}
+    empty = sorted("/".join(parts) for parts in class_folders if parts[-2:] not in filled)
+    if empty:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DataError(
+            f"{source}: class folder {', '.join(empty)} holds no images ({suffixes}); add some or remove it"
+        )
 
 
 def check_same_square_size(images: list[ImageFile], source: Path) -> None:
