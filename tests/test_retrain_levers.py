@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 from pipeline_helpers import (
+    assert_one_line_error,
     assert_same_tensors,
+    main_in_process,
     make_dataset,
     read_metrics,
     state_dict_of,
@@ -99,3 +101,11 @@ def test_pruned_channels_last_qk_retraining_resumes_bit_identically(pretrained, 
     retrain(cfg, pretrained, data, tmp_path / "resumed", store=tmp_path / "store", resume=True, progress=False)
     straight, resumed = (state_dict_of(tmp_path / name / "model.pt") for name in ("straight", "resumed"))
     assert_same_tensors(resumed, straight)
+
+
+def test_negative_patience_is_a_one_line_error(pretrained, capsys, tmp_path):
+    code, _, err = main_in_process(
+        capsys, "retrain", "--checkpoint", pretrained, "--patience", "-1", "--out", tmp_path / "r"
+    )
+    assert_one_line_error(code, err, "patience must be non-negative")
+    assert not (tmp_path / "r").exists()
