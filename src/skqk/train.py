@@ -203,7 +203,9 @@ class DeadUnitRemoval:
     active: dict[str, Tensor]
     report: dict[str, dict[str, int]]  # per site: units, dead, removed
 
-    def epoch(self, optimizer: torch.optim.Optimizer):
+    def epoch(self, optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager:
+        if not any(r["removed"] for r in self.report.values()):  # a trained LeNet-5 has no dead unit
+            return contextlib.nullcontext()
         return dead_units_removed(self.estimator, self.active, optimizer)
 
     def metrics(self, epoch: int, trainable: nn.Module) -> dict:
