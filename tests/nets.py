@@ -1,4 +1,4 @@
-"""Small networks for tests: a residual net mixing every way of writing a ReLU, and a tiny MLP."""
+"""Small networks for tests: a residual net mixing every way of writing a ReLU, and a tiny MLP; and a gate probe."""
 
 import torch
 import torch.nn.functional as F
@@ -66,3 +66,11 @@ def all_models():
     cases = [(name, models.build(name), torch.randn(6, 3, 32, 32)) for name in models.list_models()]
     cases.append(("residual", ResidualNet(), torch.randn(6, 3, 16, 16)))
     return [(name, randomize_batchnorm(m), x) for name, m, x in cases]
+
+
+def values_and_grad(gate, x, state):
+    """A gate's output and the gradient of a fixed random projection of it with respect to its input."""
+    x = x.clone().requires_grad_(True)
+    y = gate(x, state)
+    y.backward(torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
+    return y.detach(), x.grad

@@ -30,9 +30,9 @@ from pipeline_helpers import (
 )
 
 from skqk import __version__, cli
-from skqk.checkpoint import load_checkpoint
-from skqk.config import RetrainConfig, TrainConfig
-from skqk.record import selector_from_checkpoint
+from skqk.pipeline.checkpoint import load_checkpoint
+from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.pipeline.record import selector_from_checkpoint
 
 SGD = ["--epochs", "3", "--batch-size", "20", "--lr", "0.05"]
 
@@ -153,6 +153,11 @@ def bad_inputs(root, args):
         "zero lr": (["train", "--lr", "0", *args], "lr must be positive"),
         "negative lr": ([*retrain, "--lr", "-0.1", *args], "lr must be positive"),
         "nan lr": (["train", "--lr", "nan", *args], "lr must be positive"),
+        "infinite lr": (["train", "--lr", "inf", *args], "lr must be positive and finite, got inf"),
+        "nan momentum": (["train", "--momentum", "nan", *args], "momentum must lie in [0, 1), got nan"),
+        "momentum 1": ([*retrain, "--momentum", "1", *args], "momentum must lie in [0, 1), got 1.0"),
+        "nan weight decay": ([*retrain, "--weight-decay", "nan", *args], "weight_decay must be non-negative"),
+        "negative weight decay": (["train", "--weight-decay", "-1", *args], "weight_decay must be non-negative"),
         "zero retrain samples": ([*retrain[:-1], "0", *args], "samples must be positive"),
     }
 

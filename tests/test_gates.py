@@ -5,6 +5,8 @@ import torch.nn.functional as F
 
 from skqk.gates import LeakyReluGate, MaxPoolGate, ReluGate
 
+from nets import values_and_grad
+
 
 def test_relu_gate_mask_and_output():
     x = torch.tensor([[-1.0, 0.0, 2.0, 3.0]])
@@ -42,3 +44,17 @@ def test_max_pool_gate_with_stride_padding_dilation():
     ]:
         gate = MaxPoolGate(**kw)
         assert torch.equal(gate(x, gate.pattern_of(x)), F.max_pool2d(x, **kw)), kw
+
+
+def test_relu_gate_keeps_bf16():
+    x = torch.randn(3, 8).bfloat16()
+    assert ReluGate()(x, x > 0).dtype == torch.bfloat16
+
+
+def test_leaky_relu_gate_matches_leaky_relu_and_its_gradient():
+    x = torch.randn(4, 7)
+    gate = LeakyReluGate(0.2)
+    y, g = values_and_grad(gate, x, gate.pattern_of(x))
+    y_ref, g_ref = values_and_grad(lambda t, s: F.leaky_relu(t, 0.2), x, None)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(g, g_ref)

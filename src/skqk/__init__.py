@@ -4,28 +4,39 @@ The paper's phases map to modules: `decoupled` (Phase 2: `decouple`), `selector`
 `patterns` (the `Pattern` type).
 """
 
-from skqk import data, models
-from skqk.decoupled import DecoupledModel, decouple, linear_map
-from skqk.estimator import Estimator
-from skqk.patterns import Flips, Pattern
-from skqk.selector import PathSelector
-from skqk.sites import DecouplingError, list_sites
-from skqk.store import PatternStore, StoreError
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DecoupledModel",
-    "DecouplingError",
-    "Estimator",
-    "Flips",
-    "PathSelector",
-    "Pattern",
-    "PatternStore",
-    "StoreError",
-    "decouple",
-    "data",
-    "linear_map",
-    "list_sites",
-    "models",
-]
+# Each public name and the module that defines it, imported on first use: ``import skqk`` loads no torch, so
+# the command line starts at once and answers a Ctrl-C during its first seconds (importing torch) cleanly.
+_PUBLIC = {
+    "DecoupledModel": "skqk.decoupled",
+    "DecouplingError": "skqk.sites",
+    "Estimator": "skqk.estimator",
+    "Flips": "skqk.patterns",
+    "PathSelector": "skqk.selector",
+    "Pattern": "skqk.patterns",
+    "PatternStore": "skqk.store",
+    "StoreError": "skqk.store",
+    "decouple": "skqk.decoupled",
+    "data": "skqk.data",
+    "linear_map": "skqk.decoupled",
+    "list_sites": "skqk.sites",
+    "models": "skqk.models",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'skqk' has no attribute {name!r}")
+    module = importlib.import_module(_PUBLIC[name])
+    value = module if module.__name__ == f"skqk.{name}" else getattr(module, name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

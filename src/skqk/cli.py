@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 
-from skqk.config import RetrainConfig, SGDConfig, TrainConfig
+from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
 
 
 def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> None:
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="prune",
         action="store_false",
         default=None,
-        help="qk: train all units (default: remove those dead for every training sample, exactly; skqk.prune)",
+        help="qk: train all units (default: remove those dead for every training sample, exactly; skqk.pipeline.prune)",
     )
     p.add_argument(
         "--patience", type=int, help="stop after this many epochs without a better val accuracy, keep the best"
@@ -141,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
 
     p = sub.add_parser("bench", help="benchmark QK-only against traditional re-training (medians, ratios)")
-    from skqk.bench import add_arguments as add_bench_arguments
+    from skqk.bench.protocol import add_arguments as add_bench_arguments
 
     add_bench_arguments(p)
 
@@ -154,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_data(args):
-    from skqk import distributed
     from skqk.data import load_dataset
+    from skqk.pipeline import distributed
 
     with distributed.local_main_first():  # under torchrun, one process per machine fills the cache
         return load_dataset(args.data_dir, args.cache_dir, progress=not args.quiet)
@@ -163,13 +166,13 @@ def load_data(args):
 
 def is_main() -> bool:
     """False in the processes of rank > 0 of a torchrun launch: only rank 0 prints results."""
-    from skqk import distributed
+    from skqk.pipeline import distributed
 
     return distributed.current().is_main
 
 
 def cmd_train(args) -> None:
-    from skqk.train import train
+    from skqk.pipeline.train import train
 
     cfg = config_from_args(TrainConfig, args)
     result = train(cfg, load_data(args), args.out, resume=args.resume, progress=not args.quiet)
@@ -177,7 +180,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_retrain(args) -> None:
-    from skqk.train import retrain
+    from skqk.pipeline.retrain import retrain
 
     cfg = config_from_args(RetrainConfig, args)
     dataset = load_data(args)
@@ -205,7 +208,7 @@ def print_final(result) -> None:
 
 
 def cmd_record(args) -> None:
-    from skqk.record import record_from_checkpoint
+    from skqk.pipeline.record import record_from_checkpoint
 
     dataset = load_data(args)
     store = record_from_checkpoint(
@@ -224,8 +227,8 @@ def cmd_record(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from skqk.checkpoint import load_for_evaluation, model_kwargs
-    from skqk.train import evaluate
+    from skqk.pipeline.checkpoint import load_for_evaluation, model_kwargs
+    from skqk.pipeline.loop import evaluate
 
     dataset = load_data(args)
     module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset))
@@ -276,7 +279,7 @@ def cmd_patterns(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from skqk.bench import main_from_args
+    from skqk.bench.run import main_from_args
 
     main_from_args(args)
 
@@ -296,10 +299,13 @@ DISTRIBUTED_COMMANDS = ("train", "record", "retrain")  # run unchanged under tor
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # building the parser imports torch (bench options): seconds on a cold start
+        return interrupted(None)
     if args.command not in DISTRIBUTED_COMMANDS:
         return run_command(args)
-    from skqk import distributed
+    from skqk.pipeline import distributed
 
     try:
         code = run_command(args, lambda: distributed.setup(args.device))  # joins torchrun's process group, if any
@@ -311,22 +317,56 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+CONTINUE_HINTS = {  # how each interrupted command continues where it stopped
+    "train": " (continue the run with --resume)",
+    "retrain": " (continue the run with --resume)",
+    "record": " (rerun the same command to record the samples still missing)",
+    "reproduce": " (rerun the same command to continue)",
+}
+
+
 def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = None) -> int:
-    """Run the command; errors a user can cause become one line on stderr and exit status 1."""
+    """Run the command; errors a user can cause become one line on stderr and exit status 1, Ctrl-C exit 130."""
     try:
-        if setup is not None:
-            setup()
-        COMMANDS[args.command](args)
+        with counting_interrupts() as interrupts:
+            if setup is not None:
+                setup()
+            COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("skqk: interrupted (a run resumes with --resume)", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, RuntimeError) as e:  # our errors subclass these; one line unless --debug
-        if args.debug:
+        return interrupted(args)
+    except Exception as e:
+        if interrupts and not args.debug:  # Ctrl-C inside an import or a library can surface as another error
+            return interrupted(args)
+        if args.debug or not isinstance(e, (ValueError, OSError, RuntimeError)):  # ours subclass these
             raise
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"skqk: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextmanager
+def counting_interrupts() -> Iterator[list[int]]:
+    """Let Ctrl-C raise KeyboardInterrupt as usual, and also count it in the yielded list."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield received
+        return
+
+    def on_interrupt(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupted(args: argparse.Namespace | None) -> int:
+    print(f"skqk: interrupted{CONTINUE_HINTS.get(getattr(args, 'command', None), '')}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from skqk.atomic import atomic_write_text
-from skqk.train import code_version
+from skqk.pipeline.rundir import code_version
 
 
 def machine_info() -> dict:

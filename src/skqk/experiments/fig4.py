@@ -13,15 +13,16 @@ import torch
 from torch import nn
 
 from skqk import models
-from skqk.checkpoint import model_kwargs
-from skqk.config import TrainConfig
 from skqk.data import Dataset
 from skqk.experiments.common import write_csv, write_results
 from skqk.experiments.plots import plot_fig4
 from skqk.experiments.presets import Preset
 from skqk.patterns import Pattern
+from skqk.pipeline.checkpoint import model_kwargs
+from skqk.pipeline.config import TrainConfig
+from skqk.pipeline.loop import validation_indices
+from skqk.pipeline.train import train
 from skqk.selector import build_selector
-from skqk.train import train, validation_indices
 
 
 def run_fig4(preset: Preset, model_names: list[str], dataset: Dataset, out: Path, progress: bool = True) -> dict:

@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from skqk.config import RetrainConfig, TrainConfig
 from skqk.data import Dataset, subset_indices
 from skqk.experiments.common import write_csv, write_json, write_results
 from skqk.experiments.plots import plot_fig5
 from skqk.experiments.presets import Preset
-from skqk.record import record, selector_from_checkpoint
-from skqk.train import retrain, train
+from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.pipeline.record import record, selector_from_checkpoint
+from skqk.pipeline.retrain import retrain
+from skqk.pipeline.train import train
 
 METHODS = ("qk", "traditional")
 

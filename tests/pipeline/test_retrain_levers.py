@@ -15,11 +15,13 @@ from pipeline_helpers import (
     tiny_models,  # noqa: F401  (fixture: the test models)
 )
 
-import skqk.train as train_module
-from skqk.checkpoint import load_checkpoint, load_for_evaluation, save_checkpoint
-from skqk.config import RetrainConfig, TrainConfig
-from skqk.record import record_from_checkpoint
-from skqk.train import evaluate, retrain, train
+import skqk.pipeline.loop as loop_module
+from skqk.pipeline.checkpoint import load_checkpoint, load_for_evaluation, save_checkpoint
+from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.pipeline.loop import evaluate
+from skqk.pipeline.record import record_from_checkpoint
+from skqk.pipeline.retrain import retrain
+from skqk.pipeline.train import train
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def test_pruned_channels_last_qk_retraining_resumes_bit_identically(pretrained, 
         return evaluate(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "evaluate", evaluate_then_crash_in_epoch_2)
+        patch.setattr(loop_module, "evaluate", evaluate_then_crash_in_epoch_2)
         with pytest.raises(Interrupt):
             retrain(cfg, pretrained, data, tmp_path / "resumed", store=tmp_path / "store", progress=False)
     retrain(cfg, pretrained, data, tmp_path / "resumed", store=tmp_path / "store", resume=True, progress=False)

@@ -1,4 +1,4 @@
-"""Exact removal of dead convolution channels and restore around every epoch (skqk.prune).
+"""Exact removal of dead convolution channels and restore around every epoch (skqk.pipeline.prune).
 
 Pruned and unpruned QK training must give the same losses step by step, the same final weights and momentum
 buffers after `restore`, and the same training afterwards on samples that activate the removed units.
@@ -13,7 +13,7 @@ from torch import nn
 
 from skqk import models
 from skqk.estimator import build_estimator
-from skqk.prune import FullWidthDropout, active_units, prune_dead_units
+from skqk.pipeline.prune import FullWidthDropout, active_units, prune_dead_units
 from skqk.selector import build_selector
 
 DEAD_CONV = {"features.0": [0, 3], "features.3": [1, 5, 9, 12]}  # output channels dead on the stored samples

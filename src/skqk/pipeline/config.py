@@ -7,6 +7,7 @@ or batch size, so those defaults are ours and documented as such.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
@@ -33,10 +34,14 @@ class SGDConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.momentum < 0 or self.weight_decay < 0 or self.eval_samples < 0:
-            raise ValueError("momentum, weight_decay and eval_samples must be non-negative")
+        if not 0 < self.lr < math.inf:  # comparisons with NaN are false, so NaN is refused too
+            raise ValueError(f"lr must be positive and finite, got {self.lr}")
+        if not 0 <= self.momentum < 1:  # momentum 1 or more never forgets a gradient: SGD cannot settle
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be non-negative and finite, got {self.weight_decay}")
+        if self.eval_samples < 0:
+            raise ValueError(f"eval_samples must be non-negative, got {self.eval_samples}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.layout not in ("auto", "contiguous", "channels_last"):
@@ -77,7 +82,7 @@ class RetrainConfig(SGDConfig):
     samples: int = 4096  # n + m
     method: Method = "qk"  # "qk": estimator only, SK fixed; "traditional": the whole network with its ReLUs
     patterns: Literal["store", "on-the-fly"] = "store"  # where a QK step gets its batch's patterns
-    prune: bool = True  # qk: remove units dead for every training sample while training (exact, skqk.prune)
+    prune: bool = True  # qk: remove units dead for every training sample while training (exact, skqk.pipeline.prune)
     patience: int = 0  # stop after this many epochs without a better val accuracy, keep the best (0 = off)
 
     def __post_init__(self):

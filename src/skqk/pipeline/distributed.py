@@ -5,18 +5,18 @@ command line calls `setup`, which notices torchrun's environment (RANK, WORLD_SI
 process group (nccl on GPUs, gloo on CPUs) and picks the device. The library then asks `current` for the
 `Context` (rank, world size, device) and
 
-* Phase 3 (`skqk.record.record`): each rank records its share of the missing samples into chunk files of the
+* Phase 3 (`skqk.pipeline.record.record`): each rank records its share of the missing samples into chunk files of the
   one store, rank 0 commits all chunks at once;
-* SGD (`skqk.train.fit`): each rank computes its slice of every global batch of the single-process order, the
+* SGD (`skqk.pipeline.loop.fit`): each rank computes its slice of every global batch of the single-process order, the
   gradients are averaged by DDP, so a step equals the single-process step on the whole batch; only rank 0
   writes the run folder.
 
 Without torchrun (or without calling `setup`) everything runs in one process, exactly as before.
 
 Example (a library script started by ``torchrun --nproc-per-node 2 script.py``):
-    >>> from skqk import distributed
+    >>> from skqk.pipeline import distributed
     >>> ctx = distributed.setup("auto")        # cuda:LOCAL_RANK with nccl, else the CPU with gloo
-    >>> skqk.train.retrain(cfg, "runs/a/model.pt", dataset, "runs/b", store="runs/patterns")
+    >>> skqk.pipeline.retrain.retrain(cfg, "runs/a/model.pt", dataset, "runs/b", store="runs/patterns")
     >>> distributed.teardown()
 """
 

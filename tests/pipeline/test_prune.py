@@ -1,4 +1,4 @@
-"""Exact removal of dead units (skqk.prune): same losses, gradients and final weights as unpruned training."""
+"""Exact removal of dead units (skqk.pipeline.prune): same losses, gradients and final weights as unpruned training."""
 
 import copy
 
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skqk import decouple, models
-from skqk.prune import _zero_gradient_factors, prune_dead_units
+from skqk.pipeline.prune import _zero_gradient_factors, prune_dead_units
 
 
 def _sgd(est):

@@ -1,8 +1,10 @@
+"""The on-disk format's safety: damaged stores are refused in one line, killed writes leave the old or the new
+store, several writers commit once."""
+
 import json
 import os
 import pickle
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -11,139 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from store_writer import synthetic_batch
+from store_helpers import assert_same_pattern, recorded, selector_of, synthetic_batch
 
-import skqk.store as store_module
-from skqk import decouple, models
-from skqk.store import MANIFEST, PatternStore, StoreError, format_info
+import skqk.store.format as store_format
+from skqk.store import MANIFEST, PatternStore, StoreError
 
-WRITER = Path(__file__).with_name("store_writer.py")
+WRITER = Path(__file__).parents[1] / "store_helpers.py"
 CRASH_BATCH = 1000  # samples per batch the crash tests' child writes: ~2.4 MB per chunk
-
-
-def selector_of(name: str = "lenet5", pooling: str = "frozen"):
-    return decouple(models.build(name).eval(), pooling)[0]
-
-
-def recorded(tmp_path: Path, selector, appends=(7, 5)):
-    """A store holding a random pattern of sum(appends) samples at random sample indices, in several appends."""
-    n = sum(appends)
-    pattern = selector(torch.randn(n, 3, 32, 32))
-    indices = torch.randperm(10 * n)[:n]
-    store = PatternStore.create(tmp_path / "store", selector, pattern[:1])
-    start = 0
-    for size in appends:
-        store.append(indices[start : start + size], pattern[start : start + size])
-        start += size
-    return store, indices, pattern
-
-
-def assert_same_pattern(got, expected):
-    assert got == expected
-    assert all(got[s].dtype == expected[s].dtype for s in expected)
-
-
-# -- round trip ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("pooling", ["live", "frozen"])
-@pytest.mark.parametrize("name", models.list_models())
-def test_round_trip_is_bit_exact_in_any_order_across_appends(tmp_path, name, pooling):
-    selector = selector_of(name, pooling)
-    store, indices, pattern = recorded(tmp_path, selector, appends=(3, 2))
-    reopened = PatternStore.open(store.path, selector)
-    order = torch.randperm(len(indices))
-    assert_same_pattern(reopened.read(indices[order]), pattern[order])
-    assert len(reopened) == len(indices)
-    assert torch.equal(reopened.indices, indices.sort().values)
-
-
-def test_read_allows_repeats_and_empty_requests(tmp_path):
-    store, indices, pattern = recorded(tmp_path, selector_of())
-    picks = torch.tensor([3, 3, 0, 11])
-    assert_same_pattern(store.read(indices[picks]), pattern[picks])
-    empty = store.read(torch.tensor([], dtype=torch.int64))
-    assert empty.batch_size == 0 and empty.sites == pattern.sites
-    assert indices[0] in store and store.has(indices) and not store.has(torch.tensor([int(indices[0]), 10**6]))
-
-
-def test_info_matches_independent_computation(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "_STREAM_BYTES", 5000)  # checksums and statistics stream in many blocks
-    selector = selector_of()
-    store, _, pattern = recorded(tmp_path, selector)
-    info = PatternStore.open(store.path, selector).info()
-    assert (info["samples"], info["chunks"], info["fingerprint"]) == (12, 2, selector.fingerprint)
-    assert info["gate_bits_per_sample"] == pattern.gate_bits_per_sample
-    assert info["switch_bytes_per_sample"] == pattern.switches_per_sample
-    packed_bytes = sum((pattern[s][0].numel() + 7) // 8 for s in pattern.gate_sites)
-    assert info["bytes_per_sample"] == store.bytes_per_sample == packed_bytes + pattern.switches_per_sample
-    assert info["nbytes_on_disk"] == store.nbytes_on_disk == sum(f.stat().st_size for f in store.path.iterdir())
-    sites = {s["name"]: s for s in info["sites"]}
-    assert list(sites) == selector.sites
-    for name, states in pattern.items():
-        gate = states.dtype == torch.bool
-        assert sites[name]["kind"] == ("gate" if gate else "switch")
-        assert sites[name]["shape"] == list(states.shape[1:])
-        assert sites[name]["bits_per_sample"] == states[0].numel() * (1 if gate else 8)
-    active = {s: sites[s]["active_fraction"] for s in pattern.gate_sites}
-    assert active == pytest.approx(pattern.active_fraction(), abs=1e-6)
-    assert all(sites[s]["active_fraction"] is None for s in pattern.switch_sites)
-    json.dumps(info)
-
-
-def test_format_info_lists_sites_and_sample_count(tmp_path):
-    selector = selector_of()
-    store, _, _ = recorded(tmp_path, selector)
-    text = format_info(store.info())
-    assert re.search(r"samples\s+12 ", text)
-    assert all(re.search(rf"^{re.escape(site)}\s", text, re.MULTILINE) for site in selector.sites)
-    empty = PatternStore.create(tmp_path / "empty", selector, selector(torch.randn(1, 3, 32, 32)))
-    assert re.search(r"samples\s+0 ", format_info(empty.info()))
-
-
-# -- refusals --------------------------------------------------------------------------------------------------
-def test_open_with_another_selector_is_refused(tmp_path):
-    store, _, _ = recorded(tmp_path, selector_of())
-    with pytest.raises(StoreError, match="recorded by another selector"):
-        PatternStore.open(store.path, selector_of())  # same architecture, other weights
-
-
-def test_create_refuses_to_overwrite_a_store(tmp_path):
-    selector = selector_of()
-    store, _, pattern = recorded(tmp_path, selector)
-    with pytest.raises(StoreError, match="refusing to overwrite"):
-        PatternStore.create(store.path, selector, pattern)
-
-
-@pytest.mark.parametrize(
-    "indices, match",
-    [
-        ([0, 0], "given twice"),
-        ("held", "already held"),
-        ([0.0, 1.0], "integer"),
-        ([-1, 0], "non-negative"),
-    ],
-)
-def test_bad_indices_are_refused_and_leave_the_store_unchanged(tmp_path, indices, match):
-    store, held, pattern = recorded(tmp_path, selector_of())
-    files = sorted(store.path.iterdir())
-    bad = held[:2] if indices == "held" else torch.tensor(indices)
-    with pytest.raises(StoreError, match=match):
-        store.append(bad, pattern[:2])
-    assert len(store) == len(PatternStore.open(store.path)) == 12
-    assert sorted(store.path.iterdir()) == files
-
-
-def test_a_pattern_of_another_layout_is_refused(tmp_path):
-    store, _, pattern = recorded(tmp_path, selector_of())
-    with pytest.raises(StoreError, match="sites"):
-        store.append(torch.tensor([1000]), selector_of(pooling="live")(torch.randn(1, 3, 32, 32)))
-    with pytest.raises(StoreError, match="shape"):
-        store.append(torch.tensor([1000, 1001]), pattern[:1])
-
-
-def test_reading_missing_samples_says_how_many(tmp_path):
-    store, indices, _ = recorded(tmp_path, selector_of())
-    with pytest.raises(StoreError, match="2 of the 3 requested samples are missing"):
-        store.read(torch.tensor([int(indices[0]), 999, 10**6]))
 
 
 # -- damaged stores --------------------------------------------------------------------------------------------
@@ -236,7 +112,7 @@ def store_with_one_batch(tmp_path: Path):
 
 
 def start_writer(path: Path, first: int, last: int, crash_at: str | None = None) -> subprocess.Popen:
-    env = dict(os.environ, **({store_module._CRASH_ENV: crash_at} if crash_at else {}))
+    env = dict(os.environ, **({store_format.CRASH_ENV: crash_at} if crash_at else {}))
     args = [sys.executable, str(WRITER), str(path), str(first), str(last), str(CRASH_BATCH)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
 

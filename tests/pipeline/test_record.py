@@ -14,11 +14,12 @@ from pipeline_helpers import (
     tiny_models,  # noqa: F401  (fixture: the test models)
 )
 
-from skqk.config import RetrainConfig, TrainConfig
 from skqk.data import subset_indices
-from skqk.record import selector_from_checkpoint
+from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.pipeline.record import selector_from_checkpoint
+from skqk.pipeline.retrain import retrain
+from skqk.pipeline.train import train
 from skqk.store import PatternStore
-from skqk.train import retrain, train
 
 
 @pytest.fixture(scope="module")

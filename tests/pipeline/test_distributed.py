@@ -26,9 +26,10 @@ import torch.distributed as dist
 from PIL import Image
 
 import skqk
-from skqk import cli, distributed
-from skqk.checkpoint import load_checkpoint
-from skqk.record import selector_from_checkpoint
+from skqk import cli
+from skqk.pipeline import distributed
+from skqk.pipeline.checkpoint import load_checkpoint
+from skqk.pipeline.record import selector_from_checkpoint
 from skqk.store import PatternStore
 
 pytestmark = pytest.mark.skipif(

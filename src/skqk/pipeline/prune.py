@@ -17,7 +17,7 @@ gradient is 0, the decay term is not), and a new sample whose pattern activates 
 is one linear recurrence for every element, ``v <- m v + wd w``, ``w <- w - lr v``, so `PrunedEstimator.restore`
 applies it in closed form (a 2 x 2 matrix power) for the number of optimiser steps taken, from the weights *and*
 momentum buffers they had when removed, and writes the full-size parameters and momentum buffers back: the result
-equals unpruned training up to floating-point rounding (tests/test_prune.py), so a run can prune and restore
+equals unpruned training up to floating-point rounding (tests/pipeline/test_prune.py), so a run can prune and restore
 around every epoch (evaluation, checkpoints and resume always see the full-size network). A dropout layer inside
 a chain draws its random mask at the full width and slices it, so pruned training draws the same random numbers
 as unpruned training, step for step.

@@ -1,15 +1,40 @@
-"""Child process of the crash-safety tests in test_store.py: appends synthetic batches to a pattern store.
+"""Helpers of the tests in tests/store/, and the child process of their crash-safety tests.
 
-Usage: ``python store_writer.py STORE FIRST_BATCH LAST_BATCH BATCH_SIZE``. Builds every batch first, prints
+As a script it appends synthetic batches to a pattern store. Usage:
+``python store_helpers.py STORE FIRST_BATCH LAST_BATCH BATCH_SIZE``. Builds every batch first, prints
 "ready", then appends them one by one, so the parent can time its SIGKILL to land inside the writes.
 """
 
 import sys
+from pathlib import Path
 
 import torch
 
+from skqk import decouple, models
 from skqk.patterns import Pattern
 from skqk.store import PatternStore, SiteSpec
+
+
+def selector_of(name: str = "lenet5", pooling: str = "frozen"):
+    return decouple(models.build(name).eval(), pooling)[0]
+
+
+def recorded(tmp_path: Path, selector, appends=(7, 5)):
+    """A store holding a random pattern of sum(appends) samples at random sample indices, in several appends."""
+    n = sum(appends)
+    pattern = selector(torch.randn(n, 3, 32, 32))
+    indices = torch.randperm(10 * n)[:n]
+    store = PatternStore.create(tmp_path / "store", selector, pattern[:1])
+    start = 0
+    for size in appends:
+        store.append(indices[start : start + size], pattern[start : start + size])
+        start += size
+    return store, indices, pattern
+
+
+def assert_same_pattern(got, expected):
+    assert got == expected
+    assert all(got[s].dtype == expected[s].dtype for s in expected)
 
 
 def synthetic_batch(sites: list[SiteSpec], batch: int, batch_size: int) -> tuple[torch.Tensor, Pattern]:

@@ -11,9 +11,9 @@ import os
 import torch
 from tqdm.auto import tqdm
 
-from skqk import distributed
-from skqk.checkpoint import build_network, load_model_checkpoint, model_kwargs
 from skqk.data import Dataset, batches, subset_indices
+from skqk.pipeline import distributed
+from skqk.pipeline.checkpoint import build_network, load_model_checkpoint, model_kwargs
 from skqk.selector import PathSelector, build_selector
 from skqk.store import PatternStore
 
@@ -38,7 +38,7 @@ def record(
 ) -> PatternStore:
     """Record the patterns of training samples `indices` into `store` (created if absent) in one atomic commit.
 
-    Under torch.distributed (`skqk.distributed`) every rank calls it: rank 0 creates or tidies the store, each
+    Under torch.distributed (`skqk.pipeline.distributed`) every rank calls it: rank 0 creates or tidies the store, each
     rank writes the patterns of its share of the missing samples into chunk files of its own, and rank 0
     commits all of them at once, so the store holds what one process would have recorded.
 

@@ -14,16 +14,17 @@ from pipeline_helpers import (
 )
 
 from skqk import models
-from skqk.checkpoint import (
+from skqk.decoupled import DecoupledModel
+from skqk.pipeline.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_for_evaluation,
     network_entry,
     save_checkpoint,
 )
-from skqk.config import RetrainConfig, TrainConfig
-from skqk.decoupled import DecoupledModel
-from skqk.train import retrain, train
+from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.pipeline.retrain import retrain
+from skqk.pipeline.train import train
 
 
 @pytest.fixture(scope="module")

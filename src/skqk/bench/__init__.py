@@ -1,0 +1,1 @@
+"""The benchmark of QK-only against traditional re-training (``skqk bench``, docs/benchmarks.md)."""

@@ -1,0 +1,209 @@
+"""The timed methods ("arms") of the benchmark and their interleaving: one epoch of every arm over the same batch
+order, step by step in a rotating order, so a load change on a shared machine hits every arm alike."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from skqk.bench.levers import with_previous_gates
+from skqk.bench.protocol import BenchConfig
+from skqk.data import Dataset, ImageData
+from skqk.estimator import build_estimator
+from skqk.pipeline.prefetch import Prefetcher
+from skqk.pipeline.prune import prune_dead_units
+
+
+def synthetic_dataset(samples: int, seed: int = 0, image_size: int = 32) -> Dataset:
+    """CIFAR-10-shaped random data: uint8 images, random labels of 10 classes."""
+    g = torch.Generator().manual_seed(seed)
+    classes = [str(i) for i in range(10)]
+
+    def split(n: int) -> ImageData:
+        images = torch.randint(0, 256, (n, 3, image_size, image_size), generator=g, dtype=torch.uint8)
+        return ImageData(images, torch.randint(0, 10, (n,), generator=g), classes)
+
+    return Dataset.from_splits(split(samples), split(64), "synthetic CIFAR-10-shaped (random)")
+
+
+@dataclass
+class Arm:
+    """One timed training method: what is trained, how a batch's logits are computed, where patterns come from."""
+
+    name: str
+    trainable: nn.Module
+    forward: Callable[[Tensor, object], Tensor]  # (images, pattern or None) -> logits
+    read: Callable[[Tensor], object] | None = None  # sample indices -> Pattern (QK from a store)
+    prefetch: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
+    threads: int = 0  # 0: leave torch's setting
+
+    def __post_init__(self):
+        if self.channels_last:
+            self.trainable.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(self.trainable.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+
+    def inputs(self, dataset: Dataset, idx: Tensor) -> tuple[Tensor, Tensor]:
+        x = dataset.normalize(dataset.train.images[idx])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, dataset.train.labels[idx]
+
+    def step(self, x: Tensor, y: Tensor, pattern) -> Tensor:
+        with self.autocast():
+            logits = self.forward(x, pattern)
+        loss = F.cross_entropy(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def epoch(self, dataset: Dataset, order: Tensor, batch_size: int) -> dict[str, float]:
+        """One SGD epoch over `order`; seconds in total and blocked on pattern reads."""
+        steps = self.steps(dataset, order, batch_size)
+        seconds = sum(steps)
+        return {"seconds": seconds, "read_wait_s": steps.read_wait_s}
+
+    def steps(self, dataset: Dataset, order: Tensor, batch_size: int) -> _Steps:
+        """One epoch as an iterator of step times (seconds), so several arms' epochs can be interleaved step
+        by step: a load change on a shared machine then hits every arm alike."""
+        return _Steps(self, dataset, list(order.split(batch_size)))
+
+    def patterns(self, splits: list[Tensor]):
+        if self.read is None:
+            return None
+        return Prefetcher(self.read, splits) if self.prefetch else _SyncReader(self.read, splits)
+
+
+class _Steps:
+    """Iterator over the timed steps of one epoch of an arm (see `Arm.steps`)."""
+
+    def __init__(self, arm: Arm, dataset: Dataset, splits: list[Tensor]):
+        self.arm, self.dataset, self.splits = arm, dataset, splits
+        arm.trainable.train()
+        self.patterns = arm.patterns(splits)
+        self.read_wait_s = 0.0
+        self._next = 0
+
+    def __iter__(self) -> Iterator[float]:
+        return self
+
+    def __next__(self) -> float:
+        arm = self.arm
+        if self._next == len(self.splits):
+            self.close()
+            raise StopIteration
+        start = time.perf_counter()
+        idx = self.splits[self._next]
+        x, y = arm.inputs(self.dataset, idx)
+        arm.step(x, y, next(self.patterns) if self.patterns is not None else None)
+        seconds = time.perf_counter() - start
+        self._next += 1
+        return seconds
+
+    def close(self) -> None:
+        if self.patterns is not None:
+            self.read_wait_s = self.patterns.wait_s
+            if isinstance(self.patterns, Prefetcher):
+                self.patterns.close()
+
+
+class _SyncReader:
+    """The reads on the critical path, timed (what `Prefetcher` replaces)."""
+
+    def __init__(self, read, keys):
+        self._read, self._keys, self.wait_s = read, iter(keys), 0.0
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        key = next(self._keys)
+        start = time.perf_counter()
+        value = self._read(key)
+        self.wait_s += time.perf_counter() - start
+        return value
+
+
+def interleaved_epoch(
+    arms: list[Arm], dataset: Dataset, order: Tensor, batch_size: int, rotate: int = 0
+) -> tuple[list[float], list[float]]:
+    """One epoch of every arm over the same batch order, interleaved step by step in a rotating arm order.
+
+    Returns each arm's epoch seconds (the sum of its step times) and its seconds blocked on pattern reads.
+    """
+    epochs = [a.steps(dataset, order, batch_size) for a in arms]
+    mixed = [i for i, a in enumerate(arms) if not a.threads]
+    seconds = [0.0] * len(arms)
+    for step in range(len(epochs[0].splits)):
+        shift = (step + rotate) % len(mixed)
+        for i in mixed[shift:] + mixed[:shift]:
+            seconds[i] += next(epochs[i])
+    for i, a in enumerate(arms):  # another thread count: whole epochs, switching threads per step costs
+        if a.threads:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(a.threads)
+            try:
+                seconds[i] = sum(epochs[i])
+            finally:
+                torch.set_num_threads(threads)
+    for steps in epochs:
+        steps.close()
+    return seconds, [steps.read_wait_s for steps in epochs]
+
+
+def make_arms(net: nn.Module, cfg: BenchConfig, selectors: dict, stores: dict, indices: Tensor) -> list[Arm]:
+    """The timed methods. Every arm trains its own copy of the same initial weights."""
+
+    def traditional(name, **kw) -> Arm:
+        m = copy.deepcopy(net)
+        return Arm(name, m, lambda x, p: m(x), **kw)
+
+    def qk_store(name, pooling=cfg.pooling, prefetch=cfg.prefetch, previous_gates=False, fuse=True, prune=False, **kw):
+        est = build_estimator(copy.deepcopy(net), pooling, fuse=fuse and not previous_gates)
+        if prune:  # exact: units inactive for every stored sample (skqk.pipeline.prune)
+            prune_dead_units(est, stores[pooling].read(indices))
+        if previous_gates:
+            with_previous_gates(est)
+        return Arm(name, est, lambda x, p: est(x, p), read=stores[pooling].read, prefetch=prefetch, **kw)
+
+    def qk_fly(name, **kw) -> Arm:
+        est = build_estimator(copy.deepcopy(net), cfg.pooling)
+        sel = selectors[cfg.pooling]
+        return Arm(name, est, lambda x, p: est(x, sel(x)), **kw)
+
+    arms = [traditional("traditional"), qk_store("qk_store"), qk_fly("qk_fly")]
+    if "bf16" in cfg.precisions:
+        arms += [traditional("traditional_bf16", precision="bf16"), qk_store("qk_store_bf16", precision="bf16")]
+    if "prefetch" in cfg.levers:
+        arms.append(qk_store("qk_store_noprefetch" if cfg.prefetch else "qk_store_prefetch", prefetch=not cfg.prefetch))
+    if "pooling" in cfg.levers:
+        other = "frozen" if cfg.pooling == "live" else "live"
+        arms.append(qk_store(f"qk_store_{other}", pooling=other))
+    if "prune" in cfg.levers:
+        arms.append(qk_store("qk_store_pruned", prune=True))
+    if "fusion" in cfg.levers and "frozen" in stores:
+        arms.append(qk_store("qk_store_frozen_unfused", pooling="frozen", fuse=False))
+    if "gates" in cfg.levers:
+        arms.append(qk_store("qk_store_previous_gates", previous_gates=True))
+        if "pooling" in cfg.levers:
+            other = "frozen" if cfg.pooling == "live" else "live"
+            arms.append(qk_store(f"qk_store_{other}_previous_gates", pooling=other, previous_gates=True))
+    if "channels_last" in cfg.levers:
+        arms += [traditional("traditional_cl", channels_last=True), qk_store("qk_store_cl", channels_last=True)]
+    if "threads" in cfg.levers and (os.cpu_count() or 1) > 1:
+        n = 1 if torch.get_num_threads() > 1 else os.cpu_count()
+        arms += [traditional(f"traditional_{n}threads", threads=n), qk_store(f"qk_store_{n}threads", threads=n)]
+    return arms

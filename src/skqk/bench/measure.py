@@ -1,0 +1,117 @@
+"""Measurements of the machine and of one training step: matmul peak, FLOPs, peak memory, top operators."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from skqk.bench.arms import Arm
+from skqk.data import Dataset
+from skqk.store import PatternStore
+
+
+def machine_info() -> dict:
+    flags, model = set(), platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    return {
+        "cpu": model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": [f for f in wanted if f in flags],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def matmul_flops(dtype: torch.dtype, n: int, repeats: int = 5) -> list[float]:
+    """FLOP/s of an n x n x n dense matmul, one sample per repeat."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    c = torch.empty(n, n, dtype=dtype)
+    torch.mm(a, b, out=c)
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=c)
+        out.append(2 * n**3 / (time.perf_counter() - start))
+    return out
+
+
+def step_flops(arm: Arm, dataset: Dataset, idx: Tensor) -> int:
+    """Training FLOPs of one step (forward + backward; matmuls and convolutions) by torch.utils.flop_counter."""
+    x, y = arm.inputs(dataset, idx)
+    pattern = arm.read(idx) if arm.read is not None else None
+    with FlopCounterMode(display=False) as counter:
+        arm.step(x, y, pattern)
+    return counter.get_total_flops()
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """Peak bytes allocated on top of what was live before `fn`, from torch.profiler's allocation events."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def top_operators(arm: Arm, dataset: Dataset, idx: Tensor, steps: int = 3, top: int = 10) -> list[dict]:
+    """The operators that take the most self CPU time in `steps` training steps of `arm` (torch.profiler)."""
+    x, y = arm.inputs(dataset, idx)
+    arm.trainable.train()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            arm.step(x, y, arm.read(idx) if arm.read is not None else None)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    return [
+        {
+            "op": e.key,
+            "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+            "share": e.self_cpu_time_total / total,
+            "calls_per_step": e.count / steps,
+        }
+        for e in rows[:top]
+    ]
+
+
+def state_bytes(arm: Arm) -> int:
+    """Parameters, gradients and momentum buffers: the memory a method holds between steps."""
+    params = sum(p.numel() * p.element_size() for p in arm.trainable.parameters() if p.requires_grad)
+    return 3 * params
+
+
+def dead_units(store: PatternStore, indices: Tensor) -> dict[str, float]:
+    """Per gate site, the share of units (channels of a conv site, neurons of a linear one) inactive for every
+    stored sample at every position: what an exact pruning of the estimator could drop."""
+    pattern = store.read(indices)
+    out = {}
+    for site in pattern.gate_sites:
+        states = pattern[site]
+        ever = states.any(0)
+        while ever.dim() > 1:
+            ever = ever.any(-1)
+        out[site] = 1.0 - ever.float().mean().item()
+    return out

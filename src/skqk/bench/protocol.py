@@ -1,0 +1,113 @@
+"""What the benchmark measures and its command line: `BenchConfig`, the time-to-accuracy protocol, the levers.
+
+Imports neither torch nor the rest of skqk at module level, so ``skqk --help`` can build the ``bench`` parser
+without paying for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, replace
+
+LEVERS = ("prefetch", "pooling", "fusion", "gates", "channels_last", "prune", "threads")
+DEFAULT_LEVERS = ("prefetch", "pooling", "fusion", "gates", "channels_last", "prune")  # threads: slow, see docs
+
+
+@dataclass
+class AccuracyProtocol:
+    """Time to reach the traditional method's final validation accuracy: a fixed small protocol."""
+
+    model: str = "lenet5"
+    pretrain_samples: int = 1024
+    pretrain_epochs: int = 10
+    samples: int = 4096  # n + m re-trained on
+    epochs: int = 6
+    eval_samples: int = 2000
+
+
+@dataclass
+class BenchConfig:
+    models: tuple[str, ...] = ("lenet5", "alexnet", "vgg8")
+    samples: int = 512  # synthetic training samples per timed epoch
+    batch_size: int = 64  # SGDConfig's default
+    repeats: int = 4  # timed rounds (plus one warm-up round)
+    e2e_epochs: int = 50  # the paper's re-training epochs
+    pooling: str = "live"  # the paper's setup; the other mode is measured as the "pooling" lever
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    prefetch: bool = True  # read patterns in a background thread
+    levers: tuple[str, ...] = DEFAULT_LEVERS
+    accuracy: AccuracyProtocol | None = field(default_factory=AccuracyProtocol)
+    seed: int = 0
+    matmul_size: int = 1024
+    profile: bool = False  # top operators of one traditional and one QK step (torch.profiler), for misses
+
+    def __post_init__(self):
+        from skqk import models  # not at the top: the zoo imports torch
+
+        for name in self.models:
+            if name not in models.list_models():
+                raise ValueError(f"unknown model {name!r}; choose from {', '.join(models.list_models())}")
+        for p in self.precisions:
+            if p not in ("fp32", "bf16"):
+                raise ValueError(f"precision must be fp32 or bf16, got {p!r}")
+        for lever in self.levers:
+            if lever not in LEVERS:
+                raise ValueError(f"unknown lever {lever!r}; choose from {', '.join(LEVERS)}")
+        if self.pooling not in ("live", "frozen"):
+            raise ValueError(f"pooling must be live or frozen, got {self.pooling!r}")
+        if self.samples < self.batch_size or self.repeats < 1:
+            raise ValueError("samples must be at least one batch and repeats at least 1")
+
+
+def quick_config(**overrides) -> BenchConfig:
+    """Under a minute for lenet5: fewer samples and repeats, no levers, no accuracy protocol."""
+    base = BenchConfig(models=("lenet5",), samples=128, repeats=3, levers=(), accuracy=None)
+    return replace(base, **overrides)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", help="comma-separated (default lenet5,alexnet,vgg8; --quick: lenet5)")
+    p.add_argument("--quick", action="store_true", help="under a minute for lenet5: fewer samples and repeats")
+    p.add_argument("--json", dest="json_path", help="write the results to this JSON file")
+    p.add_argument("--markdown", help="write the markdown tables to this file (always printed)")
+    p.add_argument("--samples", type=int, help="synthetic samples per timed epoch (default 512; quick 128)")
+    p.add_argument("--repeats", type=int, help="timed rounds, after one warm-up round (default 4; quick 3)")
+    p.add_argument("--batch-size", type=int, help="SGD batch size (default 64)")
+    p.add_argument("--epochs", type=int, help="re-training epochs of the end-to-end comparison (default 50)")
+    p.add_argument("--precision", default=None, help="comma-separated precisions to time: fp32,bf16 (default both)")
+    p.add_argument("--pooling", choices=["live", "frozen"], help="max pooling of the estimator (default live)")
+    p.add_argument("--no-prefetch", action="store_true", help="read patterns on the critical path")
+    p.add_argument(
+        "--levers", help=f"comma-separated levers to measure: {','.join(LEVERS)} (default all but threads; quick none)"
+    )
+    p.add_argument("--no-accuracy", action="store_true", help="skip the time-to-accuracy protocol (real data)")
+    p.add_argument("--accuracy-epochs", type=int, help="re-training epochs of the time-to-accuracy protocol")
+    p.add_argument("--profile", action="store_true", help="also report the top operators of a step (torch.profiler)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads before measuring (default: torch's choice)")
+    p.add_argument("--data-dir", help="real data for the time-to-accuracy protocol (default $SKQK_DATA)")
+    p.add_argument("--cache-dir", help="decoded-data cache (default $SKQK_CACHE)")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    cfg = quick_config() if args.quick else BenchConfig()
+    over: dict = {}
+    if args.models:
+        over["models"] = tuple(args.models.split(","))
+    for key in ("samples", "repeats", "batch_size", "pooling"):
+        if getattr(args, key, None) is not None:
+            over[key] = getattr(args, key)
+    if args.epochs is not None:
+        over["e2e_epochs"] = args.epochs
+    if args.precision:
+        over["precisions"] = tuple(args.precision.split(","))
+    if args.profile:
+        over["profile"] = True
+    if args.no_prefetch:
+        over["prefetch"] = False
+    if args.levers is not None:
+        over["levers"] = tuple(x for x in args.levers.split(",") if x)
+    if args.no_accuracy:
+        over["accuracy"] = None
+    elif args.accuracy_epochs:
+        over["accuracy"] = replace(cfg.accuracy or AccuracyProtocol(), epochs=args.accuracy_epochs)
+    return replace(cfg, **over)

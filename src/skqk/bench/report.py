@@ -1,0 +1,168 @@
+"""The benchmark's result as markdown tables, and the targets it is checked against."""
+
+from __future__ import annotations
+
+
+def targets(result: dict) -> list[dict]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    rows = []
+
+    def add(target, model, value, limit, at_most=True):
+        met = value is not None and (value <= limit if at_most else value >= limit)
+        rows.append({"target": target, "model": model, "value": value, "limit": limit, "met": bool(met)})
+
+    for name, m in result["models"].items():
+        add("QK epoch / traditional epoch <= 0.8 (fp32)", name, m["qk_over_traditional"], 0.8)
+        add(f"(Phase 3 + {m['e2e_epochs']} QK epochs) / traditional <= 0.85", name, m["e2e_over_traditional"], 0.85)
+        if "qk_pruned_over_traditional" in m:
+            add("QK epoch, dead units removed / traditional <= 0.8", name, m["qk_pruned_over_traditional"], 0.8)
+            add(
+                "(Phase 3 + E QK epochs, dead units removed) / traditional <= 0.85",
+                name,
+                m["e2e_pruned_over_traditional"],
+                0.85,
+            )
+        add("store read / QK step <= 5% (raw read)", name, m["store_read_share_of_qk_step"], 0.05)
+        add("store read / QK step <= 5% (critical path)", name, m["store_wait_share_of_qk_step"], 0.05)
+        add("Phase 3 throughput / training throughput >= 3", name, m["phase3_over_training_throughput"], 3, False)
+        if name in ("alexnet", "vgg8"):
+            for arm, a in m["achieved_flops"].items():
+                if arm in ("traditional", "qk_store", "traditional_bf16", "qk_store_bf16"):
+                    add(
+                        f"{arm} FLOP/s >= 50% of {a['precision']} matmul peak",
+                        name,
+                        a["share_of_matmul_peak"],
+                        0.5,
+                        False,
+                    )
+    acc = result.get("time_to_accuracy", {})
+    if "bf16_minus_fp32_points" in acc:
+        for method, diff in acc["bf16_minus_fp32_points"].items():
+            rows.append(
+                {
+                    "target": f"bf16 accuracy within 0.5 point of fp32 ({method}; small lenet5 protocol, "
+                    "not the Fig. 5 cpu preset)",
+                    "model": acc["protocol"]["model"],
+                    "value": diff,
+                    "limit": 0.5,
+                    "met": abs(diff) <= 0.5,
+                }
+            )
+    return rows
+
+
+def _fmt(v, digits=3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if abs(v) >= 1e9:
+            return f"{v / 1e9:.1f} G"
+        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def markdown(result: dict) -> str:
+    mach = result["machine"]
+    lines = [
+        f"Machine: {mach['cpu']}, {mach['usable_cores']} usable cores, torch {mach['torch']} "
+        f"({mach['cpu_capability']}, flags: {', '.join(mach['cpu_flags'])}), {mach['torch_threads']} threads; "
+        f"load average {mach['loadavg_start'][0]:.1f} at start, {mach['loadavg_end'][0]:.1f} at end "
+        f"(shared machine).",
+        f"Dense matmul peak ({mach['matmul_size']}³): fp32 {_fmt(mach['matmul_peak_flops']['fp32'])}FLOP/s, "
+        f"bf16 {_fmt(mach['matmul_peak_flops']['bf16'])}FLOP/s.",
+        "",
+        "| model | trad. epoch s | QK (store) epoch s | QK (on-the-fly) epoch s | QK/trad. | on-the-fly/trad. "
+        "| Phase 3 samples/s | Phase 3 / training throughput | pattern bytes/sample | store read share (raw / "
+        "critical path) | e2e (Phase 3 + E epochs) / trad. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in result["models"].items():
+        lines.append(
+            f"| {name} | {m['traditional_epoch_s']:.3f} | {m['qk_epoch_s']:.3f} | {m['qk_fly_epoch_s']:.3f} | "
+            f"{m['qk_over_traditional']:.3f} | {m['qk_fly_over_traditional']:.3f} | {m['phase3_samples_per_s']:,.0f} | "
+            f"{m['phase3_over_training_throughput']:.2f} | {m['pattern_bytes_per_sample']:,} | "
+            f"{100 * m['store_read_share_of_qk_step']:.2f}% / {100 * m['store_wait_share_of_qk_step']:.2f}% | "
+            f"{m['e2e_over_traditional']:.3f} (E={m['e2e_epochs']}) |"
+        )
+    lines += [
+        "",
+        "| model | trad. samples/s | QK samples/s | bf16 trad. epoch s | bf16 QK epoch s | bf16 QK/trad. "
+        "| bf16/fp32 trad. | bf16/fp32 QK |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in result["models"].items():
+        lines.append(
+            f"| {name} | {m['traditional_samples_per_s']:.1f} | {m['qk_samples_per_s']:.1f} | "
+            f"{_fmt(m.get('traditional_bf16_epoch_s'))} | {_fmt(m.get('qk_bf16_epoch_s'))} | "
+            f"{_fmt(m.get('qk_over_traditional_bf16'))} | {_fmt(m.get('bf16_over_fp32_traditional'))} | "
+            f"{_fmt(m.get('bf16_over_fp32_qk'))} |"
+        )
+    lines += [
+        "",
+        "| model | method | training MFLOP/sample | achieved GFLOP/s | share of matmul peak |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in result["models"].items():
+        for arm, a in m["achieved_flops"].items():
+            lines.append(
+                f"| {name} | {arm} | {m['training_flops_per_sample'][arm] / 1e6:.1f} | {a['flops_per_s'] / 1e9:.1f} | "
+                f"{100 * a['share_of_matmul_peak']:.1f}% ({a['precision']}) |"
+            )
+    lines += ["", "| model | method | peak extra MB in one step | weights+grads+momentum MB |", "|---|---|---|---|"]
+    for name, m in result["models"].items():
+        for arm, mem in m["memory"].items():
+            lines.append(
+                f"| {name} | {arm} | {mem['step_peak_bytes'] / 2**20:.1f} | {mem['state_bytes'] / 2**20:.1f} |"
+            )
+    lever_rows = [(name, k, v) for name, m in result["models"].items() for k, v in m["levers"].items()]
+    if lever_rows:
+        lines += ["", "| model | lever (epoch-time ratio, < 1 = pays) | ratio |", "|---|---|---|"]
+        lines += [f"| {name} | {k} | {v:.3f} |" for name, k, v in lever_rows]
+    for name, m in result["models"].items():
+        for arm, ops in m.get("profile_top_ops", {}).items():
+            lines += ["", f"Top operators, {name} {arm} (self CPU per step):", "", "| op | ms/step | share | calls |"]
+            lines.append("|---|---|---|---|")
+            lines += [
+                f"| {o['op']} | {o['self_ms_per_step']:.2f} | {100 * o['share']:.1f}% | {o['calls_per_step']:g} |"
+                for o in ops
+            ]
+    lines += ["", "| model | dead-unit share per gate site (inactive for every stored sample) |", "|---|---|"]
+    for name, m in result["models"].items():
+        shares = ", ".join(f"{s}: {100 * v:.1f}%" for s, v in m["dead_unit_share"].items())
+        lines.append(f"| {name} | {shares} |")
+    acc = result.get("time_to_accuracy")
+    if acc and "curves" in acc:
+        p = acc["protocol"]
+        lines += [
+            "",
+            f"Time to accuracy ({acc['data']}): {p['model']} pre-trained {p['pretrain_epochs']} epochs on "
+            f"{p['pretrain_samples']} samples (val accuracy {acc['pretrained_val_accuracy']:.4f}), then re-trained "
+            f"{p['epochs']} epochs on {p['samples']} samples, validation on {p['eval_samples']} test samples; QK "
+            f"time includes Phase 3 ({acc['phase3_s']:.2f} s).",
+            "",
+            "| precision | trad. final val acc | trad. s | QK final val acc | QK best | QK s to trad. final | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for precision in ("fp32", "bf16"):
+            if precision in acc:
+                a = acc[precision]
+                lines.append(
+                    f"| {precision} | {a['traditional_final_val_accuracy']:.4f} | "
+                    f"{a['traditional_seconds_to_target']:.1f} | {a['qk_final_val_accuracy']:.4f} | "
+                    f"{a['qk_best_val_accuracy']:.4f} | {_fmt(a['qk_seconds_to_target'])} | "
+                    f"{_fmt(a['qk_over_traditional_time_to_target'])} |"
+                )
+        if "bf16_minus_fp32_points" in acc:
+            d = acc["bf16_minus_fp32_points"]
+            lines.append("")
+            lines.append("bf16 − fp32 final val accuracy (points): " + ", ".join(f"{m} {v:+.2f}" for m, v in d.items()))
+    elif acc:
+        lines += ["", f"Time to accuracy: skipped ({acc.get('skipped')})."]
+    lines += ["", "| target | model | value | limit | met |", "|---|---|---|---|---|"]
+    for t in result["targets"]:
+        lines.append(
+            f"| {t['target']} | {t['model']} | {_fmt(t['value'])} | {t['limit']} | {'yes' if t['met'] else 'no'} |"
+        )
+    lines.append("")
+    lines.append(f"Wall time of the benchmark: {result['wall_s']:.0f} s.")
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""The SGD loop shared by Phase 1 (initial training), Phase 4 (QK-only re-training) and the traditional baseline.
+
+The three differ only in what the paper says differs: which module is trained and where a batch's activation
+pattern comes from (`StepForward`). Same samples, same hyperparameters and the same batch order (`epoch_order`),
+so a QK run and a traditional run from one checkpoint are a controlled comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from skqk.atomic import atomic_write_text
+from skqk.data import Dataset, batches, epoch_order, subset_indices
+from skqk.pipeline import distributed
+from skqk.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from skqk.pipeline.config import SGDConfig
+
+StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
+EpochHook = Callable[[int, nn.Module], dict]  # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips)
+EpochContext = Callable[[torch.optim.Optimizer], contextlib.AbstractContextManager]  # wraps an epoch's steps
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunResult:
+    module: nn.Module  # the trained network, or the DecoupledModel of a QK run
+    history: list[dict]  # per-epoch metrics
+    run_dir: Path
+
+
+@torch.no_grad()
+def evaluate(
+    module: nn.Module, dataset: Dataset, limit: int = 0, batch_size: int = 1000, sharded: bool = False
+) -> dict[str, float]:
+    """Accuracy and categorical cross-entropy on the validation (test) split, in eval mode, on the module's device.
+
+    With `limit`, on a fixed class-balanced subset of that many test samples (the split is stored by class).
+    With `sharded` under torch.distributed, every rank evaluates its share and the sums are added up (every
+    rank must call it).
+    """
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters(), torch.empty(0)).device
+    ctx = distributed.current() if sharded else distributed.Context()
+    indices = validation_indices(dataset, limit)
+    n = len(indices)
+    correct, loss_sum = 0, 0.0
+    for x, y, _ in batches(dataset.test, dataset, ctx.share(indices), batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = module(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    module.train(was_training)
+    if ctx.is_distributed:
+        loss_sum, correct = ctx.sum_over_ranks(torch.tensor([loss_sum, correct], dtype=torch.float64)).tolist()
+    return {"val_accuracy": correct / n, "val_loss": loss_sum / n}
+
+
+def validation_indices(dataset: Dataset, limit: int = 0) -> Tensor:
+    """All test samples, or a fixed class-balanced subset of `limit` of them."""
+    if limit <= 0 or limit >= len(dataset.test):
+        return torch.arange(len(dataset.test))
+    return subset_indices(dataset.test.labels, limit, seed=0, balanced=True)
+
+
+def fit(
+    run_dir: Path,
+    trainable: nn.Module,
+    step_forward: StepForward,
+    eval_module: nn.Module,
+    dataset: Dataset,
+    indices: Tensor,
+    cfg: SGDConfig,
+    entry: Callable[[], dict],
+    resume: bool,
+    progress: bool,
+    on_epoch: EpochHook | None = None,
+    epoch_context: EpochContext | None = None,
+) -> list[dict]:
+    """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
+    to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
+
+    `epoch_context(optimizer)` wraps the training steps of every epoch (dead-unit removal: `skqk.pipeline.prune`),
+    so evaluation, checkpoints and resume see the full-size module. Inputs follow the layout the trainable's
+    convolutions were put in (`memory_format_of`). With ``cfg.patience`` the run stops after that many epochs
+    without a better validation accuracy, and ``model.pt`` holds the best epoch (``best.pt``).
+
+    Under torch.distributed (`skqk.pipeline.distributed`), every rank computes its share of each global batch through
+    the DDP wrapper of `trainable` that `step_forward` calls, so each step is the single-process step on the
+    same global batch; only rank 0 writes the run folder, and on resume it hands its saved state to all ranks.
+    """
+    ctx = distributed.current()
+    if ctx.is_distributed and not distributed.is_wrapped(trainable):
+        raise ValueError("distributed training needs the trained module wrapped by skqk.pipeline.distributed.wrap")
+    opt = sgd(trainable.parameters(), cfg)
+    layout = memory_format_of(trainable)
+    history: list[dict] = []
+    patience = getattr(cfg, "patience", 0)
+    state_path = run_dir / "resume.pt"
+    state = ctx.on_main(lambda: load_checkpoint(state_path) if resume and state_path.exists() else None)
+    if state is not None:
+        trainable.load_state_dict(state["trainable"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], ctx.device)
+        history = state["history"]
+    autocast = (
+        torch.autocast(ctx.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    )
+    epochs = tqdm(
+        range(len(history), cfg.epochs),
+        desc=run_dir.name,
+        disable=not progress or not ctx.is_main,
+        unit="epoch",
+        initial=len(history),
+        total=cfg.epochs,
+    )
+    for epoch in epochs:
+        if patience and epochs_since_best(history) >= patience:
+            break
+        start = time.perf_counter()
+        trainable.train()
+        loss_sum, correct = 0.0, 0
+        order = epoch_order(indices, cfg.seed, epoch)
+        if ctx.is_distributed:
+            ctx.seed_epoch(cfg.seed, epoch)
+        with epoch_context(opt) if epoch_context is not None else contextlib.nullcontext():
+            for x, y, idx, global_size in ctx.batches(dataset.train, dataset, order, cfg.batch_size):
+                if ctx.device.type != "cpu":
+                    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                x = x.contiguous(memory_format=layout) if x.dim() == 4 else x
+                with autocast:
+                    logits = step_forward(x, idx)
+                if ctx.is_distributed:
+                    loss, batch_loss, batch_correct = sharded_loss(ctx, logits.float(), y, global_size)
+                else:
+                    loss = batch_loss = F.cross_entropy(logits.float(), y)
+                if not torch.isfinite(batch_loss):
+                    raise diverged(batch_loss.item(), epoch, cfg, state_path)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += batch_loss.item() * global_size
+                correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / len(indices),
+            "train_accuracy": correct / len(indices),
+            **evaluate(eval_module, dataset, cfg.eval_samples, sharded=True),
+            "seconds": time.perf_counter() - start,
+        }
+        if not math.isfinite(metrics["val_loss"]):  # never save a state whose outputs are already NaN/inf
+            raise diverged(metrics["val_loss"], epoch, cfg, state_path)
+        if on_epoch is not None:
+            metrics.update(on_epoch(epoch + 1, trainable))
+        history.append(metrics)
+        epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_accuracy']:.3f}")
+        if patience and epochs_since_best(history) == 0:  # before resume.pt: a resumed run never lacks it
+            ctx.on_main(save_checkpoint, run_dir / "best.pt", {**entry(), "epoch": epoch + 1})
+        state = {
+            "trainable": trainable.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": history,
+        }
+        if ctx.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(ctx.device)
+        ctx.on_main(write_epoch, run_dir, history, state)
+    final_entry = (lambda: load_checkpoint(run_dir / "best.pt")) if patience else entry
+    # resume.pt stays: resuming a finished run then reloads its final state instead of retraining
+    ctx.on_main(
+        lambda: save_checkpoint(run_dir / "model.pt", {**final_entry(), "config": cfg.to_dict(), "history": history})
+    )
+    return history
+
+
+def sgd(params, cfg: SGDConfig) -> torch.optim.SGD:
+    """The optimiser of every training phase: plain SGD, the fused kernel (one pass over each parameter, its
+    gradient and momentum instead of three; fp32 throughout, same update up to rounding)."""
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True)
+
+
+def epochs_since_best(history: list[dict]) -> int:
+    """Epochs after the first one with the best validation accuracy (early stopping)."""
+    accuracies = [m["val_accuracy"] for m in history]
+    return len(accuracies) - 1 - accuracies.index(max(accuracies)) if accuracies else 0
+
+
+CHANNELS_LAST_PAYS = {"lenet5", "vgg8"}  # layout="auto": measured in docs/benchmarks.md (not for AlexNet)
+
+
+def memory_format(layout: str, model: str) -> torch.memory_format:
+    """The activation layout of a run: channels-last (NHWC) where `layout` asks for it, or for "auto" where the
+    benchmark shows it pays on that zoo model; an exact lever (fp32, same sums up to rounding)."""
+    if layout == "channels_last" or (layout == "auto" and model in CHANNELS_LAST_PAYS):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def memory_format_of(module: nn.Module) -> torch.memory_format:
+    """channels_last if `module`'s convolution weights were put in it, so its inputs follow."""
+    for p in module.parameters():
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+    return torch.contiguous_format
+
+
+def diverged(loss: float, epoch: int, cfg: SGDConfig, state_path: Path) -> TrainingDiverged:
+    kept = (
+        f"the last good checkpoint is kept in {state_path}"
+        if state_path.exists()
+        else "nothing was saved (it diverged in the first epoch)"
+    )
+    return TrainingDiverged(
+        f"loss became {loss} in epoch {epoch + 1}; try a lower learning rate (--lr, now {cfg.lr}); {kept}"
+    )
+
+
+def write_epoch(run_dir: Path, history: list[dict], state: dict) -> None:
+    """The metrics so far and the resume state, each replaced atomically (rank 0 only in distributed runs)."""
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+    save_checkpoint(run_dir / "resume.pt", state)
+
+
+def sharded_loss(ctx: distributed.Context, logits: Tensor, y: Tensor, global_size: int) -> tuple[Tensor, Tensor, int]:
+    """This rank's loss for DDP, and the global batch's mean loss and number of correct predictions.
+
+    DDP averages the ranks' gradients; weighting each rank's summed loss by ``world_size / global_size`` makes
+    that average the gradient of the mean loss over the whole global batch, also when the shares are unequal
+    (a last batch not divisible by the number of ranks) or empty.
+    """
+    loss = F.cross_entropy(logits, y, reduction="sum") * (ctx.world_size / global_size)
+    totals = ctx.sum_over_ranks(torch.stack([loss.detach().double(), (logits.argmax(1) == y).sum().double()]))
+    return loss, totals[0] / ctx.world_size, int(totals[1])

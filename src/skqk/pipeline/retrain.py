@@ -1,0 +1,160 @@
+"""Phase 4 (QK-only re-training) and the traditional re-training baseline, from a pre-trained checkpoint.
+
+A QK run keeps the SK of the checkpoint's network in a frozen selector and trains only the estimator; its
+batches' patterns come from the Phase 3 store or are computed on the fly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from skqk.data import Dataset, batches, subset_indices
+from skqk.decoupled import DecoupledModel
+from skqk.estimator import build_estimator
+from skqk.patterns import Pattern
+from skqk.pipeline import distributed
+from skqk.pipeline.checkpoint import (
+    CheckpointError,
+    build_network,
+    decoupled_entry,
+    load_model_checkpoint,
+    model_kwargs,
+)
+from skqk.pipeline.config import RetrainConfig
+from skqk.pipeline.loop import RunResult, fit, memory_format
+from skqk.pipeline.prune import active_units, dead_units_removed, removal_report
+from skqk.pipeline.rundir import file_sha256, prepare_run_dir
+from skqk.pipeline.train import fit_network
+from skqk.selector import build_selector
+from skqk.store import PatternStore
+
+
+def retrain(
+    cfg: RetrainConfig,
+    checkpoint: str | os.PathLike,
+    dataset: Dataset,
+    out: str | os.PathLike,
+    store: str | os.PathLike | None = None,
+    pooling: str = "live",
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Phase 4 (``cfg.method == "qk"``) or traditional re-training from `checkpoint` on `cfg.samples` samples.
+
+    A QK run keeps the SK of the checkpoint's network in a frozen selector and trains only the estimator,
+    reading each batch's patterns from the pattern `store` (or computing them on the fly); its final
+    checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK.
+    """
+    # everything that can refuse the inputs runs before the run folder is created
+    kwargs = model_kwargs(dataset)
+    ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
+    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
+    if cfg.method == "traditional":
+        if ckpt["kind"] != "network":
+            raise CheckpointError(
+                f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
+            )
+        network = build_network(ckpt, path=str(checkpoint)).to(memory_format=memory_format(cfg.layout, ckpt["model"]))
+        run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
+        torch.manual_seed(cfg.seed)
+        return fit_network(run_dir, network, ckpt["model"], kwargs, dataset, indices, cfg, resume, progress)
+
+    sk_key = "selector_state" if ckpt["kind"] == "decoupled" else "state_dict"
+    pooling = ckpt.get("pooling", pooling)
+    if store is not None and cfg.patterns == "store":
+        pooling = PatternStore.open(store, verify=False).pooling
+    selector = build_selector(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
+    layout = memory_format(cfg.layout, ckpt["model"])
+    estimator = build_estimator(build_network(ckpt, path=str(checkpoint)), pooling).to(memory_format=layout)
+    decoupled = DecoupledModel(selector, estimator)
+    model = distributed.wrap(estimator)
+    device = next(estimator.parameters()).device
+    selector.to(device, memory_format=layout)
+    if cfg.patterns == "store":
+        read = patterns_from_store(selector, store, indices)
+        step = lambda x, idx: model(x, in_layout(read(idx).to(device), layout))  # noqa: E731
+    else:
+        read = None
+        step = lambda x, idx: model(x, selector(x))  # noqa: E731
+    removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
+    source["store"] = selector.fingerprint if cfg.patterns == "store" else None
+    run_dir = distributed.current().on_main(
+        prepare_run_dir, out, resume, cfg, source, removal and {"removed_units": removal.report}
+    )
+    torch.manual_seed(cfg.seed)
+    selector_state = ckpt[sk_key]
+    history = fit(
+        run_dir,
+        estimator,
+        step,
+        decoupled,
+        dataset,
+        indices,
+        cfg,
+        lambda: decoupled_entry(ckpt["model"], kwargs, selector_state, decoupled),
+        resume,
+        progress,
+        removal and removal.metrics,
+        removal and removal.epoch,
+    )
+    return RunResult(decoupled, history, run_dir)
+
+
+@dataclass
+class DeadUnitRemoval:
+    """Phase 4 without the units the SK proves dead for every training sample (`skqk.pipeline.prune`), per epoch."""
+
+    estimator: nn.Module
+    active: dict[str, Tensor]
+    report: dict[str, dict[str, int]]  # per site: units, dead, removed
+
+    def epoch(self, optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager:
+        if not any(r["removed"] for r in self.report.values()):  # a trained LeNet-5 has no dead unit
+            return contextlib.nullcontext()
+        return dead_units_removed(self.estimator, self.active, optimizer)
+
+    def metrics(self, epoch: int, trainable: nn.Module) -> dict:
+        return {"removed_units": {site: r["removed"] for site, r in self.report.items() if r["removed"]}}
+
+
+def dead_unit_removal(cfg, estimator, selector, read, dataset: Dataset, indices: Tensor) -> DeadUnitRemoval | None:
+    """What `cfg.prune` removes: units inactive in the patterns of every sample of `indices` (from the store, or
+    the selector's on the fly). Off under torch.distributed: DDP holds the full-size parameters."""
+    if not cfg.prune or distributed.current().is_distributed:
+        return None
+    with torch.no_grad():
+        if read is not None:
+            patterns = (read(idx) for idx in indices.split(1024))
+        else:
+            device = next(estimator.parameters()).device
+            patterns = (selector(x.to(device)) for x, _, _ in batches(dataset.train, dataset, indices, 1024))
+        active = {site: a.cpu() for site, a in active_units(patterns).items()}
+    return DeadUnitRemoval(estimator, active, removal_report(estimator, active))
+
+
+def in_layout(pattern: Pattern, layout: torch.memory_format) -> Pattern:
+    """`pattern` with its per-position states in `layout`, so a gate multiplies tensors of one layout."""
+    if layout == torch.contiguous_format:
+        return pattern
+    return Pattern({s: t.contiguous(memory_format=layout) if t.dim() == 4 else t for s, t in pattern.items()})
+
+
+def patterns_from_store(selector, store, indices: Tensor) -> Callable[[Tensor], Pattern]:
+    """The reader of each batch's patterns from the store recorded by this very selector (Phase 3)."""
+    if store is None:
+        raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
+    opened = PatternStore.open(store, selector)
+    missing = (~torch.isin(indices, opened.indices)).sum().item()
+    if missing:
+        raise ValueError(
+            f"pattern store {store} lacks {missing} of the {len(indices)} samples: run `skqk record` "
+            f"with the same checkpoint and --samples {len(indices)} first"
+        )
+    return opened.read

@@ -1,0 +1,61 @@
+"""Phase 1: initial training of a zoo network from scratch on the first n samples (the SGD loop of `loop`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from skqk import models
+from skqk.data import Dataset, subset_indices
+from skqk.pipeline import distributed
+from skqk.pipeline.checkpoint import model_kwargs, network_entry
+from skqk.pipeline.config import SGDConfig, TrainConfig
+from skqk.pipeline.loop import EpochHook, RunResult, fit, memory_format
+from skqk.pipeline.rundir import prepare_run_dir
+
+
+def train(
+    cfg: TrainConfig,
+    dataset: Dataset,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: EpochHook | None = None,
+) -> RunResult:
+    """Phase 1: train zoo network `cfg.model` from scratch on the first `cfg.samples` samples.
+
+    Example:
+        >>> from skqk.pipeline.train import train
+        >>> result = train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
+        >>> result.history[-1]["val_accuracy"]
+    """
+    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
+    kwargs = model_kwargs(dataset)
+    torch.manual_seed(cfg.seed)
+    network = models.build(cfg.model, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
+    return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch)
+
+
+def fit_network(
+    run_dir: Path,
+    network: nn.Module,
+    name: str,
+    kwargs: dict,
+    dataset: Dataset,
+    indices: Tensor,
+    cfg: SGDConfig,
+    resume: bool,
+    progress: bool,
+    on_epoch: EpochHook | None = None,
+) -> RunResult:
+    """Traditional training of the whole network, ReLUs live (Phase 1, and the re-training baseline)."""
+    model = distributed.wrap(network)  # itself in one process; DDP under torchrun
+    entry = lambda: network_entry(name, kwargs, network)  # noqa: E731
+    history = fit(
+        run_dir, network, lambda x, idx: model(x), network, dataset, indices, cfg, entry, resume, progress, on_epoch
+    )
+    return RunResult(network, history, run_dir)

@@ -1,0 +1,105 @@
+"""What ``skqk patterns info`` shows about a store: layout, sizes and each gate site's active fraction."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from skqk.store import format as fmt
+
+if TYPE_CHECKING:
+    from skqk.store.pattern_store import PatternStore
+
+_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
+
+
+def store_info(store: PatternStore) -> dict[str, Any]:
+    """The JSON-serialisable summary behind `PatternStore.info`."""
+    active = active_fractions(store)
+    sites = store.site_specs
+    return {
+        "path": str(store.path),
+        "format_version": fmt.FORMAT_VERSION,
+        "fingerprint": store.fingerprint,
+        "pooling": store.pooling,
+        "samples": len(store),
+        "chunks": store.chunk_count,
+        "gate_bits_per_sample": sum(s.numel for s in sites if s.kind == "gate"),
+        "switch_bytes_per_sample": sum(s.numel for s in sites if s.kind == "switch"),
+        "bytes_per_sample": store.bytes_per_sample,
+        "nbytes_on_disk": store.nbytes_on_disk,
+        "sites": [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "shape": list(s.shape),
+                "bits_per_sample": s.bits,
+                "active_fraction": active.get(s.name),
+            }
+            for s in sites
+        ],
+    }
+
+
+def active_fractions(store: PatternStore) -> dict[str, float | None]:
+    """Fraction of set gate bits per site, counted in bounded blocks of records (padding bits are zero)."""
+    sites = store.site_specs
+    gates = [(s, start) for s, start in zip(sites, fmt.site_offsets(tuple(sites))) if s.kind == "gate"]
+    ones = dict.fromkeys((s.name for s, _ in gates), 0)
+    block = max(1, fmt.STREAM_BYTES // store.bytes_per_sample)
+    for k in range(store.chunk_count):
+        records = store.chunk_records(k)
+        for first in range(0, len(records), block):
+            rows = records[first : first + block]
+            for spec, start in gates:
+                ones[spec.name] += int(_POPCOUNT[rows[:, start : start + spec.nbytes]].sum(dtype=np.int64))
+    n = len(store)
+    return {s.name: ones[s.name] / (n * s.numel) if n else None for s, _ in gates}
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable summary of `PatternStore.info` for the command line.
+
+    Args:
+        info: the dict returned by `PatternStore.info`.
+
+    Returns:
+        A multi-line text: a header, then one table row per site.
+
+    Example:
+        >>> print(format_info(PatternStore.open("run/patterns").info()))
+    """
+    header = [
+        f"pattern store {info['path']} (format {info['format_version']}, pooling {info['pooling']})",
+        f"selector     {info['fingerprint']}",
+        f"samples      {info['samples']:,} in {info['chunks']} chunk(s)",
+        f"per sample   {info['gate_bits_per_sample']:,} gate bits + {info['switch_bytes_per_sample']:,} switch "
+        f"bytes = {info['bytes_per_sample']:,} bytes",
+        f"on disk      {_human_bytes(info['nbytes_on_disk'])}",
+        "",
+    ]
+    rows = [["site", "kind", "shape", "bits/sample", "active"]]
+    for site in info["sites"]:
+        active = site["active_fraction"]
+        rows.append(
+            [
+                site["name"],
+                site["kind"],
+                "x".join(map(str, site["shape"])),
+                f"{site['bits_per_sample']:,}",
+                "-" if active is None else f"{100 * active:.1f}%",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(header + table)
+
+
+def _human_bytes(n: int) -> str:
+    size, unit = float(n), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"

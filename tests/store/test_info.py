@@ -1,0 +1,45 @@
+"""What `skqk patterns info` shows: the store's layout, sizes and active fractions, checked independently."""
+
+import json
+import re
+
+import pytest
+import torch
+from store_helpers import recorded, selector_of
+
+import skqk.store.format as store_format
+from skqk.store import PatternStore, format_info
+
+
+def test_info_matches_independent_computation(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_format, "STREAM_BYTES", 5000)  # checksums and statistics stream in many blocks
+    selector = selector_of()
+    store, _, pattern = recorded(tmp_path, selector)
+    info = PatternStore.open(store.path, selector).info()
+    assert (info["samples"], info["chunks"], info["fingerprint"]) == (12, 2, selector.fingerprint)
+    assert info["gate_bits_per_sample"] == pattern.gate_bits_per_sample
+    assert info["switch_bytes_per_sample"] == pattern.switches_per_sample
+    packed_bytes = sum((pattern[s][0].numel() + 7) // 8 for s in pattern.gate_sites)
+    assert info["bytes_per_sample"] == store.bytes_per_sample == packed_bytes + pattern.switches_per_sample
+    assert info["nbytes_on_disk"] == store.nbytes_on_disk == sum(f.stat().st_size for f in store.path.iterdir())
+    sites = {s["name"]: s for s in info["sites"]}
+    assert list(sites) == selector.sites
+    for name, states in pattern.items():
+        gate = states.dtype == torch.bool
+        assert sites[name]["kind"] == ("gate" if gate else "switch")
+        assert sites[name]["shape"] == list(states.shape[1:])
+        assert sites[name]["bits_per_sample"] == states[0].numel() * (1 if gate else 8)
+    active = {s: sites[s]["active_fraction"] for s in pattern.gate_sites}
+    assert active == pytest.approx(pattern.active_fraction(), abs=1e-6)
+    assert all(sites[s]["active_fraction"] is None for s in pattern.switch_sites)
+    json.dumps(info)
+
+
+def test_format_info_lists_sites_and_sample_count(tmp_path):
+    selector = selector_of()
+    store, _, _ = recorded(tmp_path, selector)
+    text = format_info(store.info())
+    assert re.search(r"samples\s+12 ", text)
+    assert all(re.search(rf"^{re.escape(site)}\s", text, re.MULTILINE) for site in selector.sites)
+    empty = PatternStore.create(tmp_path / "empty", selector, selector(torch.randn(1, 3, 32, 32)))
+    assert re.search(r"samples\s+0 ", format_info(empty.info()))

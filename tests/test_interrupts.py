@@ -1,0 +1,72 @@
+"""Ctrl-C: exit status 130 and one line saying how the command continues, whatever the interrupt hit."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from skqk import cli
+
+
+def interrupt_turned_into(error: Exception):
+    """A command hit by Ctrl-C inside a library that reports it as another error (seen: a dataclass error, a
+    RecursionError in an interrupted import)."""
+
+    def command(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            raise error from None
+
+    return command
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["reproduce", "fig5", "--out", "x"], "rerun the same command to continue"),
+        (["train", "--out", "x"], "continue the run with --resume"),
+        (["evaluate", "--checkpoint", "x"], None),
+    ],
+)
+def test_interrupt_reported_as_another_error_still_says_interrupted(monkeypatch, capsys, argv, hint):
+    monkeypatch.setitem(cli.COMMANDS, argv[0], interrupt_turned_into(TypeError("non-default argument follows")))
+
+    code = cli.main(argv)
+
+    assert code == 130
+    assert capsys.readouterr().err == f"skqk: interrupted{f' ({hint})' if hint else ''}\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the command
+
+
+def test_an_error_without_an_interrupt_is_still_an_error(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "train", lambda args: (_ for _ in ()).throw(ValueError("bad input")))
+
+    assert cli.main(["train", "--out", "x"]) == 1
+    assert capsys.readouterr().err == "skqk: error: bad input\n"
+
+
+def test_ctrl_c_while_importing_torch_at_start_up_says_interrupted(tmp_path):
+    """The first seconds of every command import torch; Ctrl-C there must not print a traceback."""
+    script = textwrap.dedent(
+        """
+        import builtins, os, signal, sys
+        real_import = builtins.__import__
+        def interrupting_import(name, *args, **kwargs):
+            if name == "torch" and "torch" not in sys.modules:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = interrupting_import
+        sys.argv = ["skqk", "reproduce", "fig5", "--out", sys.argv[1]]
+        from skqk.cli import main
+        sys.exit(main())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True)
+
+    assert done.returncode == 130
+    assert re.fullmatch(r"skqk: interrupted( \(rerun the same command to continue\))?\n", done.stderr), done.stderr
