@@ -13,7 +13,7 @@ from torch import nn
 
 from skqk import models
 from skqk.estimator import build_estimator
-from skqk.pipeline.prune import FullWidthDropout, active_units, prune_dead_units
+from skqk.pipeline.prune import FullWidthDropout, active_units, prune_dead_units, removal_report
 from skqk.selector import build_selector
 
 DEAD_CONV = {"features.0": [0, 3], "features.3": [1, 5, 9, 12]}  # output channels dead on the stored samples
@@ -65,8 +65,11 @@ def test_dead_channels_removed_and_restored_exactly_around_every_epoch(pooling):
     pattern = selector(x)
     opt, opt_full = _sgd(est), _sgd(est_full)
     for epoch in range(3):  # prune, train an epoch, restore: momentum carries over between epochs
-        pruned = prune_dead_units(est, active_units(pattern[i : i + 16] for i in range(0, 48, 16)), opt)
+        active = active_units(pattern[i : i + 16] for i in range(0, 48, 16))
+        report = removal_report(est, active)
+        pruned = prune_dead_units(est, active, opt)
         removed = pruned.removed_units
+        assert {site: r["removed"] for site, r in report.items() if r["removed"]} == removed
         assert set(DEAD_CONV["features.0"]) <= set(pruned.removed[0].dead.tolist())
         assert removed["features.1"] >= 2 and removed["features.4"] >= 4 and removed["classifier.1"] >= 30
         assert est.net.get_submodule("features.3").in_channels == 6 - removed["features.1"]

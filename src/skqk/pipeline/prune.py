@@ -197,14 +197,15 @@ def dead_units_removed(
 def removal_report(estimator: Estimator, active: Mapping[str, Tensor]) -> dict[str, dict[str, int]]:
     """Per gate site with dead units: units, dead units, and how many of them `prune_dead_units` removes (a dead
     unit stays when its chain is not removable, e.g. batch norm between the convolution and its gate)."""
-    probe = torch.optim.SGD(estimator.parameters(), lr=1.0)
-    with dead_units_removed(estimator, active, probe) as pruned:  # no step taken: restored bit for bit
-        removed = pruned.removed_units
-    return {
-        site: {"units": alive.numel(), "dead": int((~alive).sum()), "removed": removed.get(site, 0)}
-        for site, alive in active.items()
-        if not alive.all()
-    }
+    gm = estimator.net
+    removable = {chain[0] for chain in (_chain_at(gm, node) for node in gm.graph.nodes) if chain is not None}
+    report = {}
+    for site, alive in active.items():
+        dead = int((~alive).sum())
+        if dead:
+            removed = dead if site in removable and dead < alive.numel() else 0
+            report[site] = {"units": alive.numel(), "dead": dead, "removed": removed}
+    return report
 
 
 def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattened, optimizer) -> RemovedUnits:
