@@ -67,7 +67,9 @@ def test_accuracy_protocol_on_synthetic_data():
     out = accuracy_protocol(synthetic_dataset(64), proto, cfg, log=lambda msg: None)
     assert [r["seed"] for r in out["runs"]] == [0, 1]
     run0 = out["runs"][0]
-    assert set(run0["curves"]) == {"pytorch", "traditional", "qk_store"}
+    assert set(run0["curves"]) == {"pytorch", "traditional", "qk_store", "qk_store_all_units"}
+    assert any(r["removed"] for r in run0["removed_units"].values())
+    assert run0["pruned_minus_all_units_val_accuracy"] == [0.0, 0.0]  # removal is exact
     assert [c["epoch"] for c in run0["curves"]["qk_store"]] == [1, 2]
     assert run0["curves"]["qk_store"][0]["seconds"] >= run0["phase3_s"]
     assert run0["fp32"]["traditional_seconds_to_target"] is not None  # its own best is always reached

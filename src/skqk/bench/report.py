@@ -187,6 +187,13 @@ def markdown(result: dict) -> str:
                 lines.append(
                     f"| {precision} | mean ± std | | | {' | '.join(cells)} | | {_fmt(s['qk_over_traditional_mean'])} |"
                 )
+        diffs = [d for r in acc["runs"] for d in r.get("pruned_minus_all_units_val_accuracy", [])]
+        removed = sum(r["removed"] for run in acc["runs"] for r in run["removed_units"].values())
+        lines += [
+            "",
+            f"QK with dead units removed ({removed} units over the seeds) vs all units: largest |val accuracy "
+            f"difference| over {len(diffs)} evaluations: {max(map(abs, diffs), default=0):.4f}.",
+        ]
         if "bf16_minus_fp32_points" in acc:
             d = acc["bf16_minus_fp32_points"]
             lines.append("")

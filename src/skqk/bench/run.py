@@ -295,7 +295,9 @@ def _accuracy_run(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfig, s
         start = time.perf_counter()
         store = record(selector, dataset, idx, tmp / "store", progress=False)
         phase3_s = time.perf_counter() - start
-        arms = make_arms(net, replace(cfg, levers=()), {cfg.pooling: selector}, {cfg.pooling: store}, idx, proto.model)
+        arms = make_arms(
+            net, replace(cfg, levers=("prune",)), {cfg.pooling: selector}, {cfg.pooling: store}, idx, proto.model
+        )
         fp32 = "fp32" in cfg.precisions
         arms = [a for a in arms if a.name == "pytorch" or a.name.endswith("_bf16") or (fp32 and a.name != "qk_fly")]
         evals = {a.name: a.trainable if a.read is None else DecoupledModel(selector, a.trainable) for a in arms}
@@ -315,6 +317,11 @@ def _accuracy_run(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfig, s
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out = {"seed": seed, "pretrained_val_accuracy": pretrained, "phase3_s": phase3_s, "curves": curves}
+    out["removed_units"] = next(a.removed_units for a in arms if a.name == "qk_store")
+    if "qk_store_all_units" in curves:  # dead-unit removal is exact: the same accuracy after every epoch
+        out["pruned_minus_all_units_val_accuracy"] = [
+            a["val_accuracy"] - b["val_accuracy"] for a, b in zip(curves["qk_store"], curves["qk_store_all_units"])
+        ]
     for precision in cfg.precisions:
         suffix = "" if precision == "fp32" else "_bf16"
         names = {"pytorch": "pytorch", "traditional": "traditional" + suffix, "qk": "qk_store" + suffix}
