@@ -141,11 +141,26 @@ def bench_model(
         metrics["layout"] = "channels_last" if by_name["traditional"].channels_last else "contiguous"
         metrics["removed_units"] = by_name["qk_store"].removed_units
         metrics["dead_unit_analysis_s"] = by_name["qk_store"].setup_s
+        metrics["removal_s_per_epoch"] = removal_seconds(by_name["qk_store"])
         if profiles:
             metrics["profile_top_ops"] = profiles
         return metrics
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def removal_seconds(arm: Arm, repeats: int = 3) -> float:
+    """Median seconds of removing the dead units and restoring the full-size network once (no step between):
+    the per-epoch cost of dead-unit removal, included in the QK epoch times."""
+    if arm.epoch_context is None:
+        return 0.0
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with arm.epoch_context(arm.opt):
+            pass
+        times.append(time.perf_counter() - start)
+    return _median(times)
 
 
 def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store, dead, setup_s) -> dict:

@@ -50,13 +50,16 @@ _PASS_THROUGH = (nn.Dropout, nn.MaxPool2d, MaxPoolGate)  # act on each unit (cha
 
 @dataclass
 class _Sliced:
-    """One parameter cut along `dim` to `index`, with its full value and momentum buffer when it was cut."""
+    """One parameter cut along `dim` to `index`. `full` is the full-size parameter itself and `momentum` its
+    momentum buffer: nothing writes them while the cut one trains, so their removed entries (`dead`) keep the
+    values they had when cut, and `restore` writes the result back into them (no full-size copy is made)."""
 
     module: str
     name: str
     dim: int
     index: Tensor
-    full: Tensor
+    dead: Tensor
+    full: nn.Parameter
     momentum: Tensor | None = None
 
 
@@ -121,14 +124,16 @@ class PrunedEstimator:
         param = getattr(module, s.name)
         group = _group_of(self.optimizer, param)
         (a, b), (c, d) = _zero_gradient_factors(self.steps, group)
-        full = _advance(s.full, s.momentum, a, b)
-        full.index_copy_(s.dim, s.index, param)
-        new = nn.Parameter(full, requires_grad=param.requires_grad)
-        momentum = self.optimizer.state.get(param, {}).get("momentum_buffer")
-        if momentum is not None:
-            momentum = _advance(s.full, s.momentum, c, d).index_copy_(s.dim, s.index, momentum)
-        _swap_parameter(self.optimizer, group, param, new, momentum)
-        setattr(module, s.name, new)
+        w0 = s.full.index_select(s.dim, s.dead)
+        v0 = s.momentum.index_select(s.dim, s.dead) if s.momentum is not None else torch.zeros_like(w0)
+        buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
+        momentum = None
+        if buffer is not None:
+            momentum = s.momentum if s.momentum is not None else torch.empty_like(s.full)
+            momentum.index_copy_(s.dim, s.dead, w0 * c + v0 * d).index_copy_(s.dim, s.index, buffer)
+        s.full.index_copy_(s.dim, s.dead, w0 * a + v0 * b).index_copy_(s.dim, s.index, param)
+        _swap_parameter(self.optimizer, group, param, s.full, momentum)
+        setattr(module, s.name, s.full)
         _set_size(module)
 
 
@@ -222,9 +227,8 @@ def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattene
             module = gm.get_submodule(target)
             param = getattr(module, name)
             buffer = optimizer.state.get(param, {}).get("momentum_buffer") if optimizer is not None else None
-            r.sliced.append(
-                _Sliced(target, name, dim, index, param.detach().clone(), None if buffer is None else buffer.clone())
-            )
+            dead_index = _complement(index, param.shape[dim])
+            r.sliced.append(_Sliced(target, name, dim, index, dead_index, param, buffer))
             new = nn.Parameter(_in_layout_of(param.index_select(dim, index), param), requires_grad=param.requires_grad)
             if optimizer is not None:
                 group = _group_of(optimizer, param)
@@ -364,8 +368,10 @@ def _zero_gradient_factors(steps: int, group: dict) -> tuple[tuple[float, float]
     return (power[0][0], power[0][1]), (power[1][0], power[1][1])
 
 
-def _advance(w0: Tensor, v0: Tensor | None, on_w: float, on_v: float) -> Tensor:
-    return w0 * on_w if v0 is None else w0 * on_w + v0 * on_v
+def _complement(index: Tensor, size: int) -> Tensor:
+    keep = torch.zeros(size, dtype=torch.bool)
+    keep[index] = True
+    return torch.nonzero(~keep).flatten()
 
 
 def _check_plain_sgd(optimizer: torch.optim.Optimizer) -> None:
