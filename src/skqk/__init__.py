@@ -1,7 +1,8 @@
 """skqk: decouple structural (SK) and quantitative (QK) knowledge of ReLU networks and re-train only the QK.
 
-The paper's phases map to modules: `decoupled` (Phase 2: `decouple`), `selector` (the SK), `estimator` (the QK),
-`patterns` (the `Pattern` type).
+The paper's objects are the top-level modules: `patterns` (the `Pattern` type), `gates`, `sites`, `selector` (the
+SK), `estimator` (the QK) and `decoupled` (Phase 2: `decouple`). Around them: `pipeline` (configuration,
+checkpoints, Phases 1, 3 and 4), `store` (the pattern store), `bench`, `models`, `data` and `experiments`.
 """
 
 import importlib

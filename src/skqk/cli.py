@@ -14,16 +14,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 
+from skqk._errors import one_line
 from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
 
 
 def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> None:
-    defaults = cfg_cls()
-    p.add_argument("--epochs", type=int, help=f"training epochs (default {defaults.epochs})")
-    p.add_argument("--batch-size", type=int, help=f"SGD batch size (default {defaults.batch_size})")
-    p.add_argument("--lr", type=float, help=f"learning rate (default {defaults.lr})")
-    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {defaults.momentum})")
-    p.add_argument("--weight-decay", type=float, help=f"weight decay (default {defaults.weight_decay})")
+    defaults = {f.name: f.default for f in fields(cfg_cls)}  # not cfg_cls(): its check of the model imports torch
+    p.add_argument("--epochs", type=int, help=f"training epochs (default {defaults['epochs']})")
+    p.add_argument("--batch-size", type=int, help=f"SGD batch size (default {defaults['batch_size']})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {defaults['lr']})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {defaults['momentum']})")
+    p.add_argument("--weight-decay", type=float, help=f"weight decay (default {defaults['weight_decay']})")
     p.add_argument("--seed", type=int, help="seed of initialisation, dropout and batch order (default 0)")
     p.add_argument("--subset-seed", type=int, help="seed of the nested sample subsets (default 0)")
     p.add_argument("--balanced", action="store_true", default=None, help="class-balanced sample subsets")
@@ -88,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pooling",
         choices=["live", "frozen"],
-        default="live",
-        help="frozen: max-pooling switches become part of the SK (default live, as the paper)",
+        help="frozen: max-pooling switches become part of the SK (default: a QK checkpoint's own, else live, as "
+        "the paper)",
     )
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the nested sample subsets (default 0)")
     p.add_argument("--balanced", action="store_true", help="class-balanced sample subsets")
@@ -103,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["qk", "traditional"], help="qk: estimator only, SK fixed (default)")
     p.add_argument("--store", help="pattern store recorded by `skqk record` from the same checkpoint")
     p.add_argument("--patterns", choices=["store", "on-the-fly"], help="where QK steps get patterns (default store)")
-    p.add_argument("--pooling", choices=["live", "frozen"], default="live", help="for on-the-fly patterns")
+    p.add_argument(
+        "--pooling",
+        choices=["live", "frozen"],
+        help="max pooling of the selector/estimator pair (default: what a QK checkpoint or the store recorded, "
+        "else live); a conflict with them is an error",
+    )
     p.add_argument(
         "--no-prune",
         dest="prune",
@@ -124,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_options(p)
 
-    p = sub.add_parser("reproduce", help="the paper's experiments: fig4 (SK stabilisation), fig5 (re-training)")
-    p.add_argument("figure", choices=["fig4", "fig5"])
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's experiments: fig4 (SK stabilisation), fig5 (re-training), qkgap (what closes the QK gap)",
+    )
+    p.add_argument("figure", choices=["fig4", "fig5", "qkgap"])
     p.add_argument(
         "--preset",
         choices=["paper", "cpu", "smoke"],
@@ -140,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fig5: each N from the pre-trained net (default) or from the previous N's result",
     )
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fig5: every run in this precision")
+    p.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds; each changes initialisation, sample choice and batch order (default 0)",
+    )
+    p.add_argument("--sk-samples", help="fig5: comma-separated SK sizes n (overrides the preset's)")
+    p.add_argument("--max-samples", type=int, help="fig5: largest N (overrides the preset's)")
+    p.add_argument("--epochs", type=int, help="fig4: training epochs (overrides the preset's)")
+    p.add_argument("--every-steps", type=int, help="fig4: also compare patterns every K SGD steps (0 = per epoch)")
+    p.add_argument("--flip-threshold", type=float, help="fig4: flip fraction below which patterns count as settled")
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
     add_data_options(p)
 
@@ -250,12 +269,41 @@ def cmd_evaluate(args) -> None:
     )
 
 
+def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+    """Distinct non-negative integers from a comma-separated list (seeds, or sample counts)."""
+    try:
+        values = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if len(set(values)) != len(values) or min(values) < 0:
+        raise ValueError(f"{option} must be distinct non-negative integers, got {text!r}")
+    return values
+
+
 def cmd_reproduce(args) -> None:
+    from dataclasses import replace
+
     from skqk import models
-    from skqk.experiments import PRESETS, run_fig4, run_fig5
+    from skqk.experiments import PRESETS, run_fig4, run_fig5, run_qk_gap
     from skqk.experiments.report import summary_table
 
-    preset = PRESETS[args.preset]
+    overrides = {"fig4_epochs": args.epochs, "fig4_every_steps": args.every_steps}
+    overrides["fig4_flip_threshold"] = args.flip_threshold
+    if any(v is not None and v < 0 for v in overrides.values()) or args.epochs == 0:
+        raise ValueError("--epochs must be positive; --every-steps and --flip-threshold non-negative")
+    preset = replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+    protocol = {}
+    if args.sk_samples:
+        protocol["sk_samples"] = parse_seeds(args.sk_samples, "--sk-samples")
+        if 0 in protocol["sk_samples"]:
+            raise ValueError(f"--sk-samples must be positive, got {args.sk_samples!r}")
+    if args.max_samples is not None:
+        if args.max_samples <= 0:
+            raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
+        protocol["max_samples"] = args.max_samples
+    if protocol:  # the overrides are part of the preset written into results.json and printed with its scaling
+        preset = replace(preset, fig5={name: replace(p, **protocol) for name, p in preset.fig5.items()})
+    seeds = parse_seeds(args.seeds)
     default = "alexnet" if args.figure == "fig4" else "lenet5,alexnet,vgg8"
     names = (args.models or default).split(",")
     for name in names:
@@ -264,11 +312,13 @@ def cmd_reproduce(args) -> None:
     print(preset.scaling(), file=sys.stderr)
     dataset = load_data(args)
     if args.figure == "fig4":
-        results = run_fig4(preset, names, dataset, args.out, progress=not args.quiet)
+        results = run_fig4(preset, names, dataset, args.out, not args.quiet, seeds)
+    elif args.figure == "qkgap":
+        results = run_qk_gap(preset, dataset, args.out, not args.quiet, seeds)
     else:
-        results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision)
+        results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision, seeds)
     print(summary_table(results))
-    print(f"results in {args.out}/results.json")
+    print(f"results in {args.out}/{'qkgap-' if args.figure == 'qkgap' else ''}results.json")
 
 
 def cmd_patterns(args) -> None:
@@ -339,7 +389,7 @@ def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = N
             return interrupted(args)
         if args.debug or not isinstance(e, (ValueError, OSError, RuntimeError)):  # ours subclass these
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
+        message = one_line(e) or type(e).__name__
         print(f"skqk: error: {message}", file=sys.stderr)
         return 1
     return 0

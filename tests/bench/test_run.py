@@ -45,7 +45,8 @@ def test_bench_reports_every_metric():
     ):
         assert m[key] > 0, key
     assert set(m["achieved_flops"]) >= {"traditional", "qk_store", "qk_fly", "traditional_bf16", "qk_store_bf16"}
-    assert m["training_flops_per_sample"]["traditional"] == m["training_flops_per_sample"]["qk_store"]
+    flops = m["training_flops_per_sample"]
+    assert flops["pytorch"] == flops["traditional"] > flops["qk_store"]  # QK trains without its dead units
     assert m["memory"]["traditional"]["step_peak_bytes"] > 0
     assert set(result["machine"]["matmul_peak_flops"]) == {"fp32", "bf16"}
     assert any("previous bool-mul gates" in k for k in m["levers"])
@@ -56,7 +57,6 @@ def test_bench_reports_every_metric():
         "dead units removed / all units, QK",
     } <= set(m["levers"])
     assert any(r["removed"] for r in m["removed_units"].values())  # a random lenet5 has dead classifier neurons
-    assert result["targets"] and all("met" in t for t in result["targets"])
     assert "| lenet5 |" in markdown(result)
     json.dumps(result)
 

@@ -83,10 +83,11 @@ def test_dead_channels_removed_and_restored_exactly_around_every_epoch(pooling):
     assert not any(n.startswith("_skqk_keep") for n, _ in est.net.named_buffers())
     assert "select_units" not in est.net.code
 
-    other = 30 * torch.randn(32, 3, 32, 32)  # large inputs activate the removed channels
+    other = 5 * torch.randn(32, 3, 32, 32)  # larger inputs activate the removed channels
     other_pattern = selector(other)
     assert other_pattern["features.1"][:, DEAD_CONV["features.0"]].any()
-    torch.testing.assert_close(est(other, other_pattern), est_full(other, other_pattern))
+    expected = est_full(other, other_pattern)  # tolerance: 1e-5 x the output scale, as the core invariants
+    torch.testing.assert_close(est(other, other_pattern), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     y_other = torch.randint(0, 10, (32,))
     torch.testing.assert_close(
         _steps(est, opt, other, y_other, other_pattern, 2), _steps(est_full, opt_full, other, y_other, other_pattern, 2)

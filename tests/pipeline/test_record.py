@@ -1,6 +1,8 @@
 """Phase 3 through `skqk record`: appending m new samples records only theirs and never touches the chunks already
 written; patterns read back are the selector's; a store is only ever used with the selector that recorded it."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +144,28 @@ def test_qk_retraining_refuses_a_store_of_another_selector_or_lacking_samples(se
     assert_one_line_error(code, err, f"lacks {TRAIN_SAMPLES - 60} of the {TRAIN_SAMPLES} samples", "skqk record")
     assert snapshot(store) == before
     assert not (tmp_path / "a" / "model.pt").exists() and not (tmp_path / "b" / "model.pt").exists()
+
+
+def test_pooling_follows_checkpoint_store_and_flag_and_a_conflict_is_a_one_line_error(setup, tmp_path, capsys):
+    store = tmp_path / "store"
+    assert record(capsys, setup, setup["pre"], 60, store)[0] == 0  # recorded with live pooling (the default)
+    before = snapshot(store)
+    common = ["retrain", "--checkpoint", setup["pre"], "--samples", 60, "--epochs", "1", "--batch-size", "20"]
+    common += setup["args"]
+
+    code, _, err = main_in_process(capsys, *common, "--store", store, "--pooling", "frozen", "--out", tmp_path / "a")
+    assert_one_line_error(code, err, "conflicting max-pooling modes", "recorded with live", "--pooling is frozen")
+    assert snapshot(store) == before and not (tmp_path / "a").exists()
+
+    code, _, err = main_in_process(capsys, *common, "--store", store, "--out", tmp_path / "b")  # the store's
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["pooling"] == "live"
+    code, _, err = record(capsys, setup, tmp_path / "b" / "model.pt", 60, tmp_path / "s", "--pooling", "frozen")
+    assert_one_line_error(code, err, "conflicting max-pooling modes", "holds live", "--pooling is frozen")
+    assert not (tmp_path / "s").exists()
+
+    fly = [*common, "--patterns", "on-the-fly", "--out", tmp_path / "c"]
+    assert main_in_process(capsys, *fly, "--pooling", "frozen")[0] == 0
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["pooling"] == "frozen"
+    code, _, err = main_in_process(capsys, *fly, "--resume")  # live by default: not what the run started with
+    assert_one_line_error(code, err, "--resume with max pooling live", "started with frozen")

@@ -54,12 +54,15 @@ def test_pruned_qk_retraining_equals_unpruned_and_reports_what_it_removed(pretra
     metrics, metrics_full = read_metrics(tmp_path / "pruned"), read_metrics(tmp_path / "full")
     assert [m["val_accuracy"] for m in metrics] == [m["val_accuracy"] for m in metrics_full]
     assert [m["train_accuracy"] for m in metrics] == [m["train_accuracy"] for m in metrics_full]
-    removed = json.loads((tmp_path / "pruned" / "config.json").read_text())["removed_units"]
-    assert removed["1"] == {"units": 4, "dead": 1, "removed": 1}
-    assert removed["5"]["units"] == 16 or removed["5"]["units"] == 32
+    removal = json.loads((tmp_path / "pruned" / "config.json").read_text())["dead_unit_removal"]
+    removed = removal["sites"]
+    assert removal["applied"] and removal["parameter_share"] >= 0.1
+    assert {k: removed["1"][k] for k in ("units", "dead", "removed")} == {"units": 4, "dead": 1, "removed": 1}
+    assert removed["1"]["parameters"] == 3 * 3 * 3 + 1 + 16 * removed["5"]["units"]  # conv row + 16 columns per channel
+    assert removed["5"]["units"] in (16, 32)
     assert removed["5"]["removed"] == removed["5"]["dead"] >= 5
     assert all(m["removed_units"] == {"1": 1, "5": removed["5"]["removed"]} for m in metrics)
-    assert "removed_units" not in json.loads((tmp_path / "full" / "config.json").read_text())
+    assert "dead_unit_removal" not in json.loads((tmp_path / "full" / "config.json").read_text())
     assert "removed_units" not in metrics_full[0]
 
 

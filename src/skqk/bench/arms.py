@@ -8,7 +8,7 @@ import copy
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from skqk.bench.levers import with_previous_gates
 from skqk.bench.protocol import BenchConfig
 from skqk.data import Dataset, ImageData
+from skqk.data.sampling import batch_indices
 from skqk.estimator import build_estimator
 from skqk.pipeline.config import SGDConfig
-from skqk.pipeline.loop import EpochContext, memory_format, sgd
+from skqk.pipeline.loop import EpochContext, make_optimizer, memory_format, precision_context, sgd_step
 from skqk.pipeline.prefetch import Prefetcher
 from skqk.pipeline.prune import active_units, removal_report
 from skqk.pipeline.retrain import DeadUnitRemoval, in_layout
@@ -46,10 +47,10 @@ class Arm:
     forward: Callable[[Tensor, object], Tensor]  # (images, pattern or None) -> logits
     read: Callable[[Tensor], object] | None = None  # sample indices -> Pattern (QK from a store)
     prefetch: bool = False
-    precision: str = "fp32"
+    sgd: SGDConfig = field(default_factory=SGDConfig)  # the optimiser's settings and the precision
     channels_last: bool = False
     threads: int = 0  # 0: leave torch's setting
-    fused_sgd: bool = True  # the pipeline's optimiser (`skqk.pipeline.loop.sgd`); False: torch's CPU for-loop SGD
+    fused_sgd: bool = True  # the pipeline's optimiser (`make_optimizer`); False: torch's for-loop SGD on the CPU
     epoch_context: EpochContext | None = None  # wraps each epoch's steps, timed with them (dead-unit removal)
     removed_units: dict = field(default_factory=dict)  # per site: units, dead, removed (QK with removal)
     setup_s: float = 0.0  # one-off work before the first epoch (finding the dead units in the store)
@@ -57,16 +58,7 @@ class Arm:
     def __post_init__(self):
         if self.channels_last:
             self.trainable.to(memory_format=torch.channels_last)
-        cfg = SGDConfig(lr=1e-3)
-        if self.fused_sgd:
-            self.opt = sgd(self.trainable.parameters(), cfg)
-        else:
-            self.opt = torch.optim.SGD(
-                self.trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-            )
-
-    def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+        self.opt = make_optimizer(self.trainable, self.sgd, fused=self.fused_sgd)
 
     def inputs(self, dataset: Dataset, idx: Tensor) -> tuple[Tensor, Tensor]:
         x = dataset.normalize(dataset.train.images[idx])
@@ -75,12 +67,10 @@ class Arm:
         return x, dataset.train.labels[idx]
 
     def step(self, x: Tensor, y: Tensor, pattern) -> Tensor:
-        with self.autocast():
+        with precision_context(self.sgd.precision, "cpu"):
             logits = self.forward(x, pattern)
         loss = F.cross_entropy(logits.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        sgd_step(self.opt, loss)
         return loss.detach()
 
     def epoch(self, dataset: Dataset, order: Tensor, batch_size: int) -> dict[str, float]:
@@ -92,7 +82,7 @@ class Arm:
     def steps(self, dataset: Dataset, order: Tensor, batch_size: int) -> _Steps:
         """One epoch as an iterator of step times (seconds), so several arms' epochs can be interleaved step
         by step: a load change on a shared machine then hits every arm alike."""
-        return _Steps(self, dataset, list(order.split(batch_size)))
+        return _Steps(self, dataset, list(batch_indices(order, batch_size)))
 
     def patterns(self, splits: list[Tensor]):
         if self.read is None:
@@ -202,10 +192,12 @@ def make_arms(
 
     cl = memory_format("auto", model) == torch.channels_last
     layout = torch.channels_last if cl else torch.contiguous_format
+    sgd = SGDConfig(lr=cfg.lr, batch_size=cfg.batch_size)
 
-    def traditional(name, channels_last=cl, **kw) -> Arm:
+    def traditional(name, channels_last=cl, precision="fp32", **kw) -> Arm:
         m = copy.deepcopy(net)
-        return Arm(name, m, lambda x, p: m(x), channels_last=channels_last, **kw)
+        sgd_cfg = replace(sgd, precision=precision)
+        return Arm(name, m, lambda x, p: m(x), sgd=sgd_cfg, channels_last=channels_last, **kw)
 
     def qk_store(
         name,
@@ -216,6 +208,7 @@ def make_arms(
         prune=True,
         channels_last=cl,
         masks_in_layout=True,
+        precision="fp32",
         **kw,
     ):
         est = build_estimator(copy.deepcopy(net), pooling, fuse=fuse and not previous_gates)
@@ -224,22 +217,23 @@ def make_arms(
         store = stores[pooling]
         fmt = torch.channels_last if channels_last and masks_in_layout else torch.contiguous_format
         read = store.read if fmt == torch.contiguous_format else (lambda idx: in_layout(store.read(idx), fmt))
-        arm = Arm(name, est, lambda x, p: est(x, p), read, prefetch, channels_last=channels_last, **kw)
+        sgd_cfg = replace(sgd, precision=precision)
+        arm = Arm(name, est, lambda x, p: est(x, p), read, prefetch, sgd_cfg, channels_last=channels_last, **kw)
         if prune:
             start = time.perf_counter()
             active = active_units(store.read(idx) for idx in indices.split(1024))
             removal = DeadUnitRemoval(est, active, removal_report(est, active))
-            arm.epoch_context, arm.removed_units = removal.epoch, removal.report
+            arm.epoch_context, arm.removed_units = removal.epoch, removal.report if removal.pays else {}
             arm.setup_s = time.perf_counter() - start
         return arm
 
     def qk_fly(name, **kw) -> Arm:
         est = build_estimator(copy.deepcopy(net), cfg.pooling)
         sel = copy.deepcopy(selectors[cfg.pooling]).to(memory_format=layout)
-        return Arm(name, est, lambda x, p: est(x, sel(x)), channels_last=cl, **kw)
+        return Arm(name, est, lambda x, p: est(x, sel(x)), sgd=sgd, channels_last=cl, **kw)
 
     arms = [
-        PlainPyTorchArm("pytorch", copy.deepcopy(net), lambda x, p: x),
+        PlainPyTorchArm("pytorch", copy.deepcopy(net), lambda x, p: x, sgd=sgd),
         traditional("traditional"),
         qk_store("qk_store"),
         qk_fly("qk_fly"),

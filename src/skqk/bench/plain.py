@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from skqk.bench.arms import Arm
-from skqk.pipeline.config import SGDConfig
 
 
 class PlainPyTorchArm(Arm):
     """``loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()``."""
 
     def __post_init__(self):
-        cfg = SGDConfig(lr=1e-3)  # the hyperparameters of the other arms
+        cfg = self.sgd  # the hyperparameters of the other arms
         self.opt = torch.optim.SGD(
             self.trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )

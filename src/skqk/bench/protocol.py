@@ -33,6 +33,7 @@ class BenchConfig:
     models: tuple[str, ...] = ("lenet5", "alexnet", "vgg8")
     samples: int = 512  # training samples per timed epoch
     batch_size: int = 64  # SGDConfig's default
+    lr: float = 1e-3  # SGD learning rate of the timed arms (the time of a step does not depend on it)
     repeats: int = 4  # timed rounds (plus one warm-up round)
     e2e_epochs: int = 50  # the paper's re-training epochs
     pooling: str = "live"  # the paper's setup; the other mode is measured as the "pooling" lever

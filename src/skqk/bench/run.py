@@ -17,6 +17,7 @@ Command line: ``skqk bench --quick --json bench.json`` or ``python benchmarks/be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -35,7 +36,6 @@ from skqk import models
 from skqk.bench.arms import Arm, interleaved_epoch, make_arms, synthetic_dataset
 from skqk.bench.measure import (
     dead_units,
-    machine_info,
     matmul_flops,
     peak_memory,
     state_bytes,
@@ -43,12 +43,15 @@ from skqk.bench.measure import (
     top_operators,
 )
 from skqk.bench.protocol import AccuracyProtocol, BenchConfig, add_arguments, config_from_args
-from skqk.bench.report import markdown, targets
+from skqk.bench.report import markdown
 from skqk.bench.trained import trained_checkpoint
 from skqk.data import Dataset, epoch_order, subset_indices
 from skqk.data.cache import cache_root
+from skqk.data.sampling import batch_indices
 from skqk.decoupled import DecoupledModel
 from skqk.pipeline.checkpoint import build_network, load_model_checkpoint, model_kwargs
+from skqk.pipeline.config import SGDConfig
+from skqk.pipeline.provenance import machine_info
 from skqk.pipeline.record import record
 from skqk.selector import build_selector
 
@@ -98,7 +101,7 @@ def bench_model(
                 phase3.append(time.perf_counter() - start)
             shutil.rmtree(tmp / f"phase3-{r}", ignore_errors=True)
             start = time.perf_counter()
-            for idx in order.split(cfg.batch_size):
+            for idx in batch_indices(order, cfg.batch_size):
                 stores[cfg.pooling].read(idx)
             if r:
                 reads.append(time.perf_counter() - start)
@@ -106,21 +109,19 @@ def bench_model(
                 log(f"  round {r}: " + ", ".join(f"{a.name} {times[a.name][-1]:.2f}s" for a in arms))
         by_name = {a.name: a for a in arms}
         idx = indices[: cfg.batch_size]
-        flops = {n: step_flops(by_name[n], dataset, idx) for n in ("traditional", "qk_store", "qk_fly")}
-        for n in ("traditional_bf16", "qk_store_bf16"):
-            if n in by_name:
-                flops[n] = step_flops(by_name[n], dataset, idx)
-        memory = {}
-        for n in ("traditional", "qk_store", "qk_fly", "traditional_bf16", "qk_store_bf16"):
+        flops, memory = {}, {}
+        for n in ("pytorch", "traditional", "qk_store", "qk_fly", "traditional_bf16", "qk_store_bf16"):
             if n in by_name:
                 arm = by_name[n]
                 x, y = arm.inputs(dataset, idx)
-                memory[n] = {
-                    "step_peak_bytes": peak_memory(
-                        lambda arm=arm, x=x, y=y: arm.step(x, y, arm.read(idx) if arm.read else None)
-                    ),
-                    "state_bytes": state_bytes(arm),
-                }
+                with in_epoch(arm):  # QK as it trains: dead units removed
+                    flops[n] = step_flops(arm, dataset, idx)
+                    memory[n] = {
+                        "step_peak_bytes": peak_memory(
+                            lambda arm=arm, x=x, y=y: arm.step(x, y, arm.read(idx) if arm.read else None)
+                        ),
+                        "state_bytes": state_bytes(arm),
+                    }
         memory["phase3"] = {
             "step_peak_bytes": peak_memory(
                 lambda: record(selectors[cfg.pooling], dataset, indices, tmp / "phase3-mem", progress=False)
@@ -129,9 +130,10 @@ def bench_model(
         }
         profiles = {}
         if cfg.profile:
-            for n in ("traditional", "qk_store", "qk_store_frozen"):
+            for n in ("pytorch", "traditional", "qk_store", "qk_store_frozen"):
                 if n in by_name:
-                    profiles[n] = top_operators(by_name[n], dataset, idx)
+                    with in_epoch(by_name[n]):
+                        profiles[n] = top_operators(by_name[n], dataset, idx)
         dead = dead_units(stores[cfg.pooling], indices)
         store = stores[cfg.pooling]
         setup_s = by_name["qk_store"].setup_s
@@ -147,6 +149,11 @@ def bench_model(
         return metrics
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def in_epoch(arm: Arm) -> contextlib.AbstractContextManager:
+    """The state `arm` trains in during an epoch (for QK: without its dead units)."""
+    return arm.epoch_context(arm.opt) if arm.epoch_context is not None else contextlib.nullcontext()
 
 
 def removal_seconds(arm: Arm, repeats: int = 3) -> float:
@@ -297,8 +304,7 @@ def _accuracy_run(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfig, s
     torch.manual_seed(seed)
     net = models.build(proto.model, **kwargs)
     pre_idx = subset_indices(dataset.train.labels, proto.pretrain_samples, 0)
-    pre = Arm("pretrain", net, lambda x, p: net(x))
-    pre.opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    pre = Arm("pretrain", net, lambda x, p: net(x), sgd=SGDConfig())  # the protocol's optimiser: SGDConfig's
     for e in range(proto.pretrain_epochs):
         pre.epoch(dataset, epoch_order(pre_idx, seed, e), cfg.batch_size)
     pretrained = evaluate(net, dataset, proto.eval_samples)["val_accuracy"]
@@ -311,14 +317,16 @@ def _accuracy_run(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfig, s
         store = record(selector, dataset, idx, tmp / "store", progress=False)
         phase3_s = time.perf_counter() - start
         arms = make_arms(
-            net, replace(cfg, levers=("prune",)), {cfg.pooling: selector}, {cfg.pooling: store}, idx, proto.model
+            net,
+            replace(cfg, levers=("prune",), lr=SGDConfig.lr),
+            {cfg.pooling: selector},
+            {cfg.pooling: store},
+            idx,
+            proto.model,
         )
         fp32 = "fp32" in cfg.precisions
         arms = [a for a in arms if a.name == "pytorch" or a.name.endswith("_bf16") or (fp32 and a.name != "qk_fly")]
         evals = {a.name: a.trainable if a.read is None else DecoupledModel(selector, a.trainable) for a in arms}
-        for a in arms:  # the protocol's learning rate: the SGDConfig default
-            for group in a.opt.param_groups:
-                group["lr"] = 0.01
         curves = {a.name: [] for a in arms}
         clock = {a.name: phase3_s + a.setup_s if a.read is not None else 0.0 for a in arms}
         for e in range(proto.epochs):
@@ -364,7 +372,7 @@ def run(cfg: BenchConfig, dataset: Dataset | None = None, log: Callable[[str], N
     """All measurements of `cfg`; `dataset` (real data) gives trained networks to time (``cfg.trained``) and the
     time-to-accuracy protocol."""
     started = time.perf_counter()
-    machine = machine_info()
+    machine = {**machine_info(), "loadavg_start": list(os.getloadavg())}
     machine["note"] = (
         "timings are medians of interleaved repeats in one process; compare them only as ratios within this run"
     )
@@ -395,7 +403,6 @@ def run(cfg: BenchConfig, dataset: Dataset | None = None, log: Callable[[str], N
             result["time_to_accuracy"] = accuracy_protocol(dataset, cfg.accuracy, cfg, log)
     machine["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - started
-    result["targets"] = targets(result)
     return result
 
 

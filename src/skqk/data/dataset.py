@@ -8,12 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from skqk._errors import one_line
+
 
 class DataError(ValueError):
     """A problem with the user's data or its location; the message is always one line, fit for a CLI."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(message.split()))
+        super().__init__(one_line(message))
 
 
 @dataclass

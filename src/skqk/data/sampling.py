@@ -69,13 +69,14 @@ def epoch_order(indices: Tensor, seed: int, epoch: int) -> Tensor:
     Returns:
         `indices`, permuted.
     """
-    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    generator = torch.Generator().manual_seed(mixed_seed(seed, epoch))
     return indices[torch.randperm(len(indices), generator=generator)]
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed mixing (seed, epoch), so that nearby pairs such as (0, 1) and (1, 0) are unrelated."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
+def mixed_seed(*parts: int) -> int:
+    """A 63-bit seed mixing `parts` (e.g. seed and epoch, or seed, epoch and rank), so that nearby tuples such as
+    (0, 1) and (1, 0) are unrelated."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
@@ -94,8 +95,13 @@ def batches(
         (x, y, idx): float32 normalized images (B, C, H, W), int64 labels (B,) and the int64 indices (B,) of
         the samples in `data`, so per-sample records (e.g. activation patterns) can be looked up.
     """
+    for idx in batch_indices(indices, batch_size):
+        yield dataset.normalize(data.images[idx]), data.labels[idx], idx
+
+
+def batch_indices(indices: Tensor, batch_size: int) -> tuple[Tensor, ...]:
+    """`indices` cut into consecutive batches of `batch_size`, the last one possibly smaller; none for none."""
     if batch_size <= 0:
         raise DataError(f"batch size must be positive, got {batch_size}")
     indices = torch.as_tensor(indices, dtype=torch.int64)
-    for idx in indices.split(batch_size) if len(indices) else ():  # split() of nothing yields one empty piece
-        yield dataset.normalize(data.images[idx]), data.labels[idx], idx
+    return indices.split(batch_size) if len(indices) else ()  # split() of nothing yields one empty piece

@@ -5,37 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-import torch
-
 from skqk.atomic import atomic_write_text
-from skqk.pipeline.rundir import code_version
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "skqk": code_version(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
+from skqk.pipeline.provenance import machine_info
 
 
 def write_results(out: Path, experiment: str, preset, model_names: list[str], dataset, started: float, **data) -> dict:
-    """results.json of one invocation: what was run, on which data and machine, how long, then the numbers."""
+    """results.json of one invocation (qkgap-results.json for the QK-gap study, which shares Fig. 5's folder):
+    what was run, on which data and machine, how long, then the numbers."""
     results = {
         "experiment": experiment,
         "preset": preset.to_dict(),
@@ -45,7 +24,7 @@ def write_results(out: Path, experiment: str, preset, model_names: list[str], da
         "wall_seconds_this_invocation": time.time() - started,
         **data,
     }
-    write_json(Path(out) / "results.json", results)
+    write_json(Path(out) / ("qkgap-results.json" if experiment == "qkgap" else "results.json"), results)
     return results
 
 

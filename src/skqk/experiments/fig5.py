@@ -1,7 +1,9 @@
-"""Fig. 5: QK-only vs traditional re-training as the number of samples N grows, for each model and SK size n.
+"""Fig. 5: QK-only vs traditional re-training as the number of samples N grows, for each model, SK size n and seed;
+and the QK-gap study, which re-runs one Fig. 5 cell changing one factor at a time.
 
-Every cell (model, n, N, method) is cached as ``cell.json`` in its own run folder, so an interrupted
-reproduction picks up where it stopped (an interrupted cell resumes from its last epoch).
+Every cell (model, seed, n, N, method, variant) is cached as ``cell.json`` in its own run folder, so an
+interrupted reproduction picks up where it stopped (an interrupted cell resumes from its last epoch). The seed
+changes the initialisation, which samples are drawn (the nested subsets) and the batch order.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Literal
 
 from skqk.data import Dataset, subset_indices
 from skqk.experiments.common import write_csv, write_json, write_results
-from skqk.experiments.plots import plot_fig5
-from skqk.experiments.presets import Preset
-from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.experiments.plots import plot_fig5, plot_qk_gap
+from skqk.experiments.presets import BASE, Fig5Protocol, Preset, Variant
+from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
 from skqk.pipeline.record import record, selector_from_checkpoint
 from skqk.pipeline.retrain import retrain
 from skqk.pipeline.train import train
@@ -31,8 +33,9 @@ def run_fig5(
     mode: Literal["independent", "successive"] = "independent",
     progress: bool = True,
     precision: Literal["fp32", "bf16"] = "fp32",
+    seeds: tuple[int, ...] = (0,),
 ) -> dict:
-    """Run (or pick up) every cell of Fig. 5 and write results.json, fig5.csv and one PNG per model.
+    """Run (or pick up) every cell of Fig. 5 for every seed and write results.json, fig5.csv and one PNG per model.
 
     In "independent" mode each N re-trains from the pre-trained checkpoint (the paper); in "successive" mode
     each N starts from the previous N's result of the same method. `precision` applies to every training run.
@@ -40,12 +43,22 @@ def run_fig5(
     out = Path(out)
     started = time.time()
     cells = []
-    for name in model_names:
-        protocol = preset.fig5[name]
-        for n in protocol.sk_samples:
-            cells += run_sk_size(name, n, protocol, dataset, out / name / f"n{n}", mode, progress, precision)
+    for seed in seeds:
+        for name in model_names:
+            protocol = preset.fig5[name]
+            for n in protocol.sk_samples:
+                cells += SKRun(name, n, seed, protocol, dataset, out, progress, precision).fig5_cells(mode)
     results = write_results(
-        out, "fig5", preset, model_names, dataset, started, mode=mode, precision=precision, cells=cells
+        out,
+        "fig5",
+        preset,
+        model_names,
+        dataset,
+        started,
+        mode=mode,
+        precision=precision,
+        seeds=list(seeds),
+        cells=cells,
     )
     write_csv(out / "fig5.csv", [{k: v for k, v in c.items() if k != "config"} for c in cells])
     for name in model_names:
@@ -53,45 +66,107 @@ def run_fig5(
     return results
 
 
-def run_sk_size(name, n, protocol, dataset, folder: Path, mode, progress, precision="fp32") -> list[dict]:
-    """The pre-training on n samples, then both re-training methods for every N >= n."""
-    common = {"eval_samples": protocol.eval_samples, "precision": precision}
-    pre_cfg = TrainConfig(model=name, samples=n, epochs=protocol.pretrain_epochs, **common)
-    pre = cached_cell(
-        folder / "pretrain",
-        lambda d: train(pre_cfg, dataset, d, resume=True, progress=progress),
-        {"model": name, "n": n, "N": n, "method": "pretrain"},
-        pre_cfg,
-    )
-    cells = [pre]
-    pretrained = folder / "pretrain" / "model.pt"
-    start = dict.fromkeys(METHODS, pretrained)
-    selector = selector_from_checkpoint(pretrained)
-    for N in protocol.sample_counts(n):
-        cfg = {m: RetrainConfig(samples=N, epochs=protocol.retrain_epochs, method=m, **common) for m in METHODS}
+def run_qk_gap(preset: Preset, dataset: Dataset, out: Path, progress: bool = True, seeds: tuple[int, ...] = (0,)):
+    """The Fig. 5 cells of the preset's QK-gap protocol and, beside them, one cell per factor changed.
 
-        def qk_run(d, N=N, cfg=cfg):  # Phase 3 for the samples the store lacks, then Phase 4
+    The cells share their folders with `run_fig5`'s, so a Fig. 5 run in the same `out` provides the base cells.
+    """
+    if preset.qk_gap is None:
+        raise ValueError(f"preset {preset.name} has no QK-gap study")
+    gap, out, started = preset.qk_gap, Path(out), time.time()
+    cells = []
+    for seed in seeds:
+        run = SKRun(gap.model, gap.sk_samples, seed, preset.fig5[gap.model], dataset, out, progress)
+        cells.append(run.pretrain())
+        for N in gap.sample_counts:
+            cells += [run.retrain_cell(N, BASE[m]) for m in METHODS]
+            cells += [run.retrain_cell(N, v) for v in gap.variants]
+    results = write_results(out, "qkgap", preset, [gap.model], dataset, started, seeds=list(seeds), cells=cells)
+    write_csv(out / "qkgap.csv", [{k: v for k, v in c.items() if k != "config"} for c in cells])
+    plot_qk_gap(cells, out / f"qkgap_{gap.model}.png", preset.name)
+    return results
+
+
+class SKRun:
+    """One SK: the pre-training of `model` on n samples with one seed, and the re-training cells built on it."""
+
+    def __init__(
+        self,
+        model: str,
+        n: int,
+        seed: int,
+        protocol: Fig5Protocol,
+        dataset: Dataset,
+        out: Path,
+        progress: bool,
+        precision: str = "fp32",
+    ):
+        self.model, self.n, self.seed, self.protocol, self.dataset = model, n, seed, protocol, dataset
+        self.folder = Path(out) / model / f"seed{seed}" / f"n{n}"
+        self.progress = progress
+        self.common = {
+            "eval_samples": protocol.eval_samples,
+            "precision": precision,
+            "seed": seed,  # initialisation, dropout and batch order
+            "subset_seed": seed,  # which samples (subset(n) is still a prefix of subset(N))
+        }
+        self.pretrained = self.folder / "pretrain" / "model.pt"
+        self._selectors: dict = {}
+
+    def key(self, N: int, method: str, variant: str = "base") -> dict:
+        return {"model": self.model, "seed": self.seed, "n": self.n, "N": N, "method": method, "variant": variant}
+
+    def pretrain(self) -> dict:
+        cfg = TrainConfig(model=self.model, samples=self.n, epochs=self.protocol.pretrain_epochs, **self.common)
+        run = lambda d: train(cfg, self.dataset, d, resume=True, progress=self.progress)  # noqa: E731
+        return cached_cell(self.folder / "pretrain", run, self.key(self.n, "pretrain"), cfg)
+
+    def fig5_cells(self, mode: str) -> list[dict]:
+        """The pre-training, then both re-training methods for every N >= n."""
+        cells = [self.pretrain()]
+        start = dict.fromkeys(METHODS, self.pretrained)
+        for N in self.protocol.sample_counts(self.n):
+            for method in METHODS:
+                cells.append(self.retrain_cell(N, BASE[method], start[method]))
+                if mode == "successive":
+                    start[method] = self.cell_dir(N, BASE[method]) / "model.pt"
+        return cells
+
+    def cell_dir(self, N: int, variant: Variant) -> Path:
+        name = variant.method if variant.name == "base" else f"{variant.method}-{variant.name}"
+        return self.folder / f"N{N}" / name
+
+    def retrain_cell(self, N: int, variant: Variant, start: Path | None = None) -> dict:
+        """Re-training on N samples from `start` (default: the pre-trained net); QK cells first record the
+        patterns the store lacks (Phase 3, timed as ``record_seconds``)."""
+        self.pretrain()
+        start = start or self.pretrained
+        cfg = RetrainConfig(
+            samples=N,
+            epochs=variant.epochs or self.protocol.retrain_epochs,
+            method=variant.method,
+            lr=SGDConfig.lr * variant.lr_scale,
+            **self.common,
+        )
+
+        def run(d: Path):
+            if variant.method == "traditional":
+                return retrain(cfg, start, self.dataset, d, resume=True, progress=self.progress)
+            store = self.folder / ("patterns" if variant.pooling == "live" else f"patterns-{variant.pooling}")
             t0 = time.perf_counter()
-            record(selector, dataset, subset_indices(dataset.train.labels, N), folder / "patterns", progress=progress)
+            indices = subset_indices(self.dataset.train.labels, N, self.seed)
+            record(self.selector(variant.pooling), self.dataset, indices, store, progress=self.progress)
             record_seconds = time.perf_counter() - t0
-            result = retrain(
-                cfg["qk"], start["qk"], dataset, d, store=folder / "patterns", resume=True, progress=progress
-            )
+            result = retrain(cfg, start, self.dataset, d, store=store, resume=True, progress=self.progress)
             return result, {"record_seconds": record_seconds}
 
-        runs = {
-            "qk": qk_run,
-            "traditional": lambda d, cfg=cfg: retrain(
-                cfg["traditional"], start["traditional"], dataset, d, resume=True, progress=progress
-            ),
-        }
-        for method in METHODS:
-            cell_dir = folder / f"N{N}" / method
-            key = {"model": name, "n": n, "N": N, "method": method}
-            cells.append(cached_cell(cell_dir, runs[method], key, cfg[method]))
-            if mode == "successive":
-                start[method] = cell_dir / "model.pt"
-    return cells
+        key = {**self.key(N, variant.method, variant.name), "pooling": variant.pooling}
+        return cached_cell(self.cell_dir(N, variant), run, key, cfg)
+
+    def selector(self, pooling: str):
+        if pooling not in self._selectors:
+            self._selectors[pooling] = selector_from_checkpoint(self.pretrained, pooling)
+        return self._selectors[pooling]
 
 
 def cached_cell(cell_dir: Path, run, key: dict, cfg) -> dict:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+
+from skqk.experiments.report import aggregate
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -12,20 +15,48 @@ import matplotlib.pyplot as plt  # noqa: E402
 DATA_NOTE = "CIFAR-10 (JPEG q75 re-encoding)"
 
 
-def plot_fig4(rows: list[dict], model: str, path: Path, preset: str) -> None:
-    """Pattern change and losses against epochs, two y-axes, like the paper's Fig. 4."""
-    epochs = [r["epoch"] for r in rows]
-    fig, left = plt.subplots(figsize=(7, 4))
-    flips = [100 * r["flips"] if r["flips"] is not None else float("nan") for r in rows]
-    left.plot(epochs, flips, "o-", color="tab:red", label="gate states changed (%)")
-    left.set_xlabel("epoch")
-    left.set_ylabel("activation pattern change vs previous epoch (%)", color="tab:red")
+def band(ax, x, rows: list[list[float]], style: str, color: str, label: str, spread: str = "std") -> None:
+    """Mean line of several seeds' curves (same x) with a band: mean ± std, or the seeds' min-max `range` (for
+    log axes, where mean - std can be negative). One curve is drawn as it is."""
+    values = np.array(rows, dtype=float)
+    mean = np.nanmean(values, axis=0)
+    ax.plot(x, mean, style, color=color, label=label + (f" (mean of {len(rows)} seeds)" if len(rows) > 1 else ""))
+    if len(rows) > 1:
+        if spread == "range":
+            low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+        else:
+            std = np.nanstd(values, axis=0, ddof=1)
+            low, high = mean - std, mean + std
+        ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def plot_fig4(runs: list[dict], model: str, path: Path, preset: str) -> None:
+    """Pattern change and losses against epochs, two y-axes, like the paper's Fig. 4; bands over seeds (losses:
+    ± std, flips: min-max), the criterion's settle epochs and validation-loss minima as vertical marks."""
+    fig, left = plt.subplots(figsize=(7.5, 4.2))
+    fine = all(r["steps"] for r in runs)
+    points = [r["steps"] if fine else r["epochs"] for r in runs]
+    x = [p["epoch"] for p in points[0]]
+    flips = [[100 * p["flips"] if p["flips"] is not None else np.nan for p in rows] for rows in points]
+    every = runs[0]["stabilisation"]["measured_every"]
+    band(left, x, flips, "-", "tab:red", f"gate states changed, every {every} (%), band: range", spread="range")
+    left.axhline(100 * runs[0]["stabilisation"]["flip_threshold"], color="tab:red", ls=":", lw=1, label="threshold")
+    for r in runs:
+        s = r["stabilisation"]
+        if s["settle_epoch"] is not None:
+            left.axvline(s["settle_epoch"], color="tab:red", ls="--", lw=0.8, alpha=0.6)
+        left.axvline(s["val_loss_min_epoch"], color="tab:green", ls="--", lw=0.8, alpha=0.6)
+    left.set_xlabel("epoch (dashed: patterns settle / validation loss minimum, per seed)")
+    left.set_ylabel("activation pattern change (%)", color="tab:red")
+    left.set_yscale("log")
     right = left.twinx()
-    right.plot(epochs, [r["train_loss"] for r in rows], color="tab:blue", label="training loss")
-    right.plot(epochs, [r["val_loss"] for r in rows], "--", color="tab:green", label="validation loss")
+    epochs = [e["epoch"] for e in runs[0]["epochs"]]
+    band(right, epochs, [[e["train_loss"] for e in r["epochs"]] for r in runs], "-", "tab:blue", "training loss")
+    band(right, epochs, [[e["val_loss"] for e in r["epochs"]] for r in runs], "--", "tab:green", "validation loss")
     right.set_ylabel("CCE loss")
     lines = left.get_lines() + right.get_lines()
-    left.legend(lines, [line.get_label() for line in lines], loc="upper right")
+    labelled = [line for line in lines if not line.get_label().startswith("_")]
+    left.legend(labelled, [line.get_label() for line in labelled], loc="upper right", fontsize=7)
     left.set_title(f"SK stabilisation, {model}, {DATA_NOTE}, preset {preset}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -33,31 +64,60 @@ def plot_fig4(rows: list[dict], model: str, path: Path, preset: str) -> None:
 
 
 def plot_fig5(cells: list[dict], model: str, path: Path, preset: str) -> None:
-    """Validation accuracy and CCE loss against N (log2 axis), one line per method and SK size n."""
+    """Validation accuracy and CCE loss against N (log2 axis), one line per method and SK size n, mean ± std
+    band over seeds."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     styles = {"traditional": ("tab:blue", "o-", "traditional SGD"), "qk": ("tab:red", "s-", "QK-only")}
-    for n in sorted({c["n"] for c in cells}):
+    rows = [r for r in aggregate(cells) if r["variant"] == "base"]
+    for n in sorted({r["n"] for r in rows}):
         for method, (color, marker, label) in styles.items():
-            line = sorted((c for c in cells if c["n"] == n and c["method"] == method), key=lambda c: c["N"])
+            line = sorted((r for r in rows if r["n"] == n and r["method"] == method), key=lambda r: r["N"])
             if not line:
                 continue
-            shade = 1.0 if n == min(c["n"] for c in cells) else 0.55
+            shade = 1.0 if n == min(r["n"] for r in rows) else 0.55
+            seeds = max(len(r["seeds"]) for r in line)
             for ax, key in zip(axes, ("val_accuracy", "val_loss")):
-                ax.plot(
-                    [c["N"] for c in line],
-                    [c[key] for c in line],
-                    marker,
-                    color=color,
-                    alpha=shade,
-                    label=f"{label}, SK from n={n}",
-                )
+                x = [r["N"] for r in line]
+                mean, std = np.array([r[key] for r in line]), np.array([r[f"{key}_std"] for r in line])
+                ax.plot(x, mean, marker, color=color, alpha=shade, label=f"{label}, SK from n={n}")
+                if seeds > 1:
+                    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2 * shade, linewidth=0)
     for ax, ylabel in zip(axes, ("validation accuracy", "validation CCE loss")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("samples N = n + m")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Re-training, {model}, {DATA_NOTE}, preset {preset}", fontsize=10)
+    seeds = sorted({c.get("seed", 0) for c in cells})
+    fig.suptitle(f"Re-training, {model}, {DATA_NOTE}, preset {preset}, seeds {seeds} (band: ± std)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_qk_gap(cells: list[dict], path: Path, preset: str) -> None:
+    """Accuracy of each re-training variant as mean ± std over seeds (error bars), traditional baseline dashed."""
+    rows = [r for r in aggregate(cells) if r["method"] != "pretrain"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = [f"{r['method']} {r['variant']}\nN={r['N']:,}" for r in rows]
+    colors = ["tab:blue" if r["method"] == "traditional" else "tab:red" for r in rows]
+    ax.bar(
+        range(len(rows)),
+        [r["val_accuracy"] for r in rows],
+        yerr=[r["val_accuracy_std"] for r in rows],
+        color=colors,
+        capsize=4,
+    )
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    low = min(r["val_accuracy"] - r["val_accuracy_std"] for r in rows)
+    ax.set_ylim(max(0.0, low - 0.05), None)
+    ax.set_ylabel("validation accuracy")
+    seeds = sorted({c.get("seed", 0) for c in cells})
+    ax.set_title(
+        f"QK gap factors, {cells[0]['model']}, SK from n={cells[0]['n']:,}, {DATA_NOTE}, preset {preset}, "
+        f"seeds {seeds}",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

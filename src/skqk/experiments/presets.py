@@ -28,6 +28,30 @@ class Fig5Protocol:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One re-training cell's departure from the Fig. 5 protocol (the QK-gap study changes one factor at a time)."""
+
+    name: str  # "base" is the Fig. 5 cell itself
+    method: str = "qk"
+    lr_scale: float = 1.0  # times the default learning rate
+    pooling: str = "live"  # "frozen": the SK also fixes the max-pooling switches
+    epochs: int = 0  # re-training epochs (0 = the protocol's)
+
+
+BASE = {m: Variant("base", m) for m in ("qk", "traditional")}
+
+
+@dataclass(frozen=True)
+class QKGapProtocol:
+    """Which factor closes the gap between QK-only and traditional re-training at large N (on top of Fig. 5)."""
+
+    model: str
+    sk_samples: int  # n
+    sample_counts: tuple[int, ...]  # N values
+    variants: tuple[Variant, ...]
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str
@@ -36,6 +60,9 @@ class Preset:
     fig4_samples: int = 1024
     fig4_val_samples: int = 1000  # validation samples whose patterns are compared epoch to epoch
     fig4_eval_samples: int = 0
+    fig4_every_steps: int = 0  # also compare patterns every this many SGD steps (0 = per epoch only)
+    fig4_flip_threshold: float = 0.01  # patterns "settled" once the flips per interval stay below this fraction
+    qk_gap: QKGapProtocol | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "scaling": self.scaling()}
@@ -51,9 +78,17 @@ class Preset:
             )
         lines.append(
             f"  fig4: {self.fig4_epochs} epochs on {self.fig4_samples:,} samples, pattern flips on "
-            f"{self.fig4_val_samples:,} validation samples, validation on {self.fig4_eval_samples or 'all'} test "
-            "samples"
+            f"{self.fig4_val_samples:,} validation samples"
+            + (f" every {self.fig4_every_steps} steps" if self.fig4_every_steps else " every epoch")
+            + f", settled below {self.fig4_flip_threshold:.1%} flips, validation on "
+            f"{self.fig4_eval_samples or 'all'} test samples"
         )
+        if self.qk_gap:
+            g = self.qk_gap
+            lines.append(
+                f"  qkgap {g.model}: SK from n = {g.sk_samples:,}, N in {list(g.sample_counts)}, one factor at a "
+                f"time: {', '.join(v.name for v in g.variants)}"
+            )
         return "\n".join(lines)
 
 
@@ -70,16 +105,29 @@ PAPER = Preset(
 
 CPU = Preset(
     "cpu",
-    "scaled for a 2-core CPU: LeNet-5 keeps the paper's pre-training, half its re-training epochs and N up to "
-    "16,384; AlexNet and VGG8 get a twentieth of the pre-training, 3 of the 50 re-training epochs and N up to "
-    "8,192; validation on 2,000 test samples",
+    "scaled for a 2-core CPU: LeNet-5 keeps the paper's pre-training and N up to 32,768 with a fifth of its "
+    "re-training epochs; AlexNet gets a twentieth of the pre-training, 3 of the 50 re-training epochs and N up to "
+    "4,096, VGG8 the same up to 8,192; validation on 2,000 test samples",
     fig5={
-        "lenet5": Fig5Protocol((1024, 4096), 16384, pretrain_epochs=200, retrain_epochs=25, eval_samples=2000),
-        "alexnet": Fig5Protocol((1024, 4096), 8192, pretrain_epochs=10, retrain_epochs=3, eval_samples=2000),
+        "lenet5": Fig5Protocol((1024, 4096), 32768, pretrain_epochs=200, retrain_epochs=10, eval_samples=2000),
+        "alexnet": Fig5Protocol((1024, 4096), 4096, pretrain_epochs=10, retrain_epochs=3, eval_samples=2000),
         "vgg8": Fig5Protocol((512, 4096), 8192, 512, pretrain_epochs=10, retrain_epochs=3, eval_samples=2000),
     },
-    fig4_epochs=20,
+    fig4_epochs=40,
     fig4_eval_samples=2000,
+    fig4_every_steps=4,
+    qk_gap=QKGapProtocol(
+        "lenet5",
+        4096,
+        (16384,),
+        (
+            Variant("lr0.3x", lr_scale=0.3),
+            Variant("lr3x", lr_scale=3.0),
+            Variant("frozen-pooling", pooling="frozen"),
+            Variant("25-epochs", epochs=25),
+            Variant("25-epochs", "traditional", epochs=25),
+        ),
+    ),
 )
 
 SMOKE = Preset(
@@ -94,6 +142,10 @@ SMOKE = Preset(
     fig4_samples=256,
     fig4_val_samples=200,
     fig4_eval_samples=500,
+    fig4_every_steps=2,
+    qk_gap=QKGapProtocol(
+        "lenet5", 256, (512,), (Variant("lr3x", lr_scale=3.0), Variant("frozen-pooling", pooling="frozen"))
+    ),
 )
 
 PRESETS = {p.name: p for p in (PAPER, CPU, SMOKE)}

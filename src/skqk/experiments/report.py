@@ -1,25 +1,61 @@
-"""Summary tables of saved experiment results (printed by `skqk reproduce`, pasted into docs/results.md)."""
+"""Summary tables of saved experiment results (printed by `skqk reproduce`, pasted into docs/results.md), with the
+mean and spread over seeds."""
 
 from __future__ import annotations
 
+import statistics
+
+CELL_KEY = ("model", "n", "N", "method", "variant")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(cells: list[dict], metrics: tuple[str, ...] = ("val_accuracy", "val_loss")) -> list[dict]:
+    """One row per (model, n, N, method, variant) with mean, std and the seeds of each metric, in first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault(tuple(c.get(k, "base") for k in CELL_KEY), []).append(c)
+    rows = []
+    for key, members in groups.items():
+        row = dict(zip(CELL_KEY, key)) | {"seeds": [c.get("seed", 0) for c in members]}
+        for m in metrics:
+            row[m], row[f"{m}_std"] = mean_std([c[m] for c in members])
+        rows.append(row)
+    return rows
+
+
+def pm(mean: float, std: float, seeds: int, fmt: str = ".4f") -> str:
+    return f"{mean:{fmt}} ± {std:{fmt}}" if seeds > 1 else f"{mean:{fmt}}"
+
 
 def summary_table(results: dict) -> str:
-    """A markdown table of a results.json: per cell for Fig. 5, per epoch for Fig. 4."""
-    if results["experiment"] == "fig5":
-        rows = ["| model | n (SK) | N | method | val acc | val CCE | train s | record s |", "|---" * 8 + "|"]
-        for c in results["cells"]:
-            record = f"{c['record_seconds']:.1f}" if "record_seconds" in c else ""
+    """A markdown table of a results.json: per cell (mean ± std over seeds) for Fig. 5 and the QK-gap study,
+    and the stabilisation criterion per model and seed for Fig. 4."""
+    if results["experiment"] in ("fig5", "qkgap"):
+        rows = [
+            "| model | n (SK) | N | method | variant | seeds | val acc | val CCE |",
+            "|---" * 8 + "|",
+        ]
+        for r in aggregate(results["cells"]):
+            k = len(r["seeds"])
             rows.append(
-                f"| {c['model']} | {c['n']} | {c['N']} | {c['method']} | {c['val_accuracy']:.4f} | "
-                f"{c['val_loss']:.4f} | {c['train_seconds']:.1f} | {record} |"
+                f"| {r['model']} | {r['n']} | {r['N']} | {r['method']} | {r['variant']} | {k} | "
+                f"{pm(r['val_accuracy'], r['val_accuracy_std'], k)} | {pm(r['val_loss'], r['val_loss_std'], k)} |"
             )
         return "\n".join(rows)
-    rows = ["| model | epoch | gate states changed | train CCE | val CCE | val acc |", "|---" * 6 + "|"]
-    for name, epochs in results["epochs"].items():
-        for r in epochs:
-            flips = f"{100 * r['flips']:.2f}%" if r["flips"] is not None else "n/a (resumed)"
-            rows.append(
-                f"| {name} | {r['epoch']} | {flips} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | "
-                f"{r['val_accuracy']:.4f} |"
-            )
+    rows = [
+        "| model | seed | flips settle (epoch) | val CCE minimum (epoch) | ratio | val acc at minimum |",
+        "|---" * 6 + "|",
+    ]
+    for run in results["runs"]:
+        s = run["stabilisation"]
+        settle = f"{s['settle_epoch']:.2f}" if s["settle_epoch"] is not None else "never"
+        ratio = f"{s['ratio']:.2f}" if s["ratio"] is not None else "n/a"
+        rows.append(
+            f"| {run['model']} | {run['seed']} | {settle} | {s['val_loss_min_epoch']} | {ratio} | "
+            f"{s['val_accuracy_at_min']:.4f} |"
+        )
     return "\n".join(rows)

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from skqk import models
+from skqk._errors import one_line
 from skqk.atomic import atomic_write
 from skqk.decoupled import DecoupledModel
-from skqk.estimator import build_estimator
-from skqk.selector import build_selector
+from skqk.estimator import Estimator, build_estimator
+from skqk.selector import PathSelector, build_selector
 
 FORMAT = "skqk-checkpoint"
 VERSION = 1
@@ -106,20 +107,53 @@ def build_network(ckpt: dict[str, Any], state_key: str = "state_dict", path: str
     except (RuntimeError, KeyError) as e:
         # torch's first line only says "Error(s) in loading state_dict for ...:"; the mismatches follow it
         lines = str(e).strip().splitlines()
-        detail = " ".join(" ".join(lines[1:] if len(lines) > 1 else lines).split())
-        detail = detail if len(detail) <= 300 else detail[:299] + "…"
+        detail = one_line(" ".join(lines[1:] if len(lines) > 1 else lines), limit=300)
         raise CheckpointError(f"{path} does not fit the {ckpt['model']} architecture: {detail}") from None
     return network
 
 
-def load_decoupled(ckpt: dict[str, Any], path: str = "checkpoint") -> DecoupledModel:
-    """Selector from the stored SK weights, estimator from the stored QK weights."""
-    pooling = ckpt.get("pooling", "live")
-    selector = build_selector(build_network(ckpt, "selector_state", path).eval(), pooling)
-    if selector.fingerprint != ckpt["selector_fingerprint"]:
+def resolve_pooling(
+    ckpt: dict[str, Any], requested: str | None = None, store_pooling: str | None = None, path: str = "checkpoint"
+) -> str:
+    """The one rule for the max-pooling mode of a checkpoint's selector/estimator pair.
+
+    A decoupled checkpoint recorded its pooling with its SK, a pattern store recorded the pooling of the patterns
+    it holds, and the user may ask for one (``--pooling``). Whichever of them say something must agree (a
+    conflict is a one-line error, never a silent override); when none does, pooling is live, as in the paper.
+    """
+    said = {}
+    if ckpt["kind"] == "decoupled":
+        said[f"the checkpoint {path} holds {ckpt['pooling']}"] = ckpt["pooling"]
+    if store_pooling is not None:
+        said[f"the pattern store was recorded with {store_pooling}"] = store_pooling
+    if requested is not None:
+        said[f"--pooling is {requested}"] = requested
+    if len(set(said.values())) > 1:
+        raise CheckpointError(f"conflicting max-pooling modes: {', '.join(said)}; drop --pooling or make them agree")
+    return next(iter(said.values()), "live")
+
+
+def load_selector(ckpt: dict[str, Any], pooling: str, path: str = "checkpoint") -> PathSelector:
+    """The path selector of a checkpoint: its network's SK, or a decoupled checkpoint's unchanged selector
+    (checked against its recorded fingerprint)."""
+    decoupled = ckpt["kind"] == "decoupled"
+    selector = build_selector(
+        build_network(ckpt, "selector_state" if decoupled else "state_dict", path).eval(), pooling
+    )
+    if decoupled and selector.fingerprint != ckpt["selector_fingerprint"]:
         raise CheckpointError(f"{path}: its selector weights do not match their recorded fingerprint (corrupt?)")
-    estimator = build_estimator(build_network(ckpt, "state_dict", path), pooling)
-    return DecoupledModel(selector, estimator)
+    return selector
+
+
+def load_estimator(ckpt: dict[str, Any], pooling: str, path: str = "checkpoint") -> Estimator:
+    """The estimator of a checkpoint: its network's weights (a decoupled checkpoint's QK) without activations."""
+    return build_estimator(build_network(ckpt, "state_dict", path), pooling)
+
+
+def load_decoupled(ckpt: dict[str, Any], path: str = "checkpoint") -> DecoupledModel:
+    """Selector from the stored SK weights, estimator from the stored QK weights, with the recorded pooling."""
+    pooling = resolve_pooling(ckpt, path=path)
+    return DecoupledModel(load_selector(ckpt, pooling, path), load_estimator(ckpt, pooling, path))
 
 
 def load_for_evaluation(path: str | os.PathLike, fits: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:

@@ -8,7 +8,7 @@ or batch size, so those defaults are ours and documented as such.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 Method = Literal["qk", "traditional"]
@@ -31,8 +31,8 @@ class SGDConfig:
     layout: Literal["auto", "contiguous", "channels_last"] = "auto"  # activations; auto: where it pays (benchmarks)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
+        for name in ("epochs", "batch_size", "samples"):  # samples: in both kinds of run
+            if getattr(self, name, 1) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.lr < math.inf:  # comparisons with NaN are false, so NaN is refused too
             raise ValueError(f"lr must be positive and finite, got {self.lr}")
@@ -50,11 +50,6 @@ class SGDConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 @dataclass
 class TrainConfig(SGDConfig):
@@ -66,8 +61,6 @@ class TrainConfig(SGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.samples <= 0:
-            raise ValueError(f"samples must be positive, got {self.samples}")
         from skqk.models import list_models  # not at the top: the zoo imports torch
         from skqk.patterns import unknown_name_message
 
@@ -87,8 +80,6 @@ class RetrainConfig(SGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.samples <= 0:
-            raise ValueError(f"samples must be positive, got {self.samples}")
         if self.method not in ("qk", "traditional"):
             raise ValueError(f"method must be 'qk' or 'traditional', got {self.method!r}")
         if self.patterns not in ("store", "on-the-fly"):

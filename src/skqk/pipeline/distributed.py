@@ -23,7 +23,6 @@ Example (a library script started by ``torchrun --nproc-per-node 2 script.py``):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pickle
 import sys
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from skqk.data.dataset import Dataset, ImageData
-from skqk.data.sampling import batches
+from skqk.data.sampling import batch_indices, mixed_seed
 
 DEVICES = ("auto", "cpu", "cuda")
 T = TypeVar("T")
@@ -74,13 +73,7 @@ class Context:
         The global batches are the single-process ones (``batches(data, dataset, order, batch_size)``); a rank's
         share may be empty when a batch has fewer samples than there are ranks.
         """
-        if not self.is_distributed:
-            for x, y, idx in batches(data, dataset, order, batch_size):
-                yield x, y, idx, len(idx)
-            return
-        if batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
-        for batch in torch.as_tensor(order, dtype=torch.int64).split(batch_size):
+        for batch in batch_indices(order, batch_size):
             idx = self.share(batch)
             yield dataset.normalize(data.images[idx]), data.labels[idx], idx, len(batch)
 
@@ -125,8 +118,7 @@ class Context:
     def seed_epoch(self, seed: int, epoch: int) -> None:
         """Distributed runs only: reseed this rank's RNG (dropout) from (seed, epoch, rank), so ranks draw
         different masks and a resumed run draws the same ones as an uninterrupted run."""
-        digest = hashlib.blake2b(f"{seed}:{epoch}:{self.rank}".encode(), digest_size=8).digest()
-        torch.manual_seed(int.from_bytes(digest, "little") >> 1)
+        torch.manual_seed(mixed_seed(seed, epoch, self.rank))
 
 
 _context: Context | None = None

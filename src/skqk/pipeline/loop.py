@@ -28,6 +28,7 @@ from skqk.pipeline.config import SGDConfig
 
 StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
 EpochHook = Callable[[int, nn.Module], dict]  # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips)
+StepHook = Callable[[int, nn.Module], dict | None]  # (SGD steps so far, trained module) -> metrics at that step
 EpochContext = Callable[[torch.optim.Optimizer], contextlib.AbstractContextManager]  # wraps an epoch's steps
 
 
@@ -89,11 +90,14 @@ def fit(
     resume: bool,
     progress: bool,
     on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
     epoch_context: EpochContext | None = None,
 ) -> list[dict]:
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
     to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
 
+    `on_epoch` adds its metrics to the epoch's; what `on_step` returns after an SGD step (numbered from 1 over the
+    whole run) is kept, with the step number, in the epoch's ``steps`` (Fig. 4's "every k steps").
     `epoch_context(optimizer)` wraps the training steps of every epoch (dead-unit removal: `skqk.pipeline.prune`),
     so evaluation, checkpoints and resume see the full-size module. Inputs follow the layout the trainable's
     convolutions were put in (`memory_format_of`). With ``cfg.patience`` the run stops after that many epochs
@@ -106,10 +110,11 @@ def fit(
     ctx = distributed.current()
     if ctx.is_distributed and not distributed.is_wrapped(trainable):
         raise ValueError("distributed training needs the trained module wrapped by skqk.pipeline.distributed.wrap")
-    opt = sgd(trainable.parameters(), cfg)
+    opt = make_optimizer(trainable, cfg)
     layout = memory_format_of(trainable)
     history: list[dict] = []
     patience = getattr(cfg, "patience", 0)
+    steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
     state_path = run_dir / "resume.pt"
     state = ctx.on_main(lambda: load_checkpoint(state_path) if resume and state_path.exists() else None)
     if state is not None:
@@ -119,9 +124,7 @@ def fit(
         if "cuda_rng" in state and ctx.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], ctx.device)
         history = state["history"]
-    autocast = (
-        torch.autocast(ctx.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-    )
+    autocast = precision_context(cfg.precision, ctx.device.type)
     epochs = tqdm(
         range(len(history), cfg.epochs),
         desc=run_dir.name,
@@ -135,12 +138,13 @@ def fit(
             break
         start = time.perf_counter()
         trainable.train()
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, steps = 0.0, 0, []
         order = epoch_order(indices, cfg.seed, epoch)
         if ctx.is_distributed:
             ctx.seed_epoch(cfg.seed, epoch)
+        batch_list = ctx.batches(dataset.train, dataset, order, cfg.batch_size)
         with epoch_context(opt) if epoch_context is not None else contextlib.nullcontext():
-            for x, y, idx, global_size in ctx.batches(dataset.train, dataset, order, cfg.batch_size):
+            for step, (x, y, idx, global_size) in enumerate(batch_list, epoch * steps_per_epoch + 1):
                 if ctx.device.type != "cpu":
                     x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 x = x.contiguous(memory_format=layout) if x.dim() == 4 else x
@@ -152,9 +156,9 @@ def fit(
                     loss = batch_loss = F.cross_entropy(logits.float(), y)
                 if not torch.isfinite(batch_loss):
                     raise diverged(batch_loss.item(), epoch, cfg, state_path)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                sgd_step(opt, loss)
+                if on_step is not None and (extra := on_step(step, trainable)):
+                    steps.append({"step": step, **extra})
                 loss_sum += batch_loss.item() * global_size
                 correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
         metrics = {
@@ -163,6 +167,7 @@ def fit(
             "train_accuracy": correct / len(indices),
             **evaluate(eval_module, dataset, cfg.eval_samples, sharded=True),
             "seconds": time.perf_counter() - start,
+            **({"steps": steps} if on_step is not None else {}),
         }
         if not math.isfinite(metrics["val_loss"]):  # never save a state whose outputs are already NaN/inf
             raise diverged(metrics["val_loss"], epoch, cfg, state_path)
@@ -189,12 +194,6 @@ def fit(
     return history
 
 
-def sgd(params, cfg: SGDConfig) -> torch.optim.SGD:
-    """The optimiser of every training phase: plain SGD, the fused kernel (one pass over each parameter, its
-    gradient and momentum instead of three; fp32 throughout, same update up to rounding)."""
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True)
-
-
 def epochs_since_best(history: list[dict]) -> int:
     """Epochs after the first one with the best validation accuracy (early stopping)."""
     accuracies = [m["val_accuracy"] for m in history]
@@ -218,6 +217,27 @@ def memory_format_of(module: nn.Module) -> torch.memory_format:
         if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
             return torch.channels_last
     return torch.contiguous_format
+
+
+def make_optimizer(trainable: nn.Module, cfg: SGDConfig, fused: bool = True) -> torch.optim.SGD:
+    """Plain SGD, as in the paper, with the run's learning rate, momentum and weight decay; the fused kernel (one
+    pass over each parameter, its gradient and momentum instead of three; fp32 throughout, the same update up to
+    rounding), unless `fused` is False (torch's for-loop SGD on the CPU, measured as a benchmark lever)."""
+    return torch.optim.SGD(
+        trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None
+    )
+
+
+def precision_context(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """Where a step's forward runs: bf16 autocast (the master weights stay fp32), or nothing for fp32."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def sgd_step(opt: torch.optim.Optimizer, loss: Tensor) -> None:
+    """One optimiser step on `loss`: gradients set to None first, so nothing accumulates across steps."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def diverged(loss: float, epoch: int, cfg: SGDConfig, state_path: Path) -> TrainingDiverged:

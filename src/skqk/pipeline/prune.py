@@ -200,17 +200,26 @@ def dead_units_removed(
 
 
 def removal_report(estimator: Estimator, active: Mapping[str, Tensor]) -> dict[str, dict[str, int]]:
-    """Per gate site with dead units: units, dead units, and how many of them `prune_dead_units` removes (a dead
-    unit stays when its chain is not removable, e.g. batch norm between the convolution and its gate)."""
+    """Per gate site with dead units: units, dead units, how many of them `prune_dead_units` removes (a dead unit
+    stays when its chain is not removable, e.g. batch norm between the convolution and its gate) and the number
+    of parameters that leaves out of training (producer rows and biases, consumer columns)."""
     gm = estimator.net
-    removable = {chain[0] for chain in (_chain_at(gm, node) for node in gm.graph.nodes) if chain is not None}
+    chains = {c[0]: c for c in (_chain_at(gm, node) for node in gm.graph.nodes) if c is not None}
     report = {}
     for site, alive in active.items():
         dead = int((~alive).sum())
         if dead:
-            removed = dead if site in removable and dead < alive.numel() else 0
-            report[site] = {"units": alive.numel(), "dead": dead, "removed": removed}
+            removed = dead if site in chains and dead < alive.numel() else 0
+            params = removed * _parameters_per_unit(gm, chains[site]) if removed else 0
+            report[site] = {"units": alive.numel(), "dead": dead, "removed": removed, "parameters": params}
     return report
+
+
+def _parameters_per_unit(gm: fx.GraphModule, chain) -> int:
+    _, producer, _, _, consumer, _ = chain
+    p, c = gm.get_submodule(producer.target), gm.get_submodule(consumer.target)
+    per_row = p.weight[0].numel() + (1 if p.bias is not None else 0)
+    return per_row + c.weight.numel() // p.weight.shape[0]
 
 
 def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattened, optimizer) -> RemovedUnits:

@@ -13,19 +13,18 @@ from tqdm.auto import tqdm
 
 from skqk.data import Dataset, batches, subset_indices
 from skqk.pipeline import distributed
-from skqk.pipeline.checkpoint import build_network, load_model_checkpoint, model_kwargs
-from skqk.selector import PathSelector, build_selector
+from skqk.pipeline.checkpoint import load_model_checkpoint, load_selector, model_kwargs, resolve_pooling
+from skqk.selector import PathSelector
 from skqk.store import PatternStore
 
 
 def selector_from_checkpoint(
-    checkpoint: str | os.PathLike, pooling: str = "live", fits: dict | None = None
+    checkpoint: str | os.PathLike, pooling: str | None = None, fits: dict | None = None
 ) -> PathSelector:
-    """The path selector of a checkpoint: its network's SK (a QK checkpoint's unchanged selector)."""
+    """The path selector of a checkpoint: its network's SK (a QK checkpoint's unchanged selector), with the
+    pooling of `resolve_pooling` (a QK checkpoint's own; else `pooling`, live by default)."""
     ckpt = load_model_checkpoint(checkpoint, fits)
-    if ckpt["kind"] == "decoupled":
-        return build_selector(build_network(ckpt, "selector_state", str(checkpoint)).eval(), ckpt["pooling"])
-    return build_selector(build_network(ckpt, path=str(checkpoint)).eval(), pooling)
+    return load_selector(ckpt, resolve_pooling(ckpt, pooling, path=str(checkpoint)), str(checkpoint))
 
 
 def record(
@@ -98,7 +97,7 @@ def record_from_checkpoint(
     dataset: Dataset,
     samples: int,
     store,
-    pooling: str = "live",
+    pooling: str | None = None,
     subset_seed: int = 0,
     balanced: bool = False,
     batch_size: int = 1024,

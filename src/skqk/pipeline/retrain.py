@@ -16,22 +16,23 @@ from torch import Tensor, nn
 
 from skqk.data import Dataset, batches, subset_indices
 from skqk.decoupled import DecoupledModel
-from skqk.estimator import build_estimator
 from skqk.patterns import Pattern
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import (
     CheckpointError,
     build_network,
     decoupled_entry,
+    load_estimator,
     load_model_checkpoint,
+    load_selector,
     model_kwargs,
+    resolve_pooling,
 )
 from skqk.pipeline.config import RetrainConfig
 from skqk.pipeline.loop import RunResult, fit, memory_format
 from skqk.pipeline.prune import active_units, dead_units_removed, removal_report
 from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 from skqk.pipeline.train import fit_network
-from skqk.selector import build_selector
 from skqk.store import PatternStore
 
 
@@ -41,7 +42,7 @@ def retrain(
     dataset: Dataset,
     out: str | os.PathLike,
     store: str | os.PathLike | None = None,
-    pooling: str = "live",
+    pooling: str | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> RunResult:
@@ -49,7 +50,9 @@ def retrain(
 
     A QK run keeps the SK of the checkpoint's network in a frozen selector and trains only the estimator,
     reading each batch's patterns from the pattern `store` (or computing them on the fly); its final
-    checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK.
+    checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK. The max-pooling
+    mode follows `resolve_pooling` (checkpoint, store and `pooling` must agree) and is recorded in the run
+    folder's config.json, which `resume` checks.
     """
     # everything that can refuse the inputs runs before the run folder is created
     kwargs = model_kwargs(dataset)
@@ -67,12 +70,12 @@ def retrain(
         return fit_network(run_dir, network, ckpt["model"], kwargs, dataset, indices, cfg, resume, progress)
 
     sk_key = "selector_state" if ckpt["kind"] == "decoupled" else "state_dict"
-    pooling = ckpt.get("pooling", pooling)
-    if store is not None and cfg.patterns == "store":
-        pooling = PatternStore.open(store, verify=False).pooling
-    selector = build_selector(build_network(ckpt, sk_key, str(checkpoint)).eval(), pooling)
+    from_store = store is not None and cfg.patterns == "store"
+    store_pooling = PatternStore.open(store, verify=False).pooling if from_store else None
+    pooling = resolve_pooling(ckpt, pooling, store_pooling, str(checkpoint))
+    selector = load_selector(ckpt, pooling, str(checkpoint))
     layout = memory_format(cfg.layout, ckpt["model"])
-    estimator = build_estimator(build_network(ckpt, path=str(checkpoint)), pooling).to(memory_format=layout)
+    estimator = load_estimator(ckpt, pooling, str(checkpoint)).to(memory_format=layout)
     decoupled = DecoupledModel(selector, estimator)
     model = distributed.wrap(estimator)
     device = next(estimator.parameters()).device
@@ -86,7 +89,7 @@ def retrain(
     removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
     run_dir = distributed.current().on_main(
-        prepare_run_dir, out, resume, cfg, source, removal and {"removed_units": removal.report}
+        prepare_run_dir, out, resume, cfg, source, pooling, removal and {"dead_unit_removal": removal.summary()}
     )
     torch.manual_seed(cfg.seed)
     selector_state = ckpt[sk_key]
@@ -101,10 +104,13 @@ def retrain(
         lambda: decoupled_entry(ckpt["model"], kwargs, selector_state, decoupled),
         resume,
         progress,
-        removal and removal.metrics,
-        removal and removal.epoch,
+        on_epoch=removal and removal.metrics,
+        epoch_context=removal and removal.epoch,
     )
     return RunResult(decoupled, history, run_dir)
+
+
+PRUNE_MIN_SHARE = 0.1  # of the estimator's parameters; see DeadUnitRemoval.pays
 
 
 @dataclass
@@ -116,12 +122,28 @@ class DeadUnitRemoval:
     report: dict[str, dict[str, int]]  # per site: units, dead, removed
 
     def epoch(self, optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager:
-        if not any(r["removed"] for r in self.report.values()):  # a trained LeNet-5 has no dead unit
+        if not self.pays:
             return contextlib.nullcontext()
         return dead_units_removed(self.estimator, self.active, optimizer)
 
+    @property
+    def pays(self) -> bool:
+        """Whether the removal leaves out at least `PRUNE_MIN_SHARE` of the estimator's parameters: below that,
+        removing and restoring every epoch costs more than the smaller layers save (a trained LeNet-5 has 4 of
+        its 204 classifier neurons dead: 2% of its weights; docs/benchmarks.md)."""
+        total = sum(p.numel() for p in self.estimator.parameters())
+        return sum(r["parameters"] for r in self.report.values()) >= PRUNE_MIN_SHARE * total
+
+    def summary(self) -> dict:
+        """What config.json records: whether the removal is applied, the share of parameters it leaves out of
+        training, and per site units / dead / removed / parameters."""
+        total = sum(p.numel() for p in self.estimator.parameters())
+        share = sum(r["parameters"] for r in self.report.values()) / total
+        return {"applied": self.pays, "parameter_share": share, "sites": self.report}
+
     def metrics(self, epoch: int, trainable: nn.Module) -> dict:
-        return {"removed_units": {site: r["removed"] for site, r in self.report.items() if r["removed"]}}
+        removed = {site: r["removed"] for site, r in self.report.items() if r["removed"]} if self.pays else {}
+        return {"removed_units": removed}
 
 
 def dead_unit_removal(cfg, estimator, selector, read, dataset: Dataset, indices: Tensor) -> DeadUnitRemoval | None:

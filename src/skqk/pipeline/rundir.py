@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 
-from skqk import __version__
 from skqk.atomic import atomic_write_text
 from skqk.pipeline.config import SGDConfig
+from skqk.pipeline.provenance import code_version
 
 
 class RunDirError(ValueError):
@@ -18,11 +17,16 @@ class RunDirError(ValueError):
 
 
 def prepare_run_dir(
-    out: str | os.PathLike, resume: bool, cfg: SGDConfig, source: dict | None = None, extra: dict | None = None
+    out: str | os.PathLike,
+    resume: bool,
+    cfg: SGDConfig,
+    source: dict | None = None,
+    pooling: str | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Create the run folder, check it is writable, and record the resolved config, what the run starts from
-    (`source`: checkpoint and store identity), the code version and `extra` facts of the run (units removed);
-    `--resume` must match config and source."""
+    (`source`: checkpoint and store identity), the max-pooling mode of a QK run, the code version and `extra`
+    facts of the run (units removed); `--resume` must match all but the code version and `extra`."""
     run_dir = Path(out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -39,8 +43,18 @@ def prepare_run_dir(
             raise RunDirError(f"--resume with a different configuration than the run in {run_dir} was started with")
         if saved.get("source") != source:
             raise RunDirError(f"--resume from another checkpoint or store than the run in {run_dir} started from")
-    record = {"config": cfg.to_dict(), "kind": type(cfg).__name__, "source": source, "code_version": code_version()}
-    record.update(extra or {})
+        if saved.get("pooling") != pooling:
+            raise RunDirError(
+                f"--resume with max pooling {pooling}, the run in {run_dir} was started with {saved.get('pooling')}"
+            )
+    record = {
+        "config": cfg.to_dict(),
+        "kind": type(cfg).__name__,
+        "source": source,
+        "pooling": pooling,
+        "code_version": code_version(),
+        **(extra or {}),
+    }
     atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
     return run_dir
 
@@ -51,18 +65,3 @@ def file_sha256(path: str | os.PathLike) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout, saved beside every result."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__

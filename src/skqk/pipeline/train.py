@@ -13,7 +13,7 @@ from skqk.data import Dataset, subset_indices
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import model_kwargs, network_entry
 from skqk.pipeline.config import SGDConfig, TrainConfig
-from skqk.pipeline.loop import EpochHook, RunResult, fit, memory_format
+from skqk.pipeline.loop import EpochHook, RunResult, StepHook, fit, memory_format
 from skqk.pipeline.rundir import prepare_run_dir
 
 
@@ -24,8 +24,11 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
 ) -> RunResult:
     """Phase 1: train zoo network `cfg.model` from scratch on the first `cfg.samples` samples.
+
+    `on_epoch` and `on_step` (after every SGD step) add metrics to the history, as Fig. 4 does with pattern flips.
 
     Example:
         >>> from skqk.pipeline.train import train
@@ -37,7 +40,7 @@ def train(
     kwargs = model_kwargs(dataset)
     torch.manual_seed(cfg.seed)
     network = models.build(cfg.model, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
-    return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch)
+    return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch, on_step)
 
 
 def fit_network(
@@ -51,11 +54,11 @@ def fit_network(
     resume: bool,
     progress: bool,
     on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
 ) -> RunResult:
     """Traditional training of the whole network, ReLUs live (Phase 1, and the re-training baseline)."""
     model = distributed.wrap(network)  # itself in one process; DDP under torchrun
     entry = lambda: network_entry(name, kwargs, network)  # noqa: E731
-    history = fit(
-        run_dir, network, lambda x, idx: model(x), network, dataset, indices, cfg, entry, resume, progress, on_epoch
-    )
+    forward = lambda x, idx: model(x)  # noqa: E731
+    history = fit(run_dir, network, forward, network, dataset, indices, cfg, entry, resume, progress, on_epoch, on_step)
     return RunResult(network, history, run_dir)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from skqk._errors import one_line
 from skqk.atomic import fsync_dir
 from skqk.patterns import SWITCH_DTYPE, Pattern
 
@@ -178,7 +179,7 @@ def read_manifest(path: Path) -> Manifest:
     except OSError:
         raise StoreError(f"no pattern store at {path} (cannot read {MANIFEST})") from None
     except ValueError as e:
-        raise StoreError(f"store {path}: {MANIFEST} is not valid JSON ({_one_line(e)})") from None
+        raise StoreError(f"store {path}: {MANIFEST} is not valid JSON ({one_line(e)})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise StoreError(f"store {path}: {MANIFEST} is not a skqk pattern store manifest")
     if doc.get("version") != FORMAT_VERSION:
@@ -196,7 +197,7 @@ def read_manifest(path: Path) -> Manifest:
         if doc["record_bytes"] != manifest.record_bytes:
             raise ValueError(f"record_bytes {doc['record_bytes']} disagrees with the sites")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise StoreError(f"store {path}: malformed {MANIFEST} ({type(e).__name__}: {_one_line(e)})") from None
+        raise StoreError(f"store {path}: malformed {MANIFEST} ({type(e).__name__}: {one_line(e)})") from None
     return manifest
 
 
@@ -268,7 +269,3 @@ def crash_point(step: str) -> None:
     check that a crash exactly there leaves the store intact."""
     if os.environ.get(CRASH_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

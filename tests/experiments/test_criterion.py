@@ -1,0 +1,49 @@
+"""Fig. 4's stated criterion and the mean ± std over seeds, on hand-written numbers."""
+
+import pytest
+
+from skqk.experiments.fig4 import settle_epoch, stabilisation
+from skqk.experiments.report import aggregate, summary_table
+
+
+def epochs(val_losses):
+    return [{"epoch": i + 1, "flips": None, "val_loss": v, "val_accuracy": 0.1 * i} for i, v in enumerate(val_losses)]
+
+
+def test_patterns_settle_at_the_first_point_from_which_every_later_flip_is_below_the_threshold():
+    points = [(0.5, 0.05), (1.0, 0.02), (1.5, 0.004), (2.0, 0.012), (2.5, 0.008), (3.0, 0.003)]
+    assert settle_epoch(points, 0.01) == 2.5  # 1.5 dips below but 2.0 rises above again
+    assert settle_epoch(points, 0.02) == 1.5
+    assert settle_epoch(points, 0.001) is None  # never below: not settled
+    assert settle_epoch(points, 0.1) == 0.5
+
+
+def test_ratio_is_val_loss_minimum_epoch_over_settle_epoch_on_the_step_measurements():
+    steps = [{"step": 4 * (i + 1), "epoch": (i + 1) / 2, "flips": f} for i, f in enumerate([0.05, 0.02, 0.005, 0.004])]
+    s = stabilisation(epochs([2.0, 1.5, 1.2, 1.4]), steps, 0.01, steps_per_epoch=8)
+    assert s["settle_epoch"] == 1.5 and s["val_loss_min_epoch"] == 3 and s["ratio"] == 2.0
+    assert s["measured_every"] == "4 steps" and not s["val_loss_still_falling"]
+    assert s["val_accuracy_at_min"] == pytest.approx(0.2)
+
+
+def test_without_step_measurements_the_epochs_are_used_and_a_falling_val_loss_is_flagged():
+    rows = epochs([2.0, 1.5, 1.2])
+    for row, f in zip(rows, [None, 0.02, 0.001]):
+        row["flips"] = f
+    s = stabilisation(rows, [], 0.01, steps_per_epoch=8)
+    assert s["measured_every"] == "epoch" and s["settle_epoch"] == 3 and s["val_loss_still_falling"]
+    assert s["settle_epoch_at"]["0.02"] == 3 and s["settle_epoch_at"]["0.005"] == 3
+
+
+def test_aggregate_gives_mean_and_sample_std_per_cell_over_seeds():
+    cells = [
+        {"model": "m", "n": 1, "N": 2, "method": "qk", "variant": "base", "seed": s, "val_accuracy": a, "val_loss": 1.0}
+        for s, a in ((0, 0.4), (1, 0.5), (2, 0.6))
+    ] + [{"model": "m", "n": 1, "N": 2, "method": "traditional", "seed": 0, "val_accuracy": 0.3, "val_loss": 2.0}]
+    qk, trad = aggregate(cells)
+    assert qk["seeds"] == [0, 1, 2] and qk["val_accuracy"] == pytest.approx(0.5)
+    assert qk["val_accuracy_std"] == pytest.approx(0.1) and qk["val_loss_std"] == 0.0
+    assert trad["variant"] == "base" and trad["val_accuracy_std"] == 0.0
+    table = summary_table({"experiment": "fig5", "cells": cells})
+    assert "| m | 1 | 2 | qk | base | 3 | 0.5000 ± 0.1000 | 1.0000 ± 0.0000 |" in table
+    assert "| m | 1 | 2 | traditional | base | 1 | 0.3000 | 2.0000 |" in table
