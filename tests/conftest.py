@@ -1,5 +1,9 @@
-"""Shared fixtures: every test starts from a known seed and leaves global RNG state as it found it."""
+"""Shared fixtures: every test starts from a known seed and leaves global RNG state as it found it; `flower`
+skips a test where Flower (the `federated` extra) is not installed, except in CI, which must install it (as the
+CIFAR-10 tests need SKQK_DATA)."""
 
+import importlib.util
+import os
 import random
 
 import numpy as np
@@ -17,3 +21,13 @@ def seeded_rng():
     random.setstate(state[0])
     np.random.set_state(state[1])
     torch.set_rng_state(state[2])
+
+
+@pytest.fixture(scope="session")
+def flower() -> None:
+    missing = [name for name in ("flwr", "ray") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must install the federated extra (pip install -e '.[federated]'); missing {missing}")
+    pytest.skip(f"Flower's simulation engine is not installed ({', '.join(missing)}): pip install -e '.[federated]'")

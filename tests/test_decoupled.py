@@ -7,7 +7,7 @@ from torch import nn
 
 import skqk
 
-from nets import TinyMLP, all_models
+from nets import MobileNetV2Like, TinyMLP, all_models, randomize_batchnorm
 
 CASES = all_models()
 IDS = [name for name, _, _ in CASES]
@@ -49,6 +49,20 @@ def test_same_gradients(case, pooling):
     for name, p in model.named_parameters():
         assert_close_scaled(estimator_params[name].grad, p.grad)
     model.zero_grad()
+
+
+@pytest.mark.parametrize("pooling", ["live", "frozen"])
+def test_patterns_are_per_sample(case, pooling):
+    """Invariant 7: sample i's slice of a batch's pattern drives the estimator on sample i alone to the
+    network's output on sample i alone (every gate's batch axis is the input's)."""
+    _, model, x = case
+    selector, estimator = skqk.decouple(model, pooling=pooling)
+    estimator.eval()
+    with torch.no_grad():
+        pattern = selector(x)
+        for i in range(len(x)):
+            assert_close_scaled(estimator(x[i : i + 1], pattern[i]), model(x[i : i + 1]))
+            assert selector(x[i : i + 1]) == pattern[i]
 
 
 def test_selector_is_frozen_under_estimator_training(case):
@@ -124,7 +138,8 @@ def test_estimator_is_affine_for_a_fixed_pattern(case):
     _, model, x = case
     selector, estimator = skqk.decouple(model, pooling="frozen")
     estimator.eval()
-    assert not any(isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.MaxPool2d)) for m in estimator.modules())
+    live = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold, nn.MaxPool2d)
+    assert not any(isinstance(m, live) for m in estimator.modules())
     pattern = selector(x[:1])
     x1, x2, x3 = (3 * torch.randn_like(x[:1]) for _ in range(3))
     alpha, beta, gamma = 0.7, -1.3, 1.6  # sum to 1: an affine combination
@@ -132,6 +147,19 @@ def test_estimator_is_affine_for_a_fixed_pattern(case):
         combined = estimator(alpha * x1 + beta * x2 + gamma * x3, pattern)
         separate = sum(w * estimator(xi, pattern) for w, xi in zip((alpha, beta, gamma), (x1, x2, x3)))
     assert_close_scaled(combined, separate, tol=1e-4)
+
+
+def test_estimator_mirrors_the_source_training_mode():
+    """The estimator's `training` flag is the source's (BatchNorm then uses batch statistics, as in Phase 4); the
+    selector is always in eval mode, so the pair reproduces the network in eval mode."""
+    model = randomize_batchnorm(MobileNetV2Like()).train()
+    selector, estimator = skqk.decouple(model)
+    assert estimator.training and all(m.training for m in estimator.net.modules()) and not selector.training
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert_close_scaled(estimator.eval()(x, selector(x)), model.eval()(x))
+    selector, estimator = skqk.decouple(model)
+    assert not estimator.training and not any(m.training for m in estimator.modules())
 
 
 def test_decoupled_model_predicts_like_the_network(case):

@@ -1,9 +1,10 @@
 """Gates on hand-checkable inputs: expected masks and outputs written inline."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from skqk.gates import LeakyReluGate, MaxPoolGate, ReluGate
+from skqk.gates import ClampGate, ComparisonGate, LeakyReluGate, MaxPoolGate, PReluGate, ReluGate, SelectGate
 
 from nets import values_and_grad
 
@@ -58,3 +59,65 @@ def test_leaky_relu_gate_matches_leaky_relu_and_its_gradient():
     y_ref, g_ref = values_and_grad(lambda t, s: F.leaky_relu(t, 0.2), x, None)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(g, g_ref)
+
+
+# Every gate spelling at inputs that sit exactly on its bounds: value and input gradient equal the source's,
+# because each spelling's pattern follows its own subgradient (clamp passes the gradient at a bound, hardtanh
+# and threshold do not, relu gives 0 at 0).
+BOUNDARY = torch.tensor([[-7.0, -1.0, -0.5, 0.0, 0.1, 0.5, 1.0, 2.0, 6.0, 7.0]])
+SPELLINGS = {
+    "relu": (lambda x: F.relu(x), ReluGate()),
+    "leaky_relu": (lambda x: F.leaky_relu(x, 0.1), LeakyReluGate(0.1)),
+    "relu6": (F.relu6, ClampGate(0.0, 6.0)),
+    "hardtanh": (lambda x: F.hardtanh(x, -0.5, 1.0), ClampGate(-0.5, 1.0)),
+    "clamp(0, 6)": (lambda x: x.clamp(0, 6), ClampGate(0, 6, inclusive=True)),
+    "clamp(min=0)": (lambda x: x.clamp(min=0), ClampGate(0, None, inclusive=True)),
+    "clamp_max(1)": (lambda x: x.clamp_max(1), ClampGate(None, 1, inclusive=True)),
+    "threshold(0.1, -2)": (lambda x: F.threshold(x, 0.1, -2.0), ClampGate(0.1, low_value=-2.0)),
+}
+
+
+@pytest.mark.parametrize("name", SPELLINGS)
+def test_every_gate_matches_its_source_in_value_and_gradient_even_at_its_bounds(name):
+    source, gate = SPELLINGS[name]
+    x = BOUNDARY.clone().requires_grad_(True)
+    expected = source(x)
+    expected.backward(torch.arange(1.0, 11.0).view(1, -1))
+    y, grad = values_and_grad_weighted(gate, BOUNDARY)
+    assert torch.equal(y, expected.detach()) and torch.equal(grad, x.grad)
+    assert gate.bits == (2 if name in ("relu6", "hardtanh", "clamp(0, 6)") else 1)
+
+
+def values_and_grad_weighted(gate, x):
+    x = x.clone().requires_grad_(True)
+    y = gate(x, gate.pattern_of(x))
+    y.backward(torch.arange(1.0, 11.0).view(1, -1))
+    return y.detach(), x.grad
+
+
+def test_three_piece_state_is_the_piece_index_and_saturated_pieces_are_constant():
+    gate = ClampGate(0.0, 6.0)
+    x = torch.tensor([[-3.0, 2.0, 9.0]])
+    state = gate.pattern_of(x)
+    assert state.dtype == torch.uint8 and state.tolist() == [[0, 1, 2]]
+    assert gate(torch.tensor([[5.0, 5.0, 5.0]]), state).tolist() == [[0.0, 5.0, 6.0]]  # affine in x, per piece
+
+
+def test_prelu_slope_gradient_equals_the_source():
+    """The slope is QK: the estimator trains it, with the gradient PReLU itself gives it."""
+    x = torch.randn(4, 3, 5, 5)
+    weight = torch.tensor([0.1, -0.2, 0.3], requires_grad=True)
+    F.prelu(x, weight).pow(2).sum().backward()
+    expected = weight.grad.clone()
+    weight.grad = None
+    gate = PReluGate()
+    gate(x, weight, gate.pattern_of(x, weight)).pow(2).sum().backward()
+    torch.testing.assert_close(weight.grad, expected, rtol=1e-6, atol=0)
+
+
+def test_select_and_comparison_gates():
+    a, b = torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[0.0, 0.0, 5.0]])
+    select = SelectGate(take_larger=True)
+    assert torch.equal(select(a, b, select.pattern_of(a, b)), torch.maximum(a, b))
+    compare = ComparisonGate(torch.gt)
+    assert compare(a, 0, compare.pattern_of(a, 0)).tolist() == [[True, False, True]]

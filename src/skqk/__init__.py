@@ -16,6 +16,7 @@ _PUBLIC = {
     "DecouplingError": "skqk.sites",
     "Estimator": "skqk.estimator",
     "Flips": "skqk.patterns",
+    "MergeError": "skqk.combine",
     "PathSelector": "skqk.selector",
     "Pattern": "skqk.patterns",
     "PatternStore": "skqk.store",
@@ -24,6 +25,7 @@ _PUBLIC = {
     "data": "skqk.data",
     "linear_map": "skqk.decoupled",
     "list_sites": "skqk.sites",
+    "merge": "skqk.combine",
     "models": "skqk.models",
 }
 

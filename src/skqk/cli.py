@@ -15,12 +15,16 @@ from contextlib import contextmanager
 from dataclasses import fields
 
 from skqk._errors import one_line
+from skqk.federated.config import FederatedConfig
 from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
 
 
-def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> None:
+def add_sgd_options(
+    p: argparse.ArgumentParser, cfg_cls: type[SGDConfig], epochs: str = "--epochs", resumable: bool = True
+) -> None:
+    """The SGD fields as options; `epochs` names the epochs option, `resumable` adds --precision, --layout and --resume."""
     defaults = {f.name: f.default for f in fields(cfg_cls)}  # not cfg_cls(): its check of the model imports torch
-    p.add_argument("--epochs", type=int, help=f"training epochs (default {defaults['epochs']})")
+    p.add_argument(epochs, type=int, dest="epochs", help=f"training epochs (default {defaults['epochs']})")
     p.add_argument("--batch-size", type=int, help=f"SGD batch size (default {defaults['batch_size']})")
     p.add_argument("--lr", type=float, help=f"learning rate (default {defaults['lr']})")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {defaults['momentum']})")
@@ -29,14 +33,15 @@ def add_sgd_options(p: argparse.ArgumentParser, cfg_cls: type[SGDConfig]) -> Non
     p.add_argument("--subset-seed", type=int, help="seed of the nested sample subsets (default 0)")
     p.add_argument("--balanced", action="store_true", default=None, help="class-balanced sample subsets")
     p.add_argument("--eval-samples", type=int, help="validation samples per epoch (default 0 = all)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast with fp32 master weights")
-    p.add_argument(
-        "--layout",
-        choices=["auto", "contiguous", "channels_last"],
-        help="memory layout of activations and conv weights (default auto: channels_last where the benchmark "
-        "shows it pays for that model)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out after an interruption")
+    if resumable:
+        p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast with fp32 master weights")
+        p.add_argument(
+            "--layout",
+            choices=["auto", "contiguous", "channels_last"],
+            help="memory layout of activations and conv weights (default auto: channels_last where the benchmark "
+            "shows it pays for that model)",
+        )
+        p.add_argument("--resume", action="store_true", help="continue the run in --out after an interruption")
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -130,18 +135,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_options(p)
 
+    p = sub.add_parser("merge", help="combine QK checkpoints that share one SK (average, or task arithmetic)")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="model.pt files of QK runs (or merges)")
+    p.add_argument("-o", "--out", required=True, help="the merged checkpoint file")
+    p.add_argument("--method", choices=["average", "task-arithmetic"], default="average", help="(default average)")
+    p.add_argument("--weights", help="comma-separated, one per checkpoint (default: the samples each trained on)")
+    p.add_argument("--start", help="task arithmetic: the checkpoint every copy was re-trained from")
+    p.add_argument("--lambda", dest="lambdas", help="task arithmetic: λ, or comma-separated one per checkpoint")
+    p.add_argument(
+        "--tune-samples",
+        type=int,
+        default=1000,
+        help="task arithmetic without --lambda: held-out samples (default 1000)",
+    )
+    p.add_argument("--lambda-grid", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0", help="λ values tried")
+    add_data_options(p)
+
+    p = sub.add_parser("federated", help="federated re-training on Flower's simulation engine (needs '.[federated]')")
+    p.add_argument("--checkpoint", required=True, help="model.pt of the pre-trained start")
+    p.add_argument("--model", help="refuse a checkpoint of another zoo model")
+    p.add_argument("--clients", type=int, help="K (default 4)")
+    p.add_argument("--rounds", type=int, help="R (default 20)")
+    p.add_argument("--samples", type=int, help="N, split among the clients (default 8192)")
+    p.add_argument("--partition", choices=["iid", "dirichlet"], help="(default iid)")
+    p.add_argument("--alpha", type=float, help="Dirichlet concentration (default 0.1)")
+    p.add_argument("--partition-seed", type=int, help="seed of the split (default 0)")
+    p.add_argument("--method", choices=["qk", "traditional"], help="qk: shared SK, QK trained (default)")
+    p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], help="Flower's strategy (default fedavg)")
+    p.add_argument("--proximal-mu", type=float, help="FedProx's proximal weight (default 0.01)")
+    p.add_argument("--server-lr", type=float, help="FedAdam's server learning rate (default 0.1)")
+    p.add_argument("--min-clients", type=int, help="replies a round needs to count (default 0 = all)")
+    p.add_argument("--round-timeout", type=float, help="seconds to wait for a round's replies (default 600)")
+    p.add_argument("--threads", type=int, default=1, help="simulated clients training at a time (default 1)")
+    p.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, model.pt)")
+    add_data_options(p)
+    add_sgd_options(p, FederatedConfig, epochs="--local-epochs", resumable=False)
+
     p = sub.add_parser(
         "reproduce",
-        help="the paper's experiments: fig4 (SK stabilisation), fig5 (re-training), qkgap (what closes the QK gap)",
+        help="the experiments: fig4 (SK stabilisation), fig5 (re-training), qkgap (what closes the QK gap), "
+        "federated (QK-FedAvg vs FedAvg, docs/federated.md)",
     )
-    p.add_argument("figure", choices=["fig4", "fig5", "qkgap"])
+    p.add_argument("figure", choices=["fig4", "fig5", "qkgap", "federated"])
     p.add_argument(
         "--preset",
         choices=["paper", "cpu", "smoke"],
         default="cpu",
         help="paper: exact protocol; cpu: scaled for a 2-core CPU; smoke: minutes (default cpu)",
     )
-    p.add_argument("--models", help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5)")
+    p.add_argument(
+        "--models",
+        help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5, lenet5,vgg8 for federated)",
+    )
     p.add_argument(
         "--mode",
         choices=["independent", "successive"],
@@ -269,7 +314,7 @@ def cmd_evaluate(args) -> None:
     )
 
 
-def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+def parse_int_list(text: str, option: str = "--seeds") -> tuple[int, ...]:
     """Distinct non-negative integers from a comma-separated list (seeds, or sample counts)."""
     try:
         values = tuple(int(s) for s in text.split(","))
@@ -281,6 +326,8 @@ def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
 
 
 def cmd_reproduce(args) -> None:
+    if args.figure == "federated":
+        return reproduce_federated(args)
     from dataclasses import replace
 
     from skqk import models
@@ -294,7 +341,7 @@ def cmd_reproduce(args) -> None:
     preset = replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
     protocol = {}
     if args.sk_samples:
-        protocol["sk_samples"] = parse_seeds(args.sk_samples, "--sk-samples")
+        protocol["sk_samples"] = parse_int_list(args.sk_samples, "--sk-samples")
         if 0 in protocol["sk_samples"]:
             raise ValueError(f"--sk-samples must be positive, got {args.sk_samples!r}")
     if args.max_samples is not None:
@@ -303,7 +350,7 @@ def cmd_reproduce(args) -> None:
         protocol["max_samples"] = args.max_samples
     if protocol:  # the overrides are part of the preset written into results.json and printed with its scaling
         preset = replace(preset, fig5={name: replace(p, **protocol) for name, p in preset.fig5.items()})
-    seeds = parse_seeds(args.seeds)
+    seeds = parse_int_list(args.seeds)
     default = "alexnet" if args.figure == "fig4" else "lenet5,alexnet,vgg8"
     names = (args.models or default).split(",")
     for name in names:
@@ -319,6 +366,84 @@ def cmd_reproduce(args) -> None:
         results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision, seeds)
     print(summary_table(results))
     print(f"results in {args.out}/{'qkgap-' if args.figure == 'qkgap' else ''}results.json")
+
+
+def number_list(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def cmd_merge(args) -> None:
+    from skqk.combine import held_out_samples, merge_checkpoints
+
+    lambdas = number_list(args.lambdas, "--lambda")
+    tune = None
+    if args.method == "task-arithmetic" and lambdas is None and args.start is not None:
+        x, y = held_out_samples(args.checkpoints, load_data(args), args.tune_samples)
+        tune = (x, y, number_list(args.lambda_grid, "--lambda-grid"))
+    record = merge_checkpoints(
+        args.checkpoints,
+        args.out,
+        weights=number_list(args.weights, "--weights"),
+        method=args.method,
+        start=args.start,
+        lambdas=lambdas[0] if lambdas is not None and len(lambdas) == 1 else lambdas,
+        tune=tune,
+    )
+    weights = ", ".join(f"{w:.4g}" for w in record["merge"]["weights"])
+    lam = record["merge"].get("lambda")
+    lam = "" if lam is None else f", λ {lam:g}" if isinstance(lam, float) else f", λ {lam}"
+    print(f"{args.out}: {args.method} of {len(args.checkpoints)} copies, weights {weights}{lam}")
+
+
+def cmd_federated(args) -> None:
+    require_flower()
+    from skqk.federated.simulation import run_federated
+    from skqk.pipeline.checkpoint import load_model_checkpoint
+
+    cfg = config_from_args(FederatedConfig, args)
+    if args.model is not None and load_model_checkpoint(args.checkpoint)["model"] != args.model:
+        raise ValueError(f"{args.checkpoint} does not hold a {args.model}")
+    history = run_federated(
+        cfg, args.checkpoint, args.out, args.data_dir, args.cache_dir, args.threads, progress=not args.quiet
+    )
+    last = history[-1]
+    down, up = (sum(row.get(key, 0) for row in history) / 2**20 for key in ("bytes_down", "bytes_up"))
+    print(
+        f"{args.out}/model.pt: round {last['round']}, val accuracy {last['val_accuracy']:.4f}, val loss "
+        f"{last['val_loss']:.4f}; {down:.1f} MiB down, {up:.1f} MiB up"
+    )
+
+
+def reproduce_federated(args) -> None:
+    from skqk.experiments.federated import PRESETS
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"reproduce federated has the presets {', '.join(PRESETS)}, not {args.preset!r}")
+    require_flower()
+    from skqk.experiments.federated import run_federated_experiment as run
+    from skqk.experiments.report import summary_table
+
+    preset = PRESETS[args.preset]
+    names = (args.models or ",".join(preset.models)).split(",")
+    for name in names:
+        if name not in preset.models:
+            raise ValueError(f"unknown model {name!r} for federated; choose from {', '.join(preset.models)}")
+    print(preset.scaling(), file=sys.stderr)
+    results = run(preset, names, load_data(args), args.out, args.data_dir, args.cache_dir, progress=not args.quiet)
+    print(summary_table(results))
+    print(f"results in {args.out}/results.json")
+
+
+def require_flower() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is None:
+        raise RuntimeError("federated re-training needs Flower: pip install -e '.[federated]'")
 
 
 def cmd_patterns(args) -> None:
@@ -340,6 +465,8 @@ COMMANDS = {
     "retrain": cmd_retrain,
     "evaluate": cmd_evaluate,
     "reproduce": cmd_reproduce,
+    "merge": cmd_merge,
+    "federated": cmd_federated,
     "patterns": cmd_patterns,
     "bench": cmd_bench,
 }

@@ -22,14 +22,19 @@ def decouple(
     """Build the path selector and the estimator from a trained ReLU network (paper, Phase 2).
 
     Args:
-        model: any torch.fx-traceable module whose non-linearities are ReLU / LeakyReLU (and max pooling).
-            It is not modified: both halves are copies.
+        model: any torch.fx-traceable module whose every operation is affine in its input except
+            piecewise-linear activations (the list is in docs/design.md) and max pooling; anything else is
+            refused with a `DecouplingError` naming the node and its place in the source. It is not modified:
+            both halves are copies. Optional `forward` arguments are fixed at their defaults. The estimator's
+            `training` flag is the model's; the selector is always in eval mode.
         pooling: "live" keeps max pooling as is (the paper's setup); "frozen" makes its switches part of the
-            SK, so the estimator is exactly linear in its input for a fixed pattern.
-        leaf_modules: module types fx should not trace into (they must contain no ReLU).
+            SK, so the estimator is exactly affine in its input for a fixed pattern.
+        leaf_modules: module types fx should not trace into. skqk cannot look inside them: passing one vouches
+            that it is affine in its input (a leaf that holds a gate or a non-affine torch.nn module is refused).
 
     Returns:
-        ``(selector, estimator)``: ``selector(x)`` is the batch's `Pattern`; ``estimator(x, pattern)`` the output.
+        ``(selector, estimator)``: ``selector(*inputs)`` is the batch's `Pattern`; ``estimator(*inputs,
+        pattern)`` the output.
 
     Example:
         >>> selector, estimator = skqk.decouple(model.eval())
@@ -47,13 +52,13 @@ class DecoupledModel(nn.Module):
         self.selector = selector
         self.estimator = estimator
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.estimator(x, self.selector(x))
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.estimator(*inputs, self.selector(*inputs))
 
     @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
+    def predict(self, *inputs: Tensor) -> Tensor:
         """Predicted class of every sample of the batch."""
-        return self(x).argmax(dim=1)
+        return self(*inputs).argmax(dim=1)
 
 
 def linear_map(decoupled: DecoupledModel, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,6 +76,8 @@ def linear_map(decoupled: DecoupledModel, x: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError("linear_map needs eval mode (dropout and batch statistics are not linear): call .eval()")
     if decoupled.estimator.live_pooling:
         raise ValueError("linear_map needs decouple(model, pooling='frozen'): live max pooling is not linear")
+    if len(decoupled.estimator.inputs) != 1:
+        raise ValueError(f"linear_map takes models of one input; this one has {decoupled.estimator.inputs}")
     sample = x.detach().reshape(1, *x.shape[1:] if x.dim() > 1 and x.shape[0] == 1 else x.shape)
     pattern = decoupled.selector(sample)
 

@@ -17,17 +17,35 @@ from skqk.sites import Pooling, Site, has_max_pooling, rewrite_gates, trace
 
 
 class Estimator(nn.Module):
-    """`estimator(x, pattern) -> output`; same parameters as the source model (under ``.net``)."""
+    """`estimator(*inputs, pattern) -> output`; same parameters as the source model (under ``.net``).
 
-    def __init__(self, net: fx.GraphModule, sites: list[Site], pattern_arg: str):
+    `inputs` are the source's `forward` arguments that have no default (optional ones are fixed at their
+    defaults when tracing). Its `training` flag is the source's: in train mode BatchNorm uses batch statistics
+    and dropout drops, exactly as the source would, so the estimator is affine for a fixed pattern only in eval
+    mode (the path selector is always in eval mode).
+    """
+
+    def __init__(self, net: fx.GraphModule, sites: list[Site], inputs: list[str]):
         super().__init__()
         self.net = net
         self.sites = [s.name for s in sites]
-        self._pattern_arg = pattern_arg
+        self.inputs = inputs
         self.live_pooling = has_max_pooling(net)
+        self.training = net.training
 
-    def forward(self, x: Tensor, pattern: Mapping[str, Tensor]) -> Tensor:
-        return self.net(x, **{self._pattern_arg: pattern})
+    def forward(self, *inputs_and_pattern) -> Tensor:
+        *inputs, pattern = inputs_and_pattern
+        check_inputs(self.inputs, inputs, "estimator", " and then the pattern")
+        return self.net(pattern, *inputs)
+
+
+def check_inputs(names: list[str], given: tuple, who: str, then: str = "") -> None:
+    """A call with the wrong number of inputs gets a clear error instead of fx's."""
+    if len(given) != len(names) or isinstance(given and given[-1], Mapping):
+        raise TypeError(
+            f"the {who} takes the model's inputs {names}{then}; optional arguments of forward are fixed at their "
+            f"defaults when decoupling"
+        )
 
 
 def build_estimator(
@@ -40,14 +58,14 @@ def build_estimator(
     """
     gm = trace(model, leaf_modules)
     graph = gm.graph
-    last_placeholder = [n for n in graph.nodes if n.op == "placeholder"][-1]
-    with graph.inserting_after(last_placeholder):
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    with graph.inserting_before(placeholders[0]):  # first: the optional inputs after it keep their defaults
         pattern = graph.placeholder("pattern")
 
-    def lookup(graph: fx.Graph, site: Site, x: fx.Node) -> fx.Node:
+    def lookup(graph: fx.Graph, site: Site, gate, operands: tuple) -> fx.Node:
         return graph.call_function(operator.getitem, (pattern, site.name))
 
     sites = rewrite_gates(gm, pooling, lookup)
     if fuse and pooling == "frozen":
         fuse_relu_pool(gm)
-    return Estimator(gm, sites, pattern.target)
+    return Estimator(gm, sites, [p.target for p in placeholders if not p.args])

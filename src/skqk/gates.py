@@ -1,10 +1,16 @@
 """Gates: what replaces each non-linearity of a ReLU network once SK and QK are decoupled.
 
-Shape contract: ``gate(x, state) -> y``. `x` is the tensor the original non-linearity received, batch first;
-`state` is this site's slice of a `Pattern` (one state per *output* element, same batch size). For a fixed
-state a gate is linear in `x`, so the estimator built from gates is a linear model per activation pattern
-(paper, section 3.2). ``gate.pattern_of(x)`` is the state the original non-linearity takes for input `x`: the
-path selector records it, and ``gate(x, gate.pattern_of(x))`` equals the original non-linearity exactly.
+Shape contract: ``gate(x, *operands, state) -> y``. `x` is the tensor the original non-linearity received,
+batch first; `operands` are its other arguments (a PReLU's slope, the other side of a `maximum` or of a
+comparison); `state` is this site's slice of a `Pattern` (one state per *output* element, same batch size).
+For a fixed state a gate is affine in `x`, so the estimator built from gates is an affine model per activation
+pattern (paper, section 3.2). ``gate.pattern_of(x, *operands)`` is the state the original non-linearity takes:
+the path selector records it, and ``gate(x, *operands, gate.pattern_of(x, *operands))`` equals the original
+non-linearity exactly, in value and in gradient.
+
+Every piecewise-linear activation is a gate whose state says which linear piece each unit is on: two pieces
+(ReLU, LeakyReLU, PReLU, threshold, a one-sided clamp, `maximum`) cost 1 bit per unit, three pieces (ReLU6,
+Hardtanh, a two-sided clamp) 2 bits; a frozen max-pool switch costs 8 bits (`bits`).
 """
 
 import torch
@@ -15,12 +21,14 @@ from skqk.patterns import SWITCH_DTYPE
 
 
 class Gate(nn.Module):
-    """Base class: subclasses define `pattern_of` (SK of an input) and `forward` (linear for a fixed SK)."""
+    """Base class: subclasses define `pattern_of` (SK of an input) and `forward` (affine for a fixed SK)."""
 
-    def pattern_of(self, x: Tensor) -> Tensor:
+    bits = 1  # what one unit's state costs in a stored pattern
+
+    def pattern_of(self, x: Tensor, *operands) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, x: Tensor, state: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *operands_and_state) -> Tensor:
         raise NotImplementedError
 
 
@@ -51,9 +59,94 @@ class LeakyReluGate(Gate):
         return f"negative_slope={self.negative_slope}"
 
 
+class PReluGate(Gate):
+    """PReLU: the on/off bit of ReLU; an inactive unit passes its input times the slope, an operand of the gate
+    (the source's `weight` parameter, so the estimator trains it: the slope is QK)."""
+
+    def pattern_of(self, x: Tensor, weight: Tensor) -> Tensor:
+        return x > 0
+
+    def forward(self, x: Tensor, weight: Tensor, state: Tensor) -> Tensor:
+        slope = weight if weight.numel() == 1 or x.dim() < 2 else weight.view(-1, *[1] * (x.dim() - 2))
+        return torch.where(state, x, x * slope)
+
+
+class ClampGate(Gate):
+    """Threshold, one- and two-sided clamp, Hardtanh, ReLU6: linear between the bounds, constant outside.
+
+    ``y = x`` on the linear piece, `low_value` below `low`, `high_value` above `high` (either bound may be
+    absent). The state is a bool "on the linear piece" with one bound (1 bit per unit), and with two bounds a
+    uint8 piece index, 0 below / 1 linear / 2 above (2 bits per unit). `inclusive` says whether a unit exactly
+    at a bound is on the linear piece: `torch.clamp` passes its gradient there, `hardtanh`/`threshold` do not,
+    and the pattern follows the source so that gradients match even at the bounds.
+    """
+
+    def __init__(self, low=None, high=None, low_value=None, high_value=None, inclusive=False):
+        super().__init__()
+        self.low, self.high, self.inclusive = low, high, inclusive
+        self.low_value = low if low_value is None else low_value
+        self.high_value = high if high_value is None else high_value
+        self.bits = 2 if low is not None and high is not None else 1
+
+    def pattern_of(self, x: Tensor) -> Tensor:
+        above_low = (x >= self.low if self.inclusive else x > self.low) if self.low is not None else None
+        below_high = (x <= self.high if self.inclusive else x < self.high) if self.high is not None else None
+        if below_high is None:
+            return above_low
+        if above_low is None:
+            return below_high
+        return torch.where(above_low, torch.where(below_high, 1, 2), 0).to(torch.uint8)
+
+    def forward(self, x: Tensor, state: Tensor) -> Tensor:
+        if self.bits == 1:
+            constant = self.low_value if self.low is not None else self.high_value
+            return torch.where(state, x, torch.as_tensor(constant, dtype=x.dtype, device=x.device))
+        low = torch.as_tensor(self.low_value, dtype=x.dtype, device=x.device)
+        high = torch.as_tensor(self.high_value, dtype=x.dtype, device=x.device)
+        return torch.where(state == 1, x, torch.where(state == 0, low, high))
+
+    def extra_repr(self) -> str:
+        return f"low={self.low}, high={self.high}, inclusive={self.inclusive}"
+
+
+class SelectGate(Gate):
+    """``torch.maximum(a, b)`` / ``torch.minimum(a, b)``: the state says which operand wins, so the output is
+    that operand, affine in both. A tie passes the gradient to `a` only (the source splits it in half)."""
+
+    def __init__(self, take_larger: bool):
+        super().__init__()
+        self.take_larger = take_larger
+
+    def pattern_of(self, a: Tensor, b) -> Tensor:
+        return a >= b if self.take_larger else a <= b
+
+    def forward(self, a: Tensor, b, state: Tensor) -> Tensor:
+        return torch.where(state, a, b)
+
+
+class ComparisonGate(Gate):
+    """A comparison of an input-dependent tensor (``x > 0`` in ``torch.where(x > 0, x, 0)`` or ``x * (x > 0)``):
+    its bool result is piecewise constant in the input, so it is SK: recorded, then read from the pattern."""
+
+    def __init__(self, compare):
+        super().__init__()
+        self.compare = compare
+
+    def pattern_of(self, a, b) -> Tensor:
+        return self.compare(a, b)
+
+    def forward(self, a, b, state: Tensor) -> Tensor:
+        return state
+
+    def extra_repr(self) -> str:
+        return getattr(self.compare, "__name__", str(self.compare))
+
+
 class MaxPoolGate(Gate):
     """Frozen 2-D max pooling: the state is the switch (offset of the max inside its window), so the
     estimator routes the same input element without comparing values: a gather, linear in `x`."""
+
+    bits = 8  # a uint8 window offset
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()

@@ -3,10 +3,14 @@
 A `Pattern` maps each gate site (the fx node name of a ReLU, LeakyReLU or frozen max-pool) to a batch-first
 tensor of states:
 
-* ``torch.bool`` for a ReLU/LeakyReLU site: ``True`` where the neuron is active (its input is positive), i.e.
-  the derivative of the activation function that the paper's Fig. 2 calls the SK;
+* ``torch.bool`` for a two-piece gate (ReLU, LeakyReLU, PReLU, threshold, one-sided clamp, ``maximum``, a
+  comparison): ``True`` where the unit is on its linear piece (a ReLU's input is positive), i.e. the derivative
+  of the activation function that the paper's Fig. 2 calls the SK — 1 bit per unit;
+* ``torch.uint8`` for a three-piece gate (ReLU6, Hardtanh, two-sided clamp): 0 below, 1 linear, 2 above — 2 bits;
 * ``torch.uint8`` for a frozen max-pool site: the max-pooling switch, the offset of the winning element inside
-  each pooling window (row-major), so the estimator can route the same input element without taking a max.
+  each pooling window (row-major), so the estimator can route the same input element without taking a max — 8 bits.
+
+What a unit costs is carried per site (`Pattern.bits`), so a store can pack each site at its real cost.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import Tensor
 
 SWITCH_DTYPE = torch.uint8
+SWITCH_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class Pattern(Mapping[str, Tensor]):
         >>> p[:4].batch_size, p.gate_bits_per_sample
     """
 
-    def __init__(self, states: Mapping[str, Tensor]):
+    def __init__(self, states: Mapping[str, Tensor], bits: Mapping[str, int] | None = None):
         sizes = {t.shape[0] for t in states.values()}
         if len(sizes) > 1:
             raise ValueError(f"pattern sites disagree on the batch size: {sorted(sizes)}")
@@ -49,6 +54,11 @@ class Pattern(Mapping[str, Tensor]):
             if t.dtype not in (torch.bool, SWITCH_DTYPE):
                 raise ValueError(f"site {site!r}: states must be bool (gate) or uint8 (switch), got {t.dtype}")
         self._states = dict(states)
+        given = dict(bits or {})
+        self.bits = {s: given.get(s, 1 if t.dtype == torch.bool else SWITCH_BITS) for s, t in states.items()}
+        for site, b in self.bits.items():
+            if b not in (1, 2, SWITCH_BITS) or (b == 1) != (states[site].dtype == torch.bool):
+                raise ValueError(f"site {site!r}: {b} bits per unit does not fit its {states[site].dtype} states")
 
     # -- mapping over sites ----------------------------------------------------------------------------------
     def __getitem__(self, key):
@@ -59,7 +69,7 @@ class Pattern(Mapping[str, Tensor]):
                 raise ValueError(unknown_name_message("gate site", key, list(self._states))) from None
         if isinstance(key, int):  # keep the batch dimension: a pattern of one sample
             key = [key]
-        return Pattern({site: t[key] for site, t in self._states.items()})
+        return Pattern({site: t[key] for site, t in self._states.items()}, self.bits)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._states)
@@ -87,16 +97,17 @@ class Pattern(Mapping[str, Tensor]):
 
     @property
     def gate_sites(self) -> list[str]:
-        return [s for s, t in self._states.items() if t.dtype == torch.bool]
+        """Sites of piecewise-linear activations (two or three pieces), as opposed to max-pool switches."""
+        return [s for s, b in self.bits.items() if b != SWITCH_BITS]
 
     @property
     def switch_sites(self) -> list[str]:
-        return [s for s, t in self._states.items() if t.dtype == SWITCH_DTYPE]
+        return [s for s, b in self.bits.items() if b == SWITCH_BITS]
 
     @property
     def gate_bits_per_sample(self) -> int:
-        """Number of gate bits (neurons with an on/off state) per sample."""
-        return sum(self._states[s][0].numel() for s in self.gate_sites) if self.batch_size else 0
+        """Bits of gate state per sample: one per unit of a two-piece gate, two per unit of a three-piece gate."""
+        return sum(self._states[s][0].numel() * self.bits[s] for s in self.gate_sites) if self.batch_size else 0
 
     @property
     def switches_per_sample(self) -> int:
@@ -113,15 +124,15 @@ class Pattern(Mapping[str, Tensor]):
         for p in patterns[1:]:
             if p.sites != sites:
                 raise ValueError("Pattern.cat: patterns have different sites")
-        return Pattern({s: torch.cat([p[s] for p in patterns]) for s in sites})
+        return Pattern({s: torch.cat([p[s] for p in patterns]) for s in sites}, patterns[0].bits)
 
     def to(self, device) -> Pattern:
-        return Pattern({s: t.to(device, non_blocking=True) for s, t in self._states.items()})
+        return Pattern({s: t.to(device, non_blocking=True) for s, t in self._states.items()}, self.bits)
 
     # -- statistics ------------------------------------------------------------------------------------------
     def active_fraction(self) -> dict[str, float]:
-        """Per gate site, the fraction of neuron states that are active over the whole batch."""
-        return {s: self._states[s].float().mean().item() for s in self.gate_sites}
+        """Per gate site, the fraction of units on the linear piece (active) over the whole batch."""
+        return {s: (self._states[s] == 1).float().mean().item() for s in self.gate_sites}
 
     def flips(self, other: Pattern) -> Flips:
         """Fraction of states that differ from `other` (same samples), overall and per site.

@@ -14,8 +14,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from skqk.estimator import check_inputs
 from skqk.patterns import Pattern
-from skqk.sites import Pooling, Site, rewrite_gates, trace
+from skqk.sites import DecouplingError, Pooling, Site, rewrite_gates, trace
 
 
 class PathSelector(nn.Module):
@@ -26,11 +27,13 @@ class PathSelector(nn.Module):
         >>> pattern = selector(x)          # Pattern keyed by site name
     """
 
-    def __init__(self, net: fx.GraphModule, sites: list[Site], pooling: Pooling):
+    def __init__(self, net: fx.GraphModule, sites: list[Site], pooling: Pooling, inputs: list[str]):
         super().__init__()
         self.net = net
         self.sites = [s.name for s in sites]
+        self.bits = {s.name: s.bits for s in sites}  # what a unit of each site costs in a stored pattern
         self.pooling = pooling
+        self.inputs = inputs
         self.requires_grad_(False)
         self.train(False)
 
@@ -39,8 +42,17 @@ class PathSelector(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, x: Tensor) -> Pattern:
-        return Pattern(self.net(x))
+    def forward(self, *inputs: Tensor) -> Pattern:
+        check_inputs(self.inputs, inputs, "path selector")
+        states = self.net(*inputs)
+        samples = len(inputs[0])
+        for site, t in states.items():
+            if t.dim() == 0 or len(t) != samples:
+                raise DecouplingError(
+                    f"site {site!r} has {tuple(t.shape)} states for a batch of {samples} samples: a reshape or index "
+                    f"before it moved the batch axis, and a pattern is stored per sample"
+                )
+        return Pattern(states, self.bits)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -61,10 +73,11 @@ def build_selector(
     Everything after the last site is dropped from the graph, since the pattern does not need it.
     """
     gm = trace(model, leaf_modules)
+    inputs = [n.target for n in gm.graph.nodes if n.op == "placeholder" and not n.args]
     states: dict[str, fx.Node] = {}
 
-    def record(graph: fx.Graph, site: Site, x: fx.Node) -> fx.Node:
-        states[site.name] = graph.call_method("pattern_of", (graph.get_attr(site.target), x))
+    def record(graph: fx.Graph, site: Site, gate, operands: tuple) -> fx.Node:
+        states[site.name] = graph.call_method("pattern_of", (graph.get_attr(site.target), *operands))
         return states[site.name]
 
     sites = rewrite_gates(gm, pooling, record)
@@ -74,4 +87,4 @@ def build_selector(
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
-    return PathSelector(gm, sites, pooling)
+    return PathSelector(gm, sites, pooling, inputs)

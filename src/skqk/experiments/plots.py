@@ -121,3 +121,46 @@ def plot_qk_gap(cells: list[dict], path: Path, preset: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_federated(cells: list[dict], title: str, path: Path, preset: str) -> None:
+    """Global validation accuracy and CCE loss against rounds: QK-FedAvg and full-network FedAvg as lines, the
+    merge-once baseline as a point at the last round; one line style per partition."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colours = {"qk-fedavg": "tab:red", "traditional-fedavg": "tab:blue", "merge-once": "tab:green"}
+    styles = ["-", "--", ":", "-."]
+    partitions = list(dict.fromkeys((c["partition"], c["alpha"]) for c in cells))
+    for (kind, alpha), style in zip(partitions, styles):
+        label = f"Dirichlet {alpha:g}" if kind == "dirichlet" else "IID"
+        for cell in (c for c in cells if (c["partition"], c["alpha"]) == (kind, alpha)):
+            colour = colours[cell["method"]]
+            for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+                if "rounds" in cell:
+                    rows = cell["rounds"]
+                    ax.plot(
+                        [r["round"] for r in rows],
+                        [r[key] for r in rows],
+                        style,
+                        color=colour,
+                        label=f"{cell['method']}, {label}",
+                    )
+                else:
+                    last = cell["config"]["rounds"]
+                    ax.plot(
+                        [last],
+                        [cell[key]],
+                        "*",
+                        markersize=12,
+                        color=colour,
+                        alpha=1 if style == "-" else 0.6,
+                        label=f"merge-once, {label}",
+                    )
+    for ax, ylabel in zip(axes, ("validation accuracy", "validation CCE loss")):
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Federated re-training, {title}, {DATA_NOTE}, preset {preset}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

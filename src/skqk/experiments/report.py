@@ -33,7 +33,17 @@ def pm(mean: float, std: float, seeds: int, fmt: str = ".4f") -> str:
 
 def summary_table(results: dict) -> str:
     """A markdown table of a results.json: per cell (mean ± std over seeds) for Fig. 5 and the QK-gap study,
-    and the stabilisation criterion per model and seed for Fig. 4."""
+    the stabilisation criterion per model and seed for Fig. 4, and per cell for the federated experiment."""
+    if results["experiment"] == "federated":
+        rows = ["| model | K | partition | method | val acc | val CCE | MiB down | MiB up | wall s |", "|---" * 9 + "|"]
+        for c in results["cells"]:
+            partition = f"Dirichlet {c['alpha']:g}" if c["partition"] == "dirichlet" else "IID"
+            rows.append(
+                f"| {c['model']} | {c['clients']} | {partition} | {c['method']} | {c['val_accuracy']:.4f} | "
+                f"{c['val_loss']:.4f} | {c['bytes_down'] / 2**20:.1f} | {c['bytes_up'] / 2**20:.1f} | "
+                f"{c['wall_seconds']:.0f} |"
+            )
+        return "\n".join(rows)
     if results["experiment"] in ("fig5", "qkgap"):
         rows = [
             "| model | n (SK) | N | method | variant | seeds | val acc | val CCE |",

@@ -1,0 +1,325 @@
+"""Combining copies that share one SK: the paper's "combining multiple copies trained on different datasets".
+
+Copies of one decoupled network re-trained on different data keep the same path selector, so they differ only
+in their QK. Averaging their estimators keeps every copy's activation patterns valid for the result: the merged
+estimator is still gated by the very selector each copy was trained with. Averaging ordinary networks instead
+also moves the ReLUs' thresholds, so the paths the average takes are those of none of the copies.
+
+Two ways to combine:
+
+- ``average`` (`merge`): the weighted mean of the estimators' parameters, weighted by the samples each copy was
+  trained on (FedAvg's weighting). BatchNorm running statistics are pooled as a mixture: weighted mean of the
+  means, and for the variance the weighted mean of the variances plus the between-copy spread of the means.
+- ``task-arithmetic`` (`task_arithmetic`, Ilharco et al. 2023): every copy starts from the same pre-trained QK,
+  so ``merged = start + Σ λ_i (copy_i − start)``; λ is given or tuned on held-out samples (`tune_lambda`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from skqk.decoupled import DecoupledModel
+from skqk.pipeline.checkpoint import (
+    decoupled_entry,
+    load_decoupled,
+    load_estimator,
+    load_model_checkpoint,
+    load_selector,
+    save_checkpoint,
+)
+from skqk.pipeline.rundir import file_sha256
+
+
+class MergeError(ValueError):
+    """Copies that cannot be combined (another SK, architecture or pooling; a traditional checkpoint)."""
+
+
+def merge(copies: Sequence[DecoupledModel], weights: Sequence[float] | None = None) -> DecoupledModel:
+    """The weighted average of the QK of copies that share one selector.
+
+    Args:
+        copies: decoupled networks with the same selector fingerprint (same architecture, pooling and SK).
+        weights: one non-negative weight per copy, e.g. the number of samples each was trained on; None
+            weighs the copies equally. Only their ratios matter.
+
+    Returns:
+        A new `DecoupledModel`: the shared selector and an estimator holding the averaged QK (BatchNorm running
+        statistics pooled as a mixture). The copies are not modified.
+
+    Example:
+        >>> merged = skqk.combine([copy_a, copy_b], weights=[4096, 1024])
+    """
+    check_compatible(copies)
+    w = normalized_weights(weights, len(copies))
+    states = [c.estimator.net.state_dict() for c in copies]
+    merged_state = average_states(states, w, batchnorm_layers(copies[0].estimator.net))
+    return with_estimator_state(copies[0], merged_state)
+
+
+def task_arithmetic(
+    start: DecoupledModel,
+    copies: Sequence[DecoupledModel],
+    lambdas: float | Sequence[float],
+    weights: Sequence[float] | None = None,
+) -> DecoupledModel:
+    """``start + Σ λ_i (copy_i − start)`` on the trained QK, for copies re-trained from the same start.
+
+    BatchNorm running statistics are statistics of the data, not learned directions: they are pooled as in
+    `merge`, weighted by `weights` (None: equally).
+
+    Args:
+        start: the decoupled network every copy was re-trained from (same selector).
+        copies: the re-trained copies.
+        lambdas: one λ for every copy, or one per copy. With one λ, ``1 / len(copies)`` is the plain average.
+        weights: for the BatchNorm statistics only.
+    """
+    check_compatible([start, *copies])
+    lam = [float(lambdas)] * len(copies) if isinstance(lambdas, (int, float)) else [float(x) for x in lambdas]
+    if len(lam) != len(copies):
+        raise MergeError(f"{len(lam)} lambdas for {len(copies)} copies")
+    base = start.estimator.net.state_dict()
+    states = [c.estimator.net.state_dict() for c in copies]
+    batchnorm = batchnorm_layers(start.estimator.net)
+    merged = average_states(states, normalized_weights(weights, len(copies)), batchnorm)
+    statistics = {f"{m}.{b}" for m in batchnorm for b in ("running_mean", "running_var", "num_batches_tracked")}
+    for key, value in base.items():
+        if key in statistics or not value.is_floating_point():
+            continue
+        delta = sum(lam_i * (s[key].double() - value.double()) for lam_i, s in zip(lam, states))
+        merged[key] = (value.double() + delta).to(value.dtype)
+    return with_estimator_state(start, merged)
+
+
+@torch.no_grad()
+def tune_lambda(
+    start: DecoupledModel,
+    copies: Sequence[DecoupledModel],
+    x: Tensor,
+    y: Tensor,
+    grid: Sequence[float],
+    weights: Sequence[float] | None = None,
+) -> tuple[float, DecoupledModel, list[dict]]:
+    """Task arithmetic with the λ of `grid` that scores best on held-out samples `(x, y)`.
+
+    The score is accuracy, ties broken by the lower cross-entropy. `(x, y)` must be samples none of the copies
+    was trained on, and not the samples the result is reported on.
+
+    Returns:
+        ``(λ, merged, scores)``, scores holding ``{"lambda", "accuracy", "loss"}`` for every λ tried.
+    """
+    if not grid:
+        raise MergeError("tuning λ needs at least one candidate value")
+    scores, best = [], None
+    for lam in grid:
+        merged = task_arithmetic(start, copies, lam, weights).eval()
+        logits = torch.cat([merged(chunk) for chunk in x.split(1000)]).float()
+        score = {"lambda": lam, "accuracy": (logits.argmax(1) == y).float().mean().item()}
+        score["loss"] = F.cross_entropy(logits, y).item()
+        scores.append(score)
+        if best is None or (score["accuracy"], -score["loss"]) > (best[0]["accuracy"], -best[0]["loss"]):
+            best = (score, merged)
+    return best[0]["lambda"], best[1], scores
+
+
+def check_compatible(copies: Sequence[DecoupledModel], names: Sequence[str] | None = None) -> None:
+    """Refuse copies that do not share one SK, naming the first one that differs and how."""
+    if len(copies) < 2:
+        raise MergeError(f"merging needs at least two copies, got {len(copies)}")
+    names = list(names) if names is not None else [f"copy {i}" for i in range(len(copies))]
+    first = copies[0]
+    shapes = {k: v.shape for k, v in first.estimator.net.state_dict().items()}
+    for name, other in zip(names[1:], copies[1:]):
+        if other.selector.pooling != first.selector.pooling:
+            raise MergeError(
+                f"{name} was decoupled with {other.selector.pooling} pooling, {names[0]} with "
+                f"{first.selector.pooling}: copies must share one SK"
+            )
+        if {k: v.shape for k, v in other.estimator.net.state_dict().items()} != shapes or (
+            other.estimator.net.code != first.estimator.net.code
+        ):
+            raise MergeError(f"{name} has another architecture than {names[0]}")
+        if other.selector.fingerprint != first.selector.fingerprint:
+            raise MergeError(
+                f"{name} has another SK than {names[0]} (selector fingerprint {other.selector.fingerprint[:12]} "
+                f"vs {first.selector.fingerprint[:12]}): only copies re-trained from one selector can be merged"
+            )
+
+
+def normalized_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    if weights is None:
+        return [1.0 / count] * count
+    w = [float(x) for x in weights]
+    if len(w) != count:
+        raise MergeError(f"{len(w)} weights for {count} copies")
+    if any(not x >= 0 for x in w) or sum(w) <= 0:
+        raise MergeError(f"weights must be non-negative with a positive sum, got {w}")
+    return [x / sum(w) for x in w]
+
+
+def batchnorm_layers(network: nn.Module) -> set[str]:
+    """Names of the BatchNorm layers of `network` that keep running statistics (state-dict prefixes)."""
+    return {
+        name
+        for name, m in network.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    }
+
+
+def average_states(states: Sequence[dict[str, Tensor]], weights: Sequence[float], batchnorm: set[str]) -> dict:
+    """Weighted mean of state dicts (weights summing to 1), in float64, each tensor back in its own dtype.
+
+    For the BatchNorm layers named in `batchnorm`, the running statistics are those of the mixture of the
+    copies' data: ``mean = Σ w_i mean_i`` and ``var = Σ w_i (var_i + (mean_i − mean)²)`` (law of total
+    variance), and ``num_batches_tracked`` is the largest count. Other integer tensors must be equal.
+    """
+    merged: dict[str, Tensor] = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            merged[key] = sum(w * s[key].double() for w, s in zip(weights, states)).to(first.dtype)
+        elif key.rsplit(".", 1)[0] in batchnorm and key.endswith("num_batches_tracked"):
+            merged[key] = torch.stack([s[key] for s in states]).max()
+        elif all(torch.equal(s[key], first) for s in states):
+            merged[key] = first.clone()
+        else:
+            raise MergeError(f"the copies' integer tensor {key} differs and cannot be averaged")
+    for layer in batchnorm:
+        means = [s[f"{layer}.running_mean"].double() for s in states]
+        variances = [s[f"{layer}.running_var"].double() for s in states]
+        mean = sum(w * m for w, m in zip(weights, means))
+        var = sum(w * (v + (m - mean).square()) for w, m, v in zip(weights, means, variances))
+        merged[f"{layer}.running_var"] = var.to(states[0][f"{layer}.running_var"].dtype)
+    return merged
+
+
+def with_estimator_state(source: DecoupledModel, state: dict[str, Tensor]) -> DecoupledModel:
+    """A new pair: `source`'s selector (frozen, shared) and a copy of its estimator holding `state`."""
+    estimator = copy.deepcopy(source.estimator)
+    estimator.net.load_state_dict(state)
+    return DecoupledModel(source.selector, estimator)
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------
+
+
+def load_copies(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[DecoupledModel]]:
+    """The QK checkpoints to merge, refused in one line when one cannot be merged with the first."""
+    ckpts = [load_model_checkpoint(p) for p in paths]
+    for path, ckpt in zip(paths, ckpts):
+        if ckpt["kind"] != "decoupled":
+            raise MergeError(
+                f"{path} is a traditional (network) checkpoint: only QK checkpoints that share one SK can be merged"
+            )
+    for path, ckpt in zip(paths[1:], ckpts[1:]):
+        if (ckpt["model"], ckpt["model_kwargs"]) != (ckpts[0]["model"], ckpts[0]["model_kwargs"]):
+            raise MergeError(
+                f"{path} holds a {ckpt['model']} {ckpt['model_kwargs']}, {paths[0]} a {ckpts[0]['model']} "
+                f"{ckpts[0]['model_kwargs']}: copies must share one architecture"
+            )
+    copies = [load_decoupled(ckpt, str(path)) for path, ckpt in zip(paths, ckpts)]
+    check_compatible(copies, [str(p) for p in paths])
+    return ckpts, copies
+
+
+def trained_samples(ckpt: dict, path: str | os.PathLike) -> int:
+    """How many samples a QK checkpoint was trained on (a merged one: the sum over its copies)."""
+    samples = ckpt.get("samples", (ckpt.get("config") or {}).get("samples"))
+    if not isinstance(samples, int) or samples <= 0:
+        raise MergeError(f"{path} records no number of training samples; pass --weights")
+    return samples
+
+
+def load_start(path: str | os.PathLike, pooling: str) -> DecoupledModel:
+    """The pre-trained start of task arithmetic: a network checkpoint (decoupled here) or a QK checkpoint."""
+    ckpt = load_model_checkpoint(path)
+    return DecoupledModel(load_selector(ckpt, pooling, str(path)), load_estimator(ckpt, pooling, str(path)))
+
+
+def held_out_samples(paths: Sequence[str | os.PathLike], dataset, count: int) -> tuple[Tensor, Tensor]:
+    """`count` training samples none of the copies was trained on, to tune λ on: the last `count` samples of the
+    seeded permutation whose first `samples` each copy's configuration says it trained on.
+
+    Refused when the copies do not record one permutation (subset seed and balancing) or when the samples they
+    used leave fewer than `count` unseen.
+    """
+    from skqk.data import subset_indices
+
+    configs = [load_model_checkpoint(p).get("config") or {} for p in paths]
+    orders = {(c.get("subset_seed"), c.get("balanced")) for c in configs}
+    used = [c.get("samples") for c in configs]
+    if len(orders) != 1 or None in next(iter(orders)) or not all(isinstance(u, int) for u in used):
+        raise MergeError("tuning λ needs copies whose configuration records one sample order; pass --lambda instead")
+    seed, balanced = orders.pop()
+    total = len(dataset.train)
+    if not 0 < count <= total - max(used):
+        raise MergeError(
+            f"the copies were trained on up to {max(used)} of {total} samples; {count} held-out samples for tuning λ "
+            f"do not fit (use --tune-samples <= {total - max(used)} or pass --lambda)"
+        )
+    indices = subset_indices(dataset.train.labels, total, seed, balanced)[-count:]
+    return dataset.normalize(dataset.train.images[indices]), dataset.train.labels[indices]
+
+
+def merge_checkpoints(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    weights: Sequence[float] | None = None,
+    method: str = "average",
+    start: str | os.PathLike | None = None,
+    lambdas: float | Sequence[float] | None = None,
+    tune: tuple[Tensor, Tensor, Sequence[float]] | None = None,
+) -> dict:
+    """`merge` or `task_arithmetic` of QK checkpoint files into a new QK checkpoint at `out` (written atomically,
+    and only once every input was accepted).
+
+    Args:
+        paths: model.pt files of QK runs re-trained with one SK (or earlier merges).
+        out: the merged checkpoint file; must not be one of `paths`.
+        weights: per copy; None weighs by the samples each was trained on.
+        method: "average" or "task-arithmetic".
+        start: task arithmetic: the checkpoint every copy was re-trained from.
+        lambdas: task arithmetic: one λ, or one per copy.
+        tune: task arithmetic without `lambdas`: held-out ``(x, y, grid)`` to choose λ from `grid`.
+
+    Returns:
+        What was written besides the weights: ``samples``, ``merged_from``, ``merge`` (method, weights, λ, scores).
+    """
+    out = Path(out)
+    if any(out.resolve() == Path(p).resolve() for p in paths):
+        raise MergeError(f"the output {out} is one of the inputs; choose another -o")
+    if method not in ("average", "task-arithmetic"):
+        raise MergeError(f"method must be 'average' or 'task-arithmetic', got {method!r}")
+    ckpts, copies = load_copies(paths)
+    if weights is None:
+        weights = [trained_samples(c, p) for c, p in zip(ckpts, paths)]
+    w = normalized_weights(weights, len(copies))
+    info = {"method": method, "weights": w}
+    if method == "average":
+        merged = merge(copies, w)
+    else:
+        if start is None:
+            raise MergeError("task arithmetic needs --start, the checkpoint every copy was re-trained from")
+        pre = load_start(start, copies[0].selector.pooling)
+        check_compatible([copies[0], pre], [str(paths[0]), str(start)])
+        if lambdas is not None:
+            merged, info["lambda"] = task_arithmetic(pre, copies, lambdas, w), lambdas
+        elif tune is not None:
+            info["lambda"], merged, info["tuning"] = tune_lambda(pre, copies, *tune, weights=w)
+        else:
+            raise MergeError("task arithmetic needs --lambda, or held-out samples to tune it on")
+    samples = [c.get("samples", (c.get("config") or {}).get("samples")) for c in ckpts]
+    record = {
+        "samples": sum(samples) if all(isinstance(s, int) for s in samples) else None,
+        "merged_from": [{"path": str(p), "sha256": file_sha256(p)} for p in paths],
+        "merge": info,
+    }
+    first = ckpts[0]
+    entry = decoupled_entry(first["model"], first["model_kwargs"], first["selector_state"], merged)
+    save_checkpoint(out, {**entry, **record})
+    return record

@@ -1,0 +1,72 @@
+"""The Flower `ClientApp`: re-train the received weights on this client's shard and send them back.
+
+A QK client keeps the SK it received in its first round in the node's context (Flower keeps a node's
+`Context.state` across rounds), builds the frozen selector from it, and computes its own samples' activation
+patterns: neither its data nor its patterns leave the node. Every round it gets the global QK, trains the
+estimator for E epochs and replies with the QK parameters, the BatchNorm statistics and its metrics.
+
+Which shard is the node's comes from its node config (``partition-id``, ``num-partitions``; the simulation
+engine sets them, a SuperNode gets them from ``--node-config``), and so does where its data lies
+(``data-dir``, ``cache-dir``; default ``$SKQK_DATA`` and the cache). Everything else arrives in the message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from skqk.data import Dataset, load_dataset
+from skqk.federated.config import FederatedConfig
+from skqk.federated.task import batchnorm_of, client_model, client_shard, local_train, round_seed, split_state
+
+
+@functools.lru_cache(maxsize=2)
+def node_dataset(data_dir: str | None, cache_dir: str | None) -> Dataset:
+    """Loaded once per process (a simulated node is a long-lived actor; a SuperNode's app process runs once)."""
+    return load_dataset(data_dir, cache_dir, progress=False)
+
+
+def client_app(data_dir: str | None = None, cache_dir: str | None = None) -> ClientApp:
+    """A ClientApp whose nodes read their data from `data_dir` unless their node config names another."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        task = json.loads(str(msg.content["config"]["skqk"]))
+        cfg = FederatedConfig.from_dict(task["config"])
+        partition_id = int(context.node_config["partition-id"])
+        if int(context.node_config["num-partitions"]) != cfg.clients:
+            raise ValueError(f"this node is one of {context.node_config['num-partitions']}, the run has {cfg.clients}")
+        if "sk" in msg.content:  # the first round: the shared SK, kept for the rounds to come
+            context.state["sk"] = msg.content["sk"]
+        sk = context.state["sk"].to_torch_state_dict() if "sk" in context.state else None
+        qk = {**msg.content["arrays"].to_torch_state_dict(), **msg.content["statistics"].to_torch_state_dict()}
+        dataset = node_dataset(
+            context.node_config.get("data-dir", data_dir), context.node_config.get("cache-dir", cache_dir)
+        )
+        shard = client_shard(dataset, cfg, partition_id)
+        model = client_model(task["model"], task["model_kwargs"], cfg.method, task["pooling"], qk, sk)
+        server_round = int(msg.content["config"]["server-round"])
+        torch.manual_seed(round_seed(cfg.seed, partition_id, server_round))
+        mu = float(msg.content["config"].get("proximal-mu", 0.0))
+        metrics = local_train(model, dataset, shard, cfg, (server_round - 1) * cfg.epochs, cfg.epochs, mu)
+        params, statistics = split_state(
+            model.trainable.state_dict(), batchnorm_of(task["model"], task["model_kwargs"])
+        )
+        reply = RecordDict(
+            {
+                "arrays": ArrayRecord(params),
+                "statistics": ArrayRecord(statistics),
+                "metrics": MetricRecord({**metrics, "partition-id": partition_id}),
+            }
+        )
+        return Message(content=reply, reply_to=msg)
+
+    return app
+
+
+app = client_app()  # what a SuperNode runs (pyproject's [tool.flwr.app.components] clientapp)

@@ -1,0 +1,213 @@
+"""The Flower `ServerApp`: ship the SK once, aggregate the QK every round with one of Flower's strategies.
+
+`SharedSK` wraps Flower's FedAvg, FedProx or FedAdam. The wrapped strategy samples the nodes and aggregates
+the trained parameters with its own rule; the wrapper adds what sharing one SK needs and what the report
+measures: the selector weights go to a node with its first message only, BatchNorm running statistics travel
+beside the parameters and are pooled with `skqk.combine`'s mixture rule, replies are put in client order (so the
+sum is the same in simulation and deployment), a round with fewer than `min_clients` replies leaves the global
+model as it was, and every message's bytes and every client's metrics are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from skqk.atomic import atomic_write_text
+from skqk.combine import average_states
+from skqk.federated.config import FederatedConfig
+from skqk.federated.task import client_model, split_state
+from skqk.pipeline.checkpoint import decoupled_entry, network_entry, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def array_bytes(record: ArrayRecord) -> int:
+    """Bytes of a record's arrays as Flower serialises them."""
+    return sum(len(array.data) for array in record.values())
+
+
+class SharedSK(Strategy):
+    """One of Flower's strategies, plus the shared SK, pooled BatchNorm statistics and the round's accounting."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        sk: ArrayRecord | None,
+        statistics: ArrayRecord,
+        batchnorm: set[str],
+        min_clients: int,
+    ):
+        self.inner = inner
+        self.sk = sk
+        self.statistics = statistics
+        self.batchnorm = batchnorm
+        self.min_clients = min_clients
+        self.has_sk: set[int] = set()  # nodes that hold the SK already
+        self.round: dict = {}
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.round = {"bytes_down": 0, "bytes_up": 0, "clients": [], "kept": True}
+        messages = []
+        for message in self.inner.configure_train(server_round, arrays, config, grid):
+            node = message.metadata.dst_node_id
+            content = RecordDict({**message.content, "statistics": self.statistics})
+            if self.sk is not None and node not in self.has_sk:
+                content["sk"] = self.sk
+                self.has_sk.add(node)
+            self.round["bytes_down"] += sum(array_bytes(r) for r in content.array_records.values())
+            messages.append(Message(content=content, message_type=message.metadata.message_type, dst_node_id=node))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        valid = sorted((r for r in replies if not r.has_error()), key=lambda r: r.content["metrics"]["partition-id"])
+        statistics = [r.content.pop("statistics") for r in valid]  # the inner strategy sees parameters only
+        for reply, stats in zip(valid, statistics):
+            self.round["bytes_up"] += array_bytes(reply.content["arrays"]) + array_bytes(stats)
+            self.round["clients"].append({**reply.content["metrics"], "node": reply.metadata.src_node_id})
+        self.round["failures"] = len(replies) - len(valid)
+        if len(valid) < self.min_clients:
+            log.warning(
+                "round %d: %d of the %d replies needed; the global model is kept",
+                server_round,
+                len(valid),
+                self.min_clients,
+            )
+            self.round["kept"] = False
+            return None, None
+        arrays, metrics = self.inner.aggregate_train(server_round, valid + [r for r in replies if r.has_error()])
+        if self.statistics and arrays is not None:
+            weights = [float(r.content["metrics"]["num-examples"]) for r in valid]
+            states = [s.to_torch_state_dict() for s in statistics]
+            pooled = average_states(states, [w / sum(weights) for w in weights], self.batchnorm)
+            self.statistics = ArrayRecord(pooled)
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
+        return []  # the server evaluates the global model itself; clients report their training metrics
+
+    def aggregate_evaluate(self, server_round, replies) -> MetricRecord | None:
+        return None
+
+
+def inner_strategy(cfg: FederatedConfig) -> Strategy:
+    """Flower's own strategy for the parameters; every node trains each round, none evaluates."""
+    nodes = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": cfg.required_clients,
+        "min_available_nodes": cfg.required_clients,
+    }
+    if cfg.strategy == "fedprox":
+        return FedProx(proximal_mu=cfg.proximal_mu, **nodes)
+    if cfg.strategy == "fedadam":
+        return FedAdam(eta=cfg.server_lr, **nodes)
+    return FedAvg(**nodes)
+
+
+def run_server(grid: Grid, cfg: FederatedConfig, start: dict, out: Path, evaluate: Callable) -> list[dict]:
+    """The whole federated run on `grid`; writes ``metrics.jsonl`` every round and ``model.pt`` at the end.
+
+    Args:
+        start: the pre-trained start: ``model``, ``model_kwargs``, ``pooling``, ``sk`` and ``qk`` state dicts,
+            ``batchnorm`` layer names, and the checkpoint fields the result keeps (``selector_state``).
+        evaluate: (module in eval mode) -> {"val_accuracy", "val_loss"} on the validation subset.
+
+    Returns:
+        One row per round (round 0: the start).
+    """
+    params, statistics = split_state(start["qk"], start["batchnorm"])
+    strategy = SharedSK(
+        inner_strategy(cfg),
+        ArrayRecord(start["sk"]) if cfg.method == "qk" else None,
+        ArrayRecord(statistics),
+        start["batchnorm"],
+        cfg.required_clients,
+    )
+    history: list[dict] = []
+    clock = {"t": time.perf_counter()}
+
+    def global_model(arrays: ArrayRecord):
+        qk = {**arrays.to_torch_state_dict(), **strategy.statistics.to_torch_state_dict()}
+        return client_model(start["model"], start["model_kwargs"], cfg.method, start["pooling"], qk, start["sk"])
+
+    def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        metrics = evaluate(global_model(arrays).deployed.eval())
+        row = {"round": server_round, **metrics, "seconds": time.perf_counter() - clock["t"]}
+        if server_round > 0:
+            row.update({k: strategy.round[k] for k in ("bytes_down", "bytes_up", "failures", "kept", "clients")})
+        history.append(row)
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        log.info(
+            "round %d: val accuracy %.4f, val loss %.4f", server_round, metrics["val_accuracy"], metrics["val_loss"]
+        )
+        clock["t"] = time.perf_counter()
+        return MetricRecord(metrics)
+
+    task = {
+        "config": cfg.to_dict(),
+        "model": start["model"],
+        "model_kwargs": start["model_kwargs"],
+        "pooling": start["pooling"],
+    }
+    result = strategy.start(
+        grid,
+        ArrayRecord(params),
+        num_rounds=cfg.rounds,
+        timeout=cfg.round_timeout,
+        train_config=ConfigRecord({"skqk": json.dumps(task)}),
+        evaluate_fn=evaluate_round,
+    )
+    final = global_model(result.arrays if len(result.arrays) else ArrayRecord(params))
+    entry = (
+        decoupled_entry(start["model"], start["model_kwargs"], start["sk"], final.deployed)
+        if cfg.method == "qk"
+        else network_entry(start["model"], start["model_kwargs"], final.trainable)
+    )
+    save_checkpoint(out / "model.pt", {**entry, "samples": cfg.samples, "config": cfg.to_dict(), "history": history})
+    return history
+
+
+def server_app(run: Callable[[Grid, Context], None]) -> ServerApp:
+    app = ServerApp()
+    app.main()(run)
+    return app
+
+
+def run_from_run_config(grid: Grid, context: Context) -> None:
+    """A deployment's ServerApp: the run is described by the run config (``flwr run --run-config``):
+    ``checkpoint``, ``out``, optionally ``data-dir`` / ``cache-dir``, and any `FederatedConfig` field with dashes
+    (``clients``, ``rounds``, ``local-epochs``, ``samples``, ``partition``, ``alpha``, ``method``, ...)."""
+    from skqk.data import load_dataset
+    from skqk.federated.task import prepare_start
+    from skqk.pipeline.loop import evaluate
+    from skqk.pipeline.rundir import file_sha256, prepare_run_dir
+
+    given = {str(k).replace("-", "_"): v for k, v in context.run_config.items()}
+    if not given.get("checkpoint") or not given.get("out"):
+        raise ValueError("the run config must name the start checkpoint and the out folder")
+    given["epochs"] = given.pop("local_epochs", given.get("epochs", 1))
+    cfg = FederatedConfig.from_dict(given)
+    dataset = load_dataset(given.get("data_dir") or None, given.get("cache_dir") or None, progress=False)
+    start = prepare_start(given["checkpoint"], cfg, dataset)
+    source = {"checkpoint_sha256": file_sha256(given["checkpoint"]), "store": None}
+    run_dir = prepare_run_dir(given["out"], False, cfg, source, start["pooling"] if cfg.method == "qk" else None)
+    run_server(grid, cfg, start, run_dir, lambda module: evaluate(module, dataset, cfg.eval_samples))
+
+
+app = server_app(run_from_run_config)  # what a SuperLink runs (pyproject's [tool.flwr.app.components] serverapp)

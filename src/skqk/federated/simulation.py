@@ -1,0 +1,74 @@
+"""`skqk federated`: one federated run on Flower's simulation engine (K virtual SuperNodes on this machine).
+
+The ServerApp and ClientApp are the ones a real deployment runs (`docs/federated.md`); the simulation engine
+(Ray) runs each virtual node's ClientApp in a worker process, `threads` of them at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from skqk.data import load_dataset
+from skqk.data.loading import DATA_ENV
+from skqk.federated.config import FederatedConfig
+from skqk.federated.task import prepare_start
+from skqk.pipeline.loop import evaluate
+from skqk.pipeline.rundir import file_sha256, prepare_run_dir
+
+
+def run_federated(
+    cfg: FederatedConfig,
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    threads: int = 1,
+    progress: bool = True,
+) -> list[dict]:
+    """Run `cfg.rounds` rounds with `cfg.clients` simulated clients from `checkpoint`; write the run folder `out`
+    (config.json, metrics.jsonl with one row per round, model.pt: the global model).
+
+    Returns:
+        One row per round: validation accuracy and loss of the global model, bytes down and up, seconds, and
+        each client's local training metrics (round 0: the start).
+    """
+    from flwr.simulation import run_simulation
+
+    from skqk.federated.client_app import client_app
+    from skqk.federated.server_app import run_server, server_app
+
+    data_dir = str(data_dir or os.environ.get(DATA_ENV) or "") or None  # the worker processes get it explicitly
+    cache_dir = str(cache_dir) if cache_dir else None
+    dataset = load_dataset(data_dir, cache_dir, progress=progress)
+    start = prepare_start(checkpoint, cfg, dataset)  # every refusal comes before the run folder exists
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
+    run_dir = prepare_run_dir(out, False, cfg, source, start["pooling"] if cfg.method == "qk" else None)
+    outcome: dict = {}
+
+    def main(grid, context) -> None:
+        try:
+            outcome["history"] = run_server(
+                grid, cfg, start, Path(run_dir), lambda module: evaluate(module, dataset, cfg.eval_samples)
+            )
+        except BaseException as e:  # the engine only logs a ServerApp's error; re-raised below
+            outcome["error"] = e
+            raise
+
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.INFO if progress else logging.WARNING)
+    run_simulation(
+        server_app(main),
+        client_app(data_dir, cache_dir),
+        num_supernodes=cfg.clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": threads, "num_gpus": 0, "include_dashboard": False, "log_to_driver": progress},
+        },
+    )
+    if "error" in outcome:
+        raise outcome["error"]
+    if "history" not in outcome:
+        raise RuntimeError("the Flower simulation ended without a result (its log above says why)")
+    return outcome["history"]

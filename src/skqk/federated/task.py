@@ -1,0 +1,160 @@
+"""What federated clients and the server compute, without Flower: the modules built from the weights shipped,
+the split of a state into parameters and BatchNorm statistics, one client's local training, and its shard.
+
+A QK client holds the shared SK (the selector's weights, shipped once) and the QK it receives each round; it
+computes its samples' activation patterns itself, with that selector, so its data never leaves it. A
+traditional client holds the whole network and trains it with its ReLUs live (the FedAvg baseline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from skqk import models
+from skqk.combine import batchnorm_layers
+from skqk.data import Dataset, batches, epoch_order, subset_indices
+from skqk.decoupled import DecoupledModel
+from skqk.federated.config import FederatedConfig
+from skqk.federated.partition import partition
+from skqk.pipeline.checkpoint import (
+    CheckpointError,
+    build_network,
+    load_estimator,
+    load_model_checkpoint,
+    load_selector,
+    model_kwargs,
+    resolve_pooling,
+)
+from skqk.pipeline.loop import make_optimizer, sgd_step
+
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass
+class ClientModel:
+    """What a client trains (`trainable`), how a batch goes through it (`forward`), and what is evaluated."""
+
+    trainable: nn.Module
+    forward: object  # (images) -> logits
+    deployed: nn.Module
+
+
+def network_checkpoint(model: str, model_kwargs: dict, state: dict[str, Tensor]) -> dict:
+    """Weights received in a message, in the form the pipeline's builders take (a network checkpoint)."""
+    return {"kind": "network", "model": model, "model_kwargs": model_kwargs, "state_dict": state}
+
+
+def client_model(
+    model: str, model_kwargs: dict, method: str, pooling: str, qk: dict[str, Tensor], sk: dict[str, Tensor] | None
+) -> ClientModel:
+    """The module a client trains: an estimator gated by the frozen selector built from `sk` (method "qk"),
+    or the whole network (method "traditional", `sk` unused)."""
+    if method == "traditional":
+        net = build_network(network_checkpoint(model, model_kwargs, qk))
+        return ClientModel(net, net, net)
+    if sk is None:
+        raise ValueError("a QK client needs the SK (the selector weights) before its first round")
+    selector = load_selector(network_checkpoint(model, model_kwargs, sk), pooling)
+    estimator = load_estimator(network_checkpoint(model, model_kwargs, qk), pooling)
+    return ClientModel(estimator.net, lambda x: estimator(x, selector(x)), DecoupledModel(selector, estimator))
+
+
+def split_state(state: dict[str, Tensor], batchnorm: set[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(parameters, BatchNorm running statistics): Flower's strategy aggregates the first, `skqk.combine`'s
+    mixture rule pools the second (an average of variances alone would drop the spread between clients)."""
+    statistics = {f"{layer}.{name}" for layer in batchnorm for name in STATISTICS}
+    params = {k: v for k, v in state.items() if k not in statistics}
+    return params, {k: v for k, v in state.items() if k in statistics}
+
+
+def batchnorm_of(model: str, model_kwargs: dict) -> set[str]:
+    return batchnorm_layers(models.build(model, **model_kwargs))
+
+
+def client_shard(dataset: Dataset, cfg: FederatedConfig, partition_id: int) -> Tensor:
+    """Client `partition_id`'s sample indices: its part of the first N samples, split as `cfg` says. Every client
+    computes the same split from the seeds, so no index list is ever sent."""
+    if not 0 <= partition_id < cfg.clients:
+        raise ValueError(f"partition-id {partition_id} is not one of the {cfg.clients} clients")
+    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
+    shards = partition(indices, dataset.train.labels, cfg.clients, cfg.partition, cfg.alpha, cfg.partition_seed)
+    return shards[partition_id]
+
+
+def round_seed(seed: int, partition_id: int, server_round: int) -> int:
+    """Seed of a client's dropout in one round: the same in simulation and deployment, different per client."""
+    digest = hashlib.blake2b(f"{seed}:{partition_id}:{server_round}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def local_train(
+    model: ClientModel,
+    dataset: Dataset,
+    shard: Tensor,
+    cfg: FederatedConfig,
+    first_epoch: int,
+    epochs: int,
+    proximal_mu: float = 0.0,
+) -> dict[str, float]:
+    """SGD on the client's shard for `epochs` epochs, the `first_epoch`-th epoch of the run first.
+
+    The batch order of epoch e is `epoch_order(shard, cfg.seed, e)`, the same for a QK and a traditional
+    client, in a federated run and in the merge-once baseline. A fresh optimiser per call (FedAvg's clients
+    keep no momentum across rounds). With `proximal_mu` (FedProx), ``mu/2 ||w - w_received||²`` is added.
+
+    Returns:
+        Mean training loss and accuracy over the epochs, and ``num-examples`` (the shard's size).
+    """
+    params = list(model.trainable.parameters())
+    received = [p.detach().clone() for p in params] if proximal_mu else []
+    opt = make_optimizer(model.trainable, cfg)
+    model.trainable.train()
+    loss_sum, correct = 0.0, 0
+    for epoch in range(first_epoch, first_epoch + epochs):
+        for x, y, _ in batches(dataset.train, dataset, epoch_order(shard, cfg.seed, epoch), cfg.batch_size):
+            logits = model.forward(x)
+            loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"local training diverged (loss {loss.item()}); try a lower --lr (now {cfg.lr})")
+            sgd_step(opt, loss + proximal_term(params, received, proximal_mu) if proximal_mu else loss)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+    model.trainable.eval()
+    seen = len(shard) * epochs
+    return {"num-examples": len(shard), "train-loss": loss_sum / seen, "train-accuracy": correct / seen}
+
+
+def proximal_term(params: list[Tensor], received: list[Tensor], mu: float) -> Tensor:
+    return mu / 2 * sum((p - r).square().sum() for p, r in zip(params, received))
+
+
+def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset) -> dict:
+    """The pre-trained start of a run, checked before anything starts: its SK and QK state dicts, pooling and
+    BatchNorm layers; also checks that every client's shard can be drawn.
+
+    A network checkpoint (Phase 1) is the usual start: its weights are both the SK and the first QK. A QK
+    checkpoint continues with its own selector (method "qk" only).
+    """
+    ckpt = load_model_checkpoint(checkpoint, fits=model_kwargs(dataset))
+    if ckpt["kind"] == "decoupled" and cfg.method == "traditional":
+        raise CheckpointError(
+            f"{checkpoint} is a QK (decoupled) checkpoint; traditional federated training needs a network one"
+        )
+    pooling = resolve_pooling(ckpt, path=str(checkpoint))
+    load_selector(ckpt, pooling, str(checkpoint))  # refuses weights of another architecture, or a corrupt SK
+    sk = ckpt["selector_state"] if ckpt["kind"] == "decoupled" else ckpt["state_dict"]
+    for client in range(cfg.clients):
+        client_shard(dataset, cfg, client)
+    return {
+        "model": ckpt["model"],
+        "model_kwargs": ckpt["model_kwargs"],
+        "pooling": pooling,
+        "sk": sk,
+        "qk": ckpt["state_dict"],
+        "batchnorm": batchnorm_of(ckpt["model"], ckpt["model_kwargs"]),
+    }

@@ -1,0 +1,72 @@
+"""A federated run on Flower's simulation engine: one round equals the sample-weighted average of what each
+client's own local training gives with the same seeds, the SK is shipped once and never changes, and the
+global model is a normal checkpoint. On the tiny colour images with lenet5 (the simulated clients run in other
+processes, which see the real zoo only)."""
+
+import json
+
+import pytest
+import torch
+from pipeline_helpers import make_dataset
+
+from skqk.federated.config import FederatedConfig
+from skqk.federated.task import client_model, client_shard, local_train, prepare_start, round_seed
+from skqk.pipeline.checkpoint import load_for_evaluation, load_model_checkpoint
+from skqk.pipeline.config import TrainConfig
+from skqk.pipeline.train import train
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory, flower):
+    root = tmp_path_factory.mktemp("federated")
+    data_dir, cache_dir, data = make_dataset(root)
+    train(TrainConfig(model="lenet5", samples=60, epochs=2, batch_size=20, lr=0.05), data, root / "pre", progress=False)
+    return {"data": data, "dirs": (data_dir, cache_dir), "pre": root / "pre" / "model.pt"}
+
+
+def by_hand(cfg: FederatedConfig, start: dict) -> dict[str, torch.Tensor]:
+    """One round without Flower: every client trains from the start with its round seed; sample-weighted mean."""
+    data = start["data"]
+    begin = prepare_start(start["pre"], cfg, data)
+    states, sizes = [], []
+    for client in range(cfg.clients):
+        torch.manual_seed(round_seed(cfg.seed, client, 1))
+        model = client_model(begin["model"], begin["model_kwargs"], cfg.method, "live", begin["qk"], begin["sk"])
+        shard = client_shard(data, cfg, client)
+        local_train(model, data, shard, cfg, 0, cfg.epochs)
+        states.append(model.trainable.state_dict())
+        sizes.append(len(shard))
+    return {k: sum(s[k].double() * n for s, n in zip(states, sizes)) / sum(sizes) for k in states[0]}
+
+
+def test_one_round_is_fedavg_of_the_clients_local_training(start, tmp_path):
+    from skqk.federated.simulation import run_federated
+
+    cfg = FederatedConfig(samples=90, clients=2, rounds=1, batch_size=20, lr=0.05, partition="dirichlet", alpha=1.0)
+    history = run_federated(cfg, start["pre"], tmp_path / "run", *start["dirs"], progress=False)
+
+    ckpt = load_model_checkpoint(tmp_path / "run" / "model.pt")
+    expected = by_hand(cfg, start)
+    assert ckpt["state_dict"].keys() == expected.keys()
+    for key, value in ckpt["state_dict"].items():
+        torch.testing.assert_close(value.double(), expected[key], rtol=1e-6, atol=1e-7)
+    pre = load_model_checkpoint(start["pre"])
+    assert not all(torch.equal(ckpt["state_dict"][k], pre["state_dict"][k]) for k in pre["state_dict"])
+    # the SK is the pre-trained network's, unchanged
+    for key, value in pre["state_dict"].items():
+        assert torch.equal(ckpt["selector_state"][key], value)
+    assert ckpt["kind"] == "decoupled" and ckpt["samples"] == 90
+
+    assert [row["round"] for row in history] == [0, 1]
+    row = history[1]
+    assert row["kept"] and row["failures"] == 0
+    assert sorted(c["partition-id"] for c in row["clients"]) == [0, 1]
+    assert sum(c["num-examples"] for c in row["clients"]) == 90
+    # lenet5 has no BatchNorm: round 1 ships SK + QK down, QK up, to and from each of the two clients
+    params = sum(v.numel() for v in pre["state_dict"].values())
+    assert row["bytes_down"] == 2 * row["bytes_up"]
+    assert 2 * 4 * params <= row["bytes_up"] < 2 * 4 * params * 1.05
+    assert [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == history
+    module, _ = load_for_evaluation(tmp_path / "run" / "model.pt")
+    accuracy = module(start["data"].normalize(start["data"].test.images)).argmax(1) == start["data"].test.labels
+    assert abs(accuracy.float().mean().item() - history[1]["val_accuracy"]) < 1e-6

@@ -1,0 +1,238 @@
+"""Exact or refused, by construction: a generated sweep over the torch operations one can enumerate.
+
+Every case puts one operation between two gated layers, ``conv -> relu -> OP -> relu -> linear``. A case that
+`decouple` accepts must be faithful, affine for a fixed pattern (frozen pooling, eval mode), per-sample
+sliceable, and `linear_map` must reproduce it; a case it does not accept must be refused with a
+`DecouplingError`. A case that is neither fails.
+"""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import skqk
+
+SCALE_TOL = 1e-4  # relative to the output scale: float32 rounding through a few layers
+
+
+class Between(nn.Module):
+    """conv -> relu -> op(h, *extra) -> relu -> flatten -> linear; `extra` may name a second branch."""
+
+    def __init__(self, op, second: str | None = None, to_float: bool = False, features: int = 1):
+        super().__init__()
+        self.conv, self.conv2 = nn.Conv2d(2, 4, 3), nn.Conv2d(2, 4, 3)
+        self.op, self.second, self.to_float = op, second, to_float
+        self.head = nn.Linear(features, 3)
+        self.weight = nn.Parameter(torch.rand(4, 4, 4) + 0.5)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        if self.second == "branch":
+            y = self.op(h, self.conv2(x))
+        elif self.second == "parameter":
+            y = self.op(h, self.weight)
+        elif self.second == "scalar":
+            y = self.op(h, 0.5)
+        else:
+            y = self.op(h)
+        if self.to_float:
+            y = y.float()
+        return self.head(torch.relu(y).reshape(x.shape[0], -1))
+
+
+_SOLVERS = {"lobpcg"}  # an iterative eigensolver: seconds per call, and not an activation
+
+
+def _candidates():
+    """(name, op, second) for every callable of F, torch and Tensor called on one tensor, and binary forms."""
+    seen = set()
+    for name in sorted(dir(torch.Tensor)):  # methods and their in-place forms
+        if not name.startswith("_") and callable(getattr(torch.Tensor, name)):
+            seen.add(name)
+            yield f"Tensor.{name}", (lambda h, *a, name=name: getattr(h, name)(*a)), None
+    overridable = torch.overrides.get_overridable_functions()  # the functions fx can record
+    for prefix, namespace in (("F", F), ("torch", torch)):  # functions, where not a method of the same name
+        for name in sorted(dir(namespace)):
+            fn = getattr(namespace, name)
+            if name.startswith("_") or fn not in overridable.get(namespace, ()) or name in seen | _SOLVERS:
+                continue
+            seen.add(name)
+            yield f"{prefix}.{name}", fn, None
+    binary = [
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "maximum",
+        "minimum",
+        "max",
+        "min",
+        "where_gt",
+        "matmul",
+        "gt",
+        "ge",
+        "lt",
+        "le",
+        "pow",
+        "remainder",
+        "floor_divide",
+        "fmax",
+        "atan2",
+        "hypot",
+        "clamp_min",
+        "clamp_max",
+    ]
+    for name in binary:
+        fn = getattr(torch, name, None) or (lambda h, o: torch.where(h > o, h, o))
+        for second in ("branch", "parameter", "scalar"):
+            yield f"torch.{name}({second})", fn, second
+    yield "operator.mul(branch)", (lambda h, o: h * o), "branch"
+    yield "operator.truediv(branch)", (lambda h, o: h / o), "branch"
+    yield "operator.truediv(parameter)", (lambda h, o: h / o), "parameter"
+
+
+def _modules():
+    """Every torch.nn module class that builds with no arguments, plus a few that need one size."""
+    for name in sorted(nn.modules.__all__):
+        cls = getattr(nn, name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield f"nn.{name}()", cls()
+        except Exception:  # needs constructor arguments
+            continue
+    yield "nn.RMSNorm(4)", nn.RMSNorm(4)
+    yield "nn.LayerNorm(4)", nn.LayerNorm(4)
+    yield "nn.GroupNorm(2, 4)", nn.GroupNorm(2, 4)
+    yield "nn.PReLU(4)", nn.PReLU(4)
+
+
+def _usable_cases():
+    """The candidates the source model itself runs on (a dense floating or bool result with finite outputs)."""
+    torch.manual_seed(0)
+    probe = Between(None)
+    x = torch.randn(3, 2, 6, 6)
+    h, other = torch.relu(probe.conv(x)).detach(), probe.conv2(x).detach()
+    extra = {"branch": (other,), "parameter": (probe.weight.detach(),), "scalar": (0.5,), None: ()}
+    cases = []
+    for name, op, second in [*_candidates(), *((n, m, None) for n, m in _modules())]:
+        try:  # cheap first look on the tensor itself, so that only real candidates build a model
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                y = op(h.clone(), *extra[second])
+            dense = isinstance(y, torch.Tensor) and y.layout == torch.strided and not y.is_mkldnn
+            if not (dense and y.dtype in (torch.float32, torch.bool) and y.numel() % 3 == 0 and y.numel()):
+                continue
+            if not torch.isfinite(y.float()).all():
+                continue
+        except Exception:  # not callable this way
+            continue
+        torch.manual_seed(0)
+        model = Between(op, second, y.dtype == torch.bool, y.numel() // 3).eval()
+        cases.append(pytest.param(model, id=name + (".float()" if y.dtype == torch.bool else "")))
+    return cases
+
+
+CASES = _usable_cases()
+
+
+def _scaled_close(actual, expected, tol=SCALE_TOL):
+    scale = max(expected.abs().max().item(), 1e-6)
+    return actual.shape == expected.shape and bool(((actual - expected).abs() <= tol * scale).all())
+
+
+def check_exact_or_refused(model: nn.Module, x: torch.Tensor, pooling: str = "frozen") -> str:
+    """'refused', or 'accepted' after checking every property; raise AssertionError naming what failed."""
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            selector, estimator = skqk.decouple(model, pooling=pooling)
+    except skqk.DecouplingError:
+        return "refused"
+    with torch.no_grad():
+        try:
+            pattern = selector(x)
+        except skqk.DecouplingError:
+            return "refused"  # the batch axis check at recording time
+        expected = model(x)
+        assert _scaled_close(estimator(x, pattern), expected), "accepted but not faithful"
+        for i in range(len(x)):
+            alone = estimator(x[i : i + 1], pattern[i])
+            assert _scaled_close(alone, model(x[i : i + 1])), f"accepted but sample {i} is not per-sample"
+        if estimator.live_pooling:
+            return "accepted"
+        g = torch.Generator().manual_seed(1)
+        x1, x2 = torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g)
+        y1, y2 = estimator(x1, pattern), estimator(x2, pattern)
+        for a in (0.3, 1.7, -2.0):
+            mixed = estimator(a * x1 + (1 - a) * x2, pattern)
+            assert _scaled_close(mixed, a * y1 + (1 - a) * y2), "accepted but not affine for a fixed pattern"
+    decoupled = skqk.DecoupledModel(selector, estimator)
+    A, c = skqk.linear_map(decoupled, x[0])
+    with torch.no_grad():
+        assert _scaled_close(A @ x[0].flatten() + c, expected[0]), "accepted but linear_map is wrong"
+    return "accepted"
+
+
+@pytest.mark.parametrize("model", CASES)
+def test_every_operation_is_exact_or_refused(model):
+    check_exact_or_refused(model, torch.randn(3, 2, 6, 6))
+
+
+# The spellings of piecewise-linear activations and affine glue a plain network is written with: accepted.
+MUST_ACCEPT = {
+    "F.relu": F.relu, "F.relu(inplace)": lambda h: F.relu(h, inplace=True), "torch.relu_": torch.relu_,
+    "Tensor.relu_": lambda h: h.relu_(), "clamp(min=0)": lambda h: h.clamp(min=0),
+    "torch.clamp_min": lambda h: torch.clamp_min(h, 0), "Tensor.clamp_min_": lambda h: h.clamp_min_(0),
+    "torch.maximum(x, 0)": lambda h: torch.maximum(h, torch.tensor(0.0)), "F.threshold": lambda h: F.threshold(h, 0, 0),
+    "torch.where(x > 0, x, 0)": lambda h: torch.where(h > 0, h, 0), "x * (x > 0)": lambda h: h * (h > 0),
+    "F.leaky_relu_": lambda h: F.leaky_relu_(h, 0.1), "F.hardtanh_": F.hardtanh_, "F.relu6": F.relu6,
+    "clamp(0, 6)": lambda h: h.clamp(0, 6), "torch.clip": lambda h: torch.clip(h, -0.5, 0.5),
+    "nn.ReLU6": nn.ReLU6(), "nn.Hardtanh": nn.Hardtanh(-0.5, 0.5), "nn.PReLU": nn.PReLU(4),
+    "nn.LeakyReLU(inplace)": nn.LeakyReLU(0.2, inplace=True), "nn.Threshold": nn.Threshold(0.1, -1.0),
+    "shape arithmetic": lambda h: h.reshape(h.shape[0], h.shape[1] * h.shape[2] * h.shape[3]),
+    "F.avg_pool2d": lambda h: F.avg_pool2d(h, 2), "F.max_pool2d(return_indices)[0]":
+        lambda h: F.max_pool2d(h, 2, return_indices=True)[0], "x[:, :2]": lambda h: h[:, :2],
+    "permute there and back": lambda h: h.permute(0, 2, 3, 1).permute(0, 3, 1, 2),
+    "F.dropout(training=False)": lambda h: F.dropout(h, 0.5, training=False),
+}  # fmt: skip
+# Not affine for a fixed pattern (several were accepted before issue 15), or samples mixed before a gate.
+MUST_REFUSE = {
+    "torch.floor": torch.floor, "torch.tanh": torch.tanh, "F.gelu": F.gelu, "F.softmax": lambda h: h.softmax(1),
+    "nn.SiLU": nn.SiLU(), "nn.Hardswish": nn.Hardswish(), "nn.RMSNorm": nn.RMSNorm(4),
+    "nn.LayerNorm": nn.LayerNorm(4), "nn.GroupNorm": nn.GroupNorm(2, 4), "torch.abs": torch.abs,
+    "Tensor.exp_": lambda h: h.exp_(), "sign": lambda h: torch.sign(h), "x * x": lambda h: h * h,
+    "x / x": lambda h: h / (h + 1), "F.dropout": F.dropout, "x ** 2": lambda h: h**2,
+    "F.max_pool2d indices read": lambda h: F.max_pool2d(h, 2, return_indices=True)[1].float(),
+    "nn.MaxPool1d (frozen)": lambda h: F.max_pool1d(h.flatten(2), 2).view(h.shape[0], -1),
+    "F.adaptive_max_pool2d (frozen)": lambda h: F.adaptive_max_pool2d(h, 2),
+    "amax (frozen)": lambda h: h.amax(-1), "mean over the batch": lambda h: h - h.mean(0),
+    "transpose of the batch": lambda h: h.transpose(0, 1), "flip of the batch": lambda h: h.flip(0),
+    "x.half()": lambda h: h.half().float(), "x.long()": lambda h: h.long().float(),
+    "torch.div(rounding_mode)": lambda h: torch.div(h, 0.3, rounding_mode="floor"),
+    "leaky_relu_ on a view of a read tensor": lambda h: h + F.leaky_relu_(h[:, :2], 0.1).sum(),
+}  # fmt: skip
+
+
+def _between(op) -> nn.Module:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y = op(torch.relu(Between(None).conv(torch.randn(3, 2, 6, 6))))
+    torch.manual_seed(0)
+    return Between(op, to_float=y.dtype == torch.bool, features=y.numel() // 3)
+
+
+@pytest.mark.parametrize("name", list(MUST_ACCEPT) + list(MUST_REFUSE))
+def test_known_cases_go_the_right_way(name):
+    """Accepted and exact for the common spellings; refused for the non-affine ones."""
+    model = _between(MUST_ACCEPT.get(name) or MUST_REFUSE[name])
+    outcome = check_exact_or_refused(model, torch.randn(3, 2, 6, 6))
+    assert outcome == ("accepted" if name in MUST_ACCEPT else "refused")
+
+
+def test_the_sweep_is_not_empty():
+    assert len(CASES) > 250
