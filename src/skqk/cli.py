@@ -22,7 +22,8 @@ from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
 def add_sgd_options(
     p: argparse.ArgumentParser, cfg_cls: type[SGDConfig], epochs: str = "--epochs", resumable: bool = True
 ) -> None:
-    """The SGD fields as options; `epochs` names the epochs option, `resumable` adds --precision, --layout and --resume."""
+    """The SGD fields as options; `epochs` names the epochs option; `resumable` adds --precision, --layout and
+    --resume."""
     defaults = {f.name: f.default for f in fields(cfg_cls)}  # not cfg_cls(): its check of the model imports torch
     p.add_argument(epochs, type=int, dest="epochs", help=f"training epochs (default {defaults['epochs']})")
     p.add_argument("--batch-size", type=int, help=f"SGD batch size (default {defaults['batch_size']})")
