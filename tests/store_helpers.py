@@ -13,6 +13,7 @@ import torch
 from skqk import decouple, models
 from skqk.patterns import Pattern
 from skqk.store import PatternStore, SiteSpec
+from skqk.store.format import BITS_PER_UNIT
 
 
 def selector_of(name: str = "lenet5", pooling: str = "frozen"):
@@ -43,10 +44,11 @@ def synthetic_batch(sites: list[SiteSpec], batch: int, batch_size: int) -> tuple
     states = {
         s.name: torch.rand((batch_size, *s.shape), generator=gen) < 0.5
         if s.kind == "gate"
-        else torch.randint(0, 4, (batch_size, *s.shape), generator=gen, dtype=torch.uint8)
+        else torch.randint(0, 3 if s.kind == "piece" else 4, (batch_size, *s.shape), generator=gen, dtype=torch.uint8)
         for s in sites
     }
-    return torch.arange(batch * batch_size, (batch + 1) * batch_size), Pattern(states)
+    bits = {s.name: BITS_PER_UNIT[s.kind] for s in sites}
+    return torch.arange(batch * batch_size, (batch + 1) * batch_size), Pattern(states, bits)
 
 
 def main(path: str, first: int, last: int, batch_size: int) -> None:

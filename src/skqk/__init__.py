@@ -2,7 +2,8 @@
 
 The paper's objects are the top-level modules: `patterns` (the `Pattern` type), `gates`, `sites`, `selector` (the
 SK), `estimator` (the QK) and `decoupled` (Phase 2: `decouple`). Around them: `pipeline` (configuration,
-checkpoints, Phases 1, 3 and 4), `store` (the pattern store), `bench`, `models`, `data` and `experiments`.
+checkpoints, Phases 1, 3 and 4), `store` (the pattern store), `bench`, `models`, `data` and `experiments`;
+`refresh` (SK staleness and refresh) and `incremental` (data arriving in chunks).
 """
 
 import importlib
@@ -23,10 +24,13 @@ _PUBLIC = {
     "StoreError": "skqk.store",
     "decouple": "skqk.decoupled",
     "data": "skqk.data",
+    "incremental": "skqk.incremental",
     "linear_map": "skqk.decoupled",
     "list_sites": "skqk.sites",
     "merge": "skqk.combine",
     "models": "skqk.models",
+    "refresh_selector": "skqk.refresh",
+    "sk_staleness": "skqk.refresh",
 }
 
 __all__ = list(_PUBLIC)

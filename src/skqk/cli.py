@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -45,6 +46,27 @@ def add_sgd_options(
         p.add_argument("--resume", action="store_true", help="continue the run in --out after an interruption")
 
 
+def add_order_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--class-incremental",
+        type=int,
+        metavar="CLASSES",
+        help="class-incremental sample order: each chunk of --chunk-samples brings this many new classes",
+    )
+    p.add_argument("--chunk-samples", type=int, help="samples per chunk of the class-incremental order")
+
+
+def sample_range(text: str) -> tuple[int, int]:
+    """`A:B` of --sample-range: samples A..B-1 of the run's permutation."""
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(start), int(stop)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B (e.g. 4096:8192), got {text!r}") from None
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
@@ -52,6 +74,22 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         "then the cache, downloading CIFAR-10 there if absent)",
     )
     p.add_argument("--cache-dir", help="where decoded data is cached (default: $SKQK_CACHE or ~/.cache/skqk)")
+
+
+def add_selection_options(p: argparse.ArgumentParser) -> None:
+    """Which samples a pattern recording covers (`record`, `refresh`): the same permutation as the runs'."""
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the nested sample subsets (default 0)")
+    p.add_argument("--balanced", action="store_true", help="class-balanced sample subsets")
+    add_order_options(p)
+    p.add_argument("--batch-size", type=int, default=1024, help="inference batch size (default 1024)")
+
+
+def class_chunks_of(args) -> tuple[int, int] | None:
+    """The class-incremental order of `record` and `refresh`, checked like a run's configuration."""
+    from skqk.pipeline.config import SGDConfig
+
+    order = SGDConfig(class_incremental=args.class_incremental or 0, chunk_samples=args.chunk_samples or 0)
+    return order.class_chunks
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
@@ -62,6 +100,17 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
         help="auto: a GPU if CUDA is available, else the CPU (default); cuda falls back to the CPU with a "
         "message. Under torchrun each process takes GPU number LOCAL_RANK (see docs/distributed.md)",
     )
+
+
+def json_object(text: str, option: str) -> dict:
+    """The JSON object an option such as --model-kwargs holds; anything else is a one-line error."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{option} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} must be a JSON object like '{{\"width\": 64}}', got {text!r}")
+    return value
 
 
 def config_from_args(cfg_cls, args: argparse.Namespace):
@@ -81,11 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="Phase 1: train a zoo network from scratch on n samples")
-    p.add_argument("--model", help="zoo model: lenet5, alexnet, vgg8 (default lenet5)")
+    p.add_argument(
+        "--model",
+        help="zoo model: lenet5, alexnet, vgg8 (default lenet5), or your own as package.module:callable returning "
+        "an nn.Module (importable from the current directory or PYTHONPATH; it gets in_channels, image_size, "
+        "num_classes where its signature takes them)",
+    )
+    p.add_argument(
+        "--model-kwargs",
+        help="JSON object of keyword arguments for an imported model, e.g. '{\"width\": 64}'; recorded in the "
+        "checkpoint, so record/retrain/evaluate rebuild the model without these flags",
+    )
     p.add_argument("--samples", type=int, help="n, samples to train on (default 1024)")
     p.add_argument("--out", required=True, help="run folder (model.pt, config.json, metrics.jsonl)")
     add_data_options(p)
     add_sgd_options(p, TrainConfig)
+    add_order_options(p)
     add_device_option(p)
 
     p = sub.add_parser("record", help="Phases 2-3: the selector's activation patterns of n+m samples into a store")
@@ -98,15 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="frozen: max-pooling switches become part of the SK (default: a QK checkpoint's own, else live, as "
         "the paper)",
     )
-    p.add_argument("--subset-seed", type=int, default=0, help="seed of the nested sample subsets (default 0)")
-    p.add_argument("--balanced", action="store_true", help="class-balanced sample subsets")
-    p.add_argument("--batch-size", type=int, default=1024, help="inference batch size (default 1024)")
+    add_selection_options(p)
     add_data_options(p)
     add_device_option(p)
 
     p = sub.add_parser("retrain", help="Phase 4 (--method qk) or the traditional baseline on n+m samples")
     p.add_argument("--checkpoint", required=True, help="model.pt of the pre-trained run")
     p.add_argument("--samples", type=int, help="n+m (default 4096)")
+    p.add_argument(
+        "--sample-range",
+        type=sample_range,
+        metavar="A:B",
+        help="re-train on samples A..B-1 only (the new ones of data arriving in chunks); --samples N is 0:N",
+    )
+    p.add_argument("--replay", type=int, help="with --sample-range A:B: K of the samples before A, class-balanced")
     p.add_argument("--method", choices=["qk", "traditional"], help="qk: estimator only, SK fixed (default)")
     p.add_argument("--store", help="pattern store recorded by `skqk record` from the same checkpoint")
     p.add_argument("--patterns", choices=["store", "on-the-fly"], help="where QK steps get patterns (default store)")
@@ -126,10 +191,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patience", type=int, help="stop after this many epochs without a better val accuracy, keep the best"
     )
+    defaults = RetrainConfig()
+    p.add_argument(
+        "--staleness-samples",
+        type=int,
+        help=f"validation samples sk_staleness is measured on after every QK epoch (default "
+        f"{defaults.staleness_samples}; 0: not measured)",
+    )
+    p.add_argument("--sk-refresh", choices=["off", "auto"], help="auto: refresh the SK when it is stale (default off)")
+    p.add_argument(
+        "--sk-refresh-threshold",
+        type=float,
+        help=f"sk_staleness above which auto refreshes (default {defaults.sk_refresh_threshold})",
+    )
+    p.add_argument("--sk-refresh-every", type=int, help="at most one refresh every this many epochs (default 1)")
     p.add_argument("--out", required=True, help="run folder")
     add_data_options(p)
     add_sgd_options(p, RetrainConfig)
+    add_order_options(p)
     add_device_option(p)
+
+    p = sub.add_parser(
+        "refresh", help="SK refresh: the selector becomes a QK run's current network; its patterns into a new store"
+    )
+    p.add_argument("--checkpoint", required=True, help="model.pt of a QK run (or of any run)")
+    p.add_argument("--samples", type=int, required=True, help="record the patterns of the first this many samples")
+    p.add_argument("--store", required=True, help="new pattern store folder for the refreshed SK")
+    p.add_argument("--out", required=True, help="run folder: model.pt (a QK checkpoint) and refresh.json")
+    p.add_argument(
+        "--pooling", choices=["live", "frozen"], help="for a network checkpoint (default live; a QK checkpoint's own)"
+    )
+    add_selection_options(p)
+    add_data_options(p)
 
     p = sub.add_parser("evaluate", help="accuracy and CCE loss of a checkpoint on the test split")
     p.add_argument("--checkpoint", required=True)
@@ -175,9 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "reproduce",
         help="the experiments: fig4 (SK stabilisation), fig5 (re-training), qkgap (what closes the QK gap), "
-        "federated (QK-FedAvg vs FedAvg, docs/federated.md)",
+        "federated (QK-FedAvg vs FedAvg, docs/federated.md), incremental (data arriving in chunks)",
     )
-    p.add_argument("figure", choices=["fig4", "fig5", "qkgap", "federated"])
+    p.add_argument("figure", choices=["fig4", "fig5", "qkgap", "federated", "incremental"])
     p.add_argument(
         "--preset",
         choices=["paper", "cpu", "smoke"],
@@ -186,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--models",
-        help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5, lenet5,vgg8 for federated)",
+        help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5, lenet5,vgg8 for federated "
+        "and incremental)",
     )
     p.add_argument(
         "--mode",
@@ -197,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fig5: every run in this precision")
     p.add_argument(
         "--seeds",
-        default="0",
-        help="comma-separated seeds; each changes initialisation, sample choice and batch order (default 0)",
+        help="comma-separated seeds; each changes initialisation, sample choice and batch order (default 0; "
+        "incremental: the preset's)",
     )
     p.add_argument("--sk-samples", help="fig5: comma-separated SK sizes n (overrides the preset's)")
     p.add_argument("--max-samples", type=int, help="fig5: largest N (overrides the preset's)")
@@ -239,6 +333,8 @@ def is_main() -> bool:
 def cmd_train(args) -> None:
     from skqk.pipeline.train import train
 
+    if args.model_kwargs is not None:
+        args.model_kwargs = json_object(args.model_kwargs, "--model-kwargs")
     cfg = config_from_args(TrainConfig, args)
     result = train(cfg, load_data(args), args.out, resume=args.resume, progress=not args.quiet)
     print_final(result)
@@ -247,6 +343,10 @@ def cmd_train(args) -> None:
 def cmd_retrain(args) -> None:
     from skqk.pipeline.retrain import retrain
 
+    if args.sample_range is not None:
+        if args.samples is not None:
+            raise ValueError("give --samples N or --sample-range A:B, not both (--samples N is --sample-range 0:N)")
+        args.sample_start, args.samples = args.sample_range
     cfg = config_from_args(RetrainConfig, args)
     dataset = load_data(args)
     result = retrain(
@@ -286,9 +386,35 @@ def cmd_record(args) -> None:
         args.balanced,
         args.batch_size,
         progress=not args.quiet,
+        class_chunks=class_chunks_of(args),
     )
     if is_main():
         print(f"{args.store}: {len(store)} samples, {store.bytes_per_sample} bytes per sample")
+
+
+def cmd_refresh(args) -> None:
+    from skqk.data import subset_indices
+    from skqk.pipeline.refresh import refresh_checkpoint
+
+    class_chunks = class_chunks_of(args)
+    dataset = load_data(args)
+    indices = subset_indices(dataset.train.labels, args.samples, args.subset_seed, args.balanced, class_chunks)
+    summary = refresh_checkpoint(
+        args.checkpoint,
+        dataset,
+        indices,
+        args.store,
+        args.out,
+        args.pooling,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    before = summary["sk_staleness_before"]
+    stale = f"sk_staleness before {before:.4f}, " if before is not None else ""
+    print(
+        f"{args.out}/model.pt: SK refreshed ({stale}{summary['samples']} patterns recorded into {args.store} "
+        f"in {summary['seconds']:.1f} s)"
+    )
 
 
 def cmd_evaluate(args) -> None:
@@ -351,18 +477,25 @@ def cmd_reproduce(args) -> None:
         protocol["max_samples"] = args.max_samples
     if protocol:  # the overrides are part of the preset written into results.json and printed with its scaling
         preset = replace(preset, fig5={name: replace(p, **protocol) for name, p in preset.fig5.items()})
-    seeds = parse_int_list(args.seeds)
-    default = "alexnet" if args.figure == "fig4" else "lenet5,alexnet,vgg8"
+    seeds = parse_int_list(args.seeds or "0")
+    if args.seeds:
+        preset = replace(preset, incremental={n: replace(p, seeds=seeds) for n, p in preset.incremental.items()})
+    default = {"fig4": "alexnet", "incremental": "lenet5,vgg8"}.get(args.figure, "lenet5,alexnet,vgg8")
     names = (args.models or default).split(",")
+    protocols = {"fig5": preset.fig5, "incremental": preset.incremental}.get(args.figure, models.list_models())
     for name in names:
-        if name not in models.list_models() or (args.figure == "fig5" and name not in preset.fig5):
-            raise ValueError(f"unknown model {name!r} for {args.figure}; choose from {', '.join(preset.fig5)}")
+        if name not in models.list_models() or name not in protocols:
+            raise ValueError(f"unknown model {name!r} for {args.figure}; choose from {', '.join(protocols)}")
     print(preset.scaling(), file=sys.stderr)
     dataset = load_data(args)
     if args.figure == "fig4":
         results = run_fig4(preset, names, dataset, args.out, not args.quiet, seeds)
     elif args.figure == "qkgap":
         results = run_qk_gap(preset, dataset, args.out, not args.quiet, seeds)
+    elif args.figure == "incremental":
+        from skqk.experiments.incremental import run_incremental
+
+        results = run_incremental(preset, names, dataset, args.out, progress=not args.quiet)
     else:
         results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision, seeds)
     print(summary_table(results))
@@ -464,6 +597,7 @@ COMMANDS = {
     "train": cmd_train,
     "record": cmd_record,
     "retrain": cmd_retrain,
+    "refresh": cmd_refresh,
     "evaluate": cmd_evaluate,
     "reproduce": cmd_reproduce,
     "merge": cmd_merge,
@@ -477,6 +611,8 @@ DISTRIBUTED_COMMANDS = ("train", "record", "retrain")  # run unchanged under tor
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.getcwd() not in sys.path:  # --model package.module:callable (or a checkpoint naming one) imports from
+        sys.path.append(os.getcwd())  # the current directory too, as `python -m skqk` would
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:  # building the parser imports torch (bench options): seconds on a cold start

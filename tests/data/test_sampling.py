@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from skqk.data import DataError, Dataset, ImageData, batches, epoch_order, subset_fingerprint, subset_indices
+from skqk.data.sampling import replay_indices
 
 # 50 samples of class 0, 30 of class 1, 20 of class 2, shuffled
 LABELS = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100, generator=torch.Generator().manual_seed(5))]
@@ -108,3 +109,38 @@ def test_batches_of_no_indices_yield_nothing():
     data = ImageData(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), ["a"])
     dataset = Dataset.from_splits(data, data, "test")
     assert list(batches(data, dataset, torch.empty(0, dtype=torch.int64), 2)) == []
+
+
+def test_class_incremental_chunks_each_bring_new_classes_balanced_and_nested():
+    labels = torch.arange(300) % 6  # 50 samples per class
+    order = subset_indices(labels, 300, seed=2, class_chunks=(2, 30))
+
+    assert sorted(order.tolist()) == list(range(300))
+    seen: set[int] = set()
+    for k in range(3):
+        chunk = labels[order[k * 30 : (k + 1) * 30]]
+        classes = set(chunk.tolist())
+        assert len(classes) == 2 and not classes & seen  # two classes, new ones
+        assert torch.bincount(chunk, minlength=6).max().item() == 15  # balanced between them
+        seen |= classes
+    assert torch.equal(subset_indices(labels, 70, seed=2, class_chunks=(2, 30)), order[:70])
+    assert not torch.equal(subset_indices(labels, 300, seed=3, class_chunks=(2, 30)), order)
+
+
+def test_class_incremental_chunk_larger_than_its_classes_is_refused():
+    with pytest.raises(DataError, match="fewer than a chunk of 101"):
+        subset_indices(torch.arange(300) % 6, 10, class_chunks=(2, 101))
+
+
+def test_replay_buffer_is_a_reproducible_class_balanced_subset_of_earlier_samples():
+    earlier = subset_indices(LABELS, 60, seed=1)
+
+    buffer = replay_indices(LABELS, earlier, 12, seed=4)
+
+    assert len(buffer) == 12 and set(buffer.tolist()) <= set(earlier.tolist()) and len(set(buffer.tolist())) == 12
+    assert torch.bincount(LABELS[buffer], minlength=3).tolist() == [4, 4, 4]
+    assert torch.equal(replay_indices(LABELS, earlier, 12, seed=4), buffer)
+    assert not torch.equal(replay_indices(LABELS, earlier, 12, seed=5), buffer)
+    assert len(replay_indices(LABELS, earlier, 0)) == 0
+    with pytest.raises(DataError, match="cannot replay 61 samples: only 60"):
+        replay_indices(LABELS, earlier, 61)

@@ -107,3 +107,13 @@ def test_fedprox_and_fedadam_are_flowers_own():
     # FedAdam's first step moves the start by about eta in the direction of the average (2.0), not onto it
     w = arrays["w"].numpy()
     assert 0.0 < w[0] < 2.0
+
+
+def test_a_round_without_any_reply_stops_the_run():
+    s = strategy(FederatedConfig(clients=2, min_clients=1))
+    messages = list(s.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), Grid([11, 22])))
+    failed = [Message(Error(code=0, reason="client crashed"), reply_to=m) for m in messages]
+    with pytest.raises(RuntimeError, match="no client replied"):
+        s.aggregate_train(1, failed)
+    with pytest.raises(RuntimeError, match="no client replied"):
+        s.aggregate_train(1, [])  # the simulation engine died: nothing came back before the timeout

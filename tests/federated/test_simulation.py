@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
-from pipeline_helpers import make_dataset
+from pipeline_helpers import assert_one_line_error, data_args, main_in_process, make_dataset
 
 from skqk.federated.config import FederatedConfig
 from skqk.federated.task import client_model, client_shard, local_train, prepare_start, round_seed
 from skqk.pipeline.checkpoint import load_for_evaluation, load_model_checkpoint
 from skqk.pipeline.config import TrainConfig
+from skqk.pipeline.rundir import RunDirError
 from skqk.pipeline.train import train
 
 
@@ -67,6 +68,32 @@ def test_one_round_is_fedavg_of_the_clients_local_training(start, tmp_path):
     assert row["bytes_down"] == 2 * row["bytes_up"]
     assert 2 * 4 * params <= row["bytes_up"] < 2 * 4 * params * 1.05
     assert [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == history
+    with pytest.raises(RunDirError, match="already holds a federated run"):
+        run_federated(cfg, start["pre"], tmp_path / "run", *start["dirs"], progress=False)
     module, _ = load_for_evaluation(tmp_path / "run" / "model.pt")
     accuracy = module(start["data"].normalize(start["data"].test.images)).argmax(1) == start["data"].test.labels
     assert abs(accuracy.float().mean().item() - history[1]["val_accuracy"]) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (["--model", "vgg8"], "does not hold a vgg8"),
+        (["--samples", "30", "--clients", "4", "--partition", "dirichlet"], "10 samples each"),
+        (["--clients", "0"], "clients must be positive"),
+        (["--method", "traditional", "--strategy", "fedavg", "--alpha", "-1"], "alpha must be positive"),
+    ],
+)
+def test_bad_runs_are_refused_in_one_line_before_anything_starts(start, tmp_path, capsys, options, fragment):
+    code, _, err = main_in_process(
+        capsys,
+        "federated",
+        "--checkpoint",
+        start["pre"],
+        "--out",
+        tmp_path / "run",
+        *options,
+        *data_args(*start["dirs"]),
+    )
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "run").exists()

@@ -6,8 +6,10 @@ import re
 import pytest
 import torch
 from store_helpers import recorded, selector_of
+from torch import nn
 
 import skqk.store.format as store_format
+from skqk import decouple
 from skqk.store import PatternStore, format_info
 
 
@@ -43,3 +45,24 @@ def test_format_info_lists_sites_and_sample_count(tmp_path):
     assert all(re.search(rf"^{re.escape(site)}\s", text, re.MULTILINE) for site in selector.sites)
     empty = PatternStore.create(tmp_path / "empty", selector, selector(torch.randn(1, 3, 32, 32)))
     assert re.search(r"samples\s+0 ", format_info(empty.info()))
+
+
+def test_three_piece_gates_are_stored_at_two_bits_per_unit(tmp_path):
+    """ReLU6 states (0 below, 1 linear, 2 above) pack 4 per byte; info reports bits per kind of site."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 5, 3), nn.ReLU(), nn.Flatten()).eval()
+    with torch.no_grad():
+        model[0].bias.fill_(3.0)  # every piece of the ReLU6 occurs
+    selector = decouple(model)[0]
+    pattern = selector(4 * torch.randn(9, 3, 8, 8))
+    assert set(pattern["1"].unique().tolist()) == {0, 1, 2}
+    store = PatternStore.create(tmp_path / "store", selector, pattern[:1])
+    store.append(torch.arange(9), pattern)
+    assert store.bytes_per_sample == 4 * 6 * 6 * 2 // 8 + (5 * 4 * 4 + 7) // 8
+    got = PatternStore.open(store.path, selector).read(torch.arange(9))
+    assert got == pattern and got.bits == {"1": 2, "3": 1}
+    info = store.info()
+    assert info["bits_per_sample_by_kind"] == {"gate": 80, "piece": 288, "switch": 0}
+    assert [s["kind"] for s in info["sites"]] == ["piece", "gate"]
+    active = {s["name"]: s["active_fraction"] for s in info["sites"]}
+    assert active == pytest.approx(pattern.active_fraction(), abs=1e-6)
+    assert re.search(r"three-piece gates\s+288 bits \(2 per unit\)", format_info(info))

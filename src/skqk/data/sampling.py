@@ -11,7 +11,9 @@ from torch import Tensor
 from skqk.data.dataset import DataError, Dataset, ImageData
 
 
-def subset_indices(labels: Tensor, n: int, seed: int = 0, balanced: bool = False) -> Tensor:
+def subset_indices(
+    labels: Tensor, n: int, seed: int = 0, balanced: bool = False, class_chunks: tuple[int, int] | None = None
+) -> Tensor:
     """The first `n` samples of one seeded permutation of a split: subsets of one seed are nested.
 
     Args:
@@ -19,19 +21,77 @@ def subset_indices(labels: Tensor, n: int, seed: int = 0, balanced: bool = False
         n: subset size, 1 <= n <= N.
         seed: selects the permutation; the same seed gives the same order for every `n`.
         balanced: interleave the classes round-robin, so every prefix is as class-balanced as possible.
+        class_chunks: ``(classes_per_chunk, chunk_samples)`` for the class-incremental order
+            (`class_incremental_permutation`): data arriving in chunks that each bring new classes.
 
     Returns:
         int64 (n,) sample indices into the split.
 
     Raises:
-        DataError: `n` is out of range.
+        DataError: `n` is out of range, or a chunk's classes have fewer than `chunk_samples` samples.
     """
     if not 0 < n <= len(labels):
         raise DataError(f"cannot take a subset of {n} samples: the split has {len(labels)}")
     generator = torch.Generator().manual_seed(seed)
+    if class_chunks is not None:
+        return class_incremental_permutation(labels, *class_chunks, generator)[:n]
     if balanced:
         return class_interleaved_permutation(labels, generator)[:n]
     return torch.randperm(len(labels), generator=generator)[:n]
+
+
+def class_incremental_permutation(
+    labels: Tensor, classes_per_chunk: int, chunk_samples: int, generator: torch.Generator
+) -> Tensor:
+    """A permutation whose consecutive blocks of `chunk_samples` each bring `classes_per_chunk` new classes.
+
+    The classes are taken in a seeded order and grouped; block k holds samples of group k only, balanced between
+    its classes. Whatever is left once every group has had its block follows, class-interleaved. So chunk k of
+    a stream, ``[k * chunk_samples, (k + 1) * chunk_samples)``, is the class-incremental setting's k-th experience.
+    """
+    if classes_per_chunk <= 0 or chunk_samples <= 0:
+        raise DataError(
+            f"class-incremental chunks need positive sizes, got {classes_per_chunk} classes, {chunk_samples} samples"
+        )
+    classes = labels.unique()
+    classes = classes[torch.randperm(len(classes), generator=generator)]
+    blocks, used = [], torch.zeros(len(labels), dtype=torch.bool)
+    for group in classes.split(classes_per_chunk):
+        members = torch.isin(labels, group).nonzero().squeeze(1)
+        if len(members) < chunk_samples:
+            raise DataError(
+                f"classes {group.tolist()} have {len(members)} samples, fewer than a chunk of {chunk_samples}"
+            )
+        block = members[class_interleaved_permutation(labels[members], generator)[:chunk_samples]]
+        blocks.append(block)
+        used[block] = True
+    rest = (~used).nonzero().squeeze(1)
+    blocks.append(rest[class_interleaved_permutation(labels[rest], generator)])
+    return torch.cat(blocks)
+
+
+def replay_indices(labels: Tensor, earlier: Tensor, k: int, seed: int = 0) -> Tensor:
+    """A replay buffer: `k` of the `earlier` samples, class-balanced and fixed by (`seed`, the earlier samples).
+
+    Incremental re-training on a new chunk may revisit a few old samples to limit forgetting (experience replay,
+    Rolnick et al. 2019); drawing them round-robin over the classes keeps every old class represented.
+
+    Args:
+        labels: int64 (N,) labels of the split.
+        earlier: indices of the samples seen before the new chunk.
+        k: buffer size, 0 <= k <= len(earlier).
+        seed: selects which samples; the same (seed, earlier) gives the same buffer.
+
+    Returns:
+        int64 (k,) sample indices, a subset of `earlier`.
+    """
+    earlier = torch.as_tensor(earlier, dtype=torch.int64)
+    if not 0 <= k <= len(earlier):
+        raise DataError(f"cannot replay {k} samples: only {len(earlier)} came before the new ones")
+    if k == 0:
+        return earlier[:0]
+    generator = torch.Generator().manual_seed(mixed_seed(seed, -len(earlier)))  # never an epoch's seed
+    return earlier[class_interleaved_permutation(labels[earlier], generator)[:k]]
 
 
 def subset_fingerprint(labels: Tensor, seed: int = 0, balanced: bool = False) -> str:

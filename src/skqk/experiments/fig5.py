@@ -177,7 +177,7 @@ def cached_cell(cell_dir: Path, run, key: dict, cfg) -> dict:
     cell_file = cell_dir / "cell.json"
     if cell_file.exists():
         cell = json.loads(cell_file.read_text())
-        if cell.get("config") != cfg.to_dict():
+        if "config" not in cell or not cfg.matches(cell["config"]):
             raise ValueError(f"{cell_dir} holds a result of another configuration; use another --out")
         return cell
     outcome = run(cell_dir)

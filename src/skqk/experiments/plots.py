@@ -123,6 +123,35 @@ def plot_qk_gap(cells: list[dict], path: Path, preset: str) -> None:
     plt.close(fig)
 
 
+def plot_incremental(streams: list[dict], title: str, path: Path, preset: str) -> None:
+    """Average accuracy over the chunks seen so far and average forgetting after each chunk, one line per arm
+    (mean over seeds)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm in dict.fromkeys(s["arm"] for s in streams):
+        runs = [s for s in streams if s["arm"] == arm and "diverged" not in s]
+        if not runs:
+            continue
+        style = "-" if arm.startswith("qk") else "--"
+        for ax, key in zip(axes, ("accuracy_per_step", "forgetting_per_step")):
+            steps = range(len(runs[0][key]))
+            means = [mean_or_nan([r[key][i] for r in runs]) for i in steps]
+            ax.plot(list(steps), means, style, marker="o", label=arm)
+    for ax, ylabel in zip(axes, ("average accuracy over chunks seen", "average forgetting")):
+        ax.set_xlabel("chunk trained on (0 = pre-training)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Incremental re-training, {title}, {DATA_NOTE}, preset {preset}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def mean_or_nan(values: list) -> float:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else float("nan")
+
+
 def plot_federated(cells: list[dict], title: str, path: Path, preset: str) -> None:
     """Global validation accuracy and CCE loss against rounds: QK-FedAvg and full-network FedAvg as lines, the
     merge-once baseline as a point at the last round; one line style per partition."""

@@ -28,6 +28,23 @@ class Fig5Protocol:
 
 
 @dataclass(frozen=True)
+class IncrementalProtocol:
+    """Data arriving in chunks for one model (`skqk.experiments.incremental`; not in the paper)."""
+
+    chunk_samples: int  # samples per chunk; chunk 0 is the pre-training data
+    pretrain_epochs: int
+    retrain_epochs: int  # per chunk
+    replay: int  # the small replay buffer of the replay arms
+    chunks: int = 5
+    classes_per_chunk: int = 2  # class-incremental order: new classes per chunk
+    eval_per_chunk: int = 500  # test samples measuring each chunk (a column of the accuracy matrix)
+    eval_samples: int = 2000  # validation samples after every epoch (the final accuracy)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    orders: tuple[str, ...] = ("random", "class-incremental")
+    arms: tuple[str, ...] = ()  # names from skqk.experiments.incremental.ARMS; () = every arm
+
+
+@dataclass(frozen=True)
 class Variant:
     """One re-training cell's departure from the Fig. 5 protocol (the QK-gap study changes one factor at a time)."""
 
@@ -60,6 +77,7 @@ class Preset:
     fig4_samples: int = 1024
     fig4_val_samples: int = 1000  # validation samples whose patterns are compared epoch to epoch
     fig4_eval_samples: int = 0
+    incremental: dict[str, IncrementalProtocol] = field(default_factory=dict)
     fig4_every_steps: int = 0  # also compare patterns every this many SGD steps (0 = per epoch only)
     fig4_flip_threshold: float = 0.01  # patterns "settled" once the flips per interval stay below this fraction
     qk_gap: QKGapProtocol | None = None
@@ -89,6 +107,13 @@ class Preset:
                 f"  qkgap {g.model}: SK from n = {g.sk_samples:,}, N in {list(g.sample_counts)}, one factor at a "
                 f"time: {', '.join(v.name for v in g.variants)}"
             )
+        for name, p in self.incremental.items():
+            lines.append(
+                f"  incremental {name}: {p.chunks} chunks of {p.chunk_samples:,} samples (class-incremental: "
+                f"{p.classes_per_chunk} new classes each), pre-train {p.pretrain_epochs} epochs on chunk 0, re-train "
+                f"{p.retrain_epochs} epochs per chunk, replay {p.replay}, {p.eval_per_chunk} test samples per chunk, "
+                f"seeds {list(p.seeds)}, orders {list(p.orders)}, arms {list(p.arms) or 'all'}"
+            )
         return "\n".join(lines)
 
 
@@ -107,7 +132,9 @@ CPU = Preset(
     "cpu",
     "scaled for a 2-core CPU: LeNet-5 keeps the paper's pre-training and N up to 32,768 with a fifth of its "
     "re-training epochs; AlexNet gets a twentieth of the pre-training, 3 of the 50 re-training epochs and N up to "
-    "4,096, VGG8 the same up to 8,192; validation on 2,000 test samples",
+    "4,096, VGG8 the same up to 8,192; validation on 2,000 test samples. Incremental: LeNet-5 with 300-sample "
+    "chunks, 15 + 3 epochs, 3 seeds; VGG8 smoke-sized (100-sample chunks, 6 + 2 epochs), 1 seed, random order, "
+    "no replay arms",
     fig5={
         "lenet5": Fig5Protocol((1024, 4096), 32768, pretrain_epochs=200, retrain_epochs=10, eval_samples=2000),
         "alexnet": Fig5Protocol((1024, 4096), 4096, pretrain_epochs=10, retrain_epochs=3, eval_samples=2000),
@@ -115,6 +142,22 @@ CPU = Preset(
     },
     fig4_epochs=40,
     fig4_eval_samples=2000,
+    incremental={
+        "lenet5": IncrementalProtocol(
+            300, pretrain_epochs=15, retrain_epochs=3, replay=30, eval_per_chunk=200, eval_samples=500
+        ),
+        "vgg8": IncrementalProtocol(
+            100,
+            pretrain_epochs=6,
+            retrain_epochs=2,
+            replay=10,
+            eval_per_chunk=100,
+            eval_samples=300,
+            seeds=(0,),
+            orders=("random",),
+            arms=("qk-new", "traditional-new", "qk-all", "traditional-all", "qk-new-refresh", "qk-all-refresh"),
+        ),  # fmt: skip
+    },
     fig4_every_steps=4,
     qk_gap=QKGapProtocol(
         "lenet5",
@@ -142,6 +185,12 @@ SMOKE = Preset(
     fig4_samples=256,
     fig4_val_samples=200,
     fig4_eval_samples=500,
+    incremental={
+        name: IncrementalProtocol(
+            100, pretrain_epochs=2, retrain_epochs=1, replay=10, eval_per_chunk=50, eval_samples=250, seeds=(0,)
+        )
+        for name in ("lenet5", "vgg8")
+    },
     fig4_every_steps=2,
     qk_gap=QKGapProtocol(
         "lenet5", 256, (512,), (Variant("lr3x", lr_scale=3.0), Variant("frozen-pooling", pooling="frozen"))

@@ -33,7 +33,10 @@ def pm(mean: float, std: float, seeds: int, fmt: str = ".4f") -> str:
 
 def summary_table(results: dict) -> str:
     """A markdown table of a results.json: per cell (mean ± std over seeds) for Fig. 5 and the QK-gap study,
-    the stabilisation criterion per model and seed for Fig. 4, and per cell for the federated experiment."""
+    the stabilisation criterion per model and seed for Fig. 4, and per cell for the federated experiment,
+    per arm for the incremental one."""
+    if results["experiment"] == "incremental":
+        return incremental_table(results["summary"])
     if results["experiment"] == "federated":
         rows = ["| model | K | partition | method | val acc | val CCE | MiB down | MiB up | wall s |", "|---" * 9 + "|"]
         for c in results["cells"]:
@@ -68,4 +71,23 @@ def summary_table(results: dict) -> str:
             f"| {run['model']} | {run['seed']} | {settle} | {s['val_loss_min_epoch']} | {ratio} | "
             f"{s['val_accuracy_at_min']:.4f} |"
         )
+    return "\n".join(rows)
+
+
+def incremental_table(summary: list[dict]) -> str:
+    """Per model, order and arm: mean ± std over seeds of the final accuracy, average forgetting, and the cost."""
+    rows = [
+        "| model | order | arm | seeds | final acc | avg forgetting | BWT | samples processed | wall s | refreshes |",
+        "|---" * 10 + "|",
+    ]
+    for r in summary:
+        k = r["seeds"]
+        if not k:
+            rows.append(f"| {r['model']} | {r['order']} | {r['arm']} | 0 ({r['diverged']} diverged) |" + " |" * 6)
+            continue
+        cells = [pm(r[m], r[f"{m}_std"], k) for m in ("final_accuracy", "average_forgetting", "backward_transfer")]
+        cells += [f"{r['samples_processed']:,.0f}", pm(r["wall_seconds"], r["wall_seconds_std"], k, ".0f")]
+        cells.append(pm(r["refreshes"], r["refreshes_std"], k, ".1f"))
+        seeds = f"{k} (+{r['diverged']} diverged)" if r["diverged"] else str(k)
+        rows.append(f"| {r['model']} | {r['order']} | {r['arm']} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

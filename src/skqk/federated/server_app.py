@@ -5,7 +5,8 @@ the trained parameters with its own rule; the wrapper adds what sharing one SK n
 measures: the selector weights go to a node with its first message only, BatchNorm running statistics travel
 beside the parameters and are pooled with `skqk.combine`'s mixture rule, replies are put in client order (so the
 sum is the same in simulation and deployment), a round with fewer than `min_clients` replies leaves the global
-model as it was, and every message's bytes and every client's metrics are recorded.
+model as it was (a round without any stops the run), and every message's bytes and every client's metrics are
+recorded.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ class SharedSK(Strategy):
             self.round["bytes_up"] += array_bytes(reply.content["arrays"]) + array_bytes(stats)
             self.round["clients"].append({**reply.content["metrics"], "node": reply.metadata.src_node_id})
         self.round["failures"] = len(replies) - len(valid)
+        if not valid:  # nothing to aggregate and nobody left to wait for: every client failed, or the engine died
+            raise RuntimeError(
+                f"round {server_round}: no client replied ({len(replies)} failures); the run stops, its rounds so far "
+                "are in metrics.jsonl"
+            )
         if len(valid) < self.min_clients:
             log.warning(
                 "round %d: %d of the %d replies needed; the global model is kept",

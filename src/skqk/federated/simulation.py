@@ -15,7 +15,7 @@ from skqk.data.loading import DATA_ENV
 from skqk.federated.config import FederatedConfig
 from skqk.federated.task import prepare_start
 from skqk.pipeline.loop import evaluate
-from skqk.pipeline.rundir import file_sha256, prepare_run_dir
+from skqk.pipeline.rundir import RunDirError, file_sha256, prepare_run_dir
 
 
 def run_federated(
@@ -39,6 +39,8 @@ def run_federated(
     from skqk.federated.client_app import client_app
     from skqk.federated.server_app import run_server, server_app
 
+    if (Path(out) / "model.pt").exists() or (Path(out) / "metrics.jsonl").exists():  # federated runs do not resume
+        raise RunDirError(f"{out} already holds a federated run; choose another --out")
     data_dir = str(data_dir or os.environ.get(DATA_ENV) or "") or None  # the worker processes get it explicitly
     cache_dir = str(cache_dir) if cache_dir else None
     dataset = load_dataset(data_dir, cache_dir, progress=progress)

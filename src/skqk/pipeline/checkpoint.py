@@ -69,13 +69,14 @@ def load_model_checkpoint(path: str | os.PathLike, fits: dict | None = None) -> 
     missing = [key for key in MODEL_KEYS[kind] if key not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is an incomplete {kind} checkpoint: it lacks {', '.join(missing)}")
-    if fits is not None and ckpt["model_kwargs"] != fits:
-        raise CheckpointError(f"{path} was trained for {ckpt['model_kwargs']}, the data is {fits}")
+    built_for = {k: ckpt["model_kwargs"].get(k) for k in fits or ()}  # the rest: an imported model's options
+    if fits is not None and built_for != fits:
+        raise CheckpointError(f"{path} was trained for {built_for}, the data is {fits}")
     return ckpt
 
 
 def model_kwargs(dataset) -> dict:
-    """What a checkpoint records about the data its network was built for."""
+    """What a checkpoint records about the data its network was built for (beside an imported model's options)."""
     return {"in_channels": dataset.in_channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes}
 
 
@@ -98,10 +99,10 @@ def decoupled_entry(name: str, model_kwargs: dict, selector_state: dict, decoupl
 
 def build_network(ckpt: dict[str, Any], state_key: str = "state_dict", path: str = "checkpoint") -> nn.Module:
     """The zoo network of `ckpt` with the weights under `state_key`; a mismatch is a one-line error."""
-    try:
+    try:  # by name (a zoo name or the import path of the user's builder): a checkpoint holds no code
         network = models.build(ckpt["model"], **ckpt["model_kwargs"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot rebuild its network ({e})") from None
+        raise CheckpointError(f"{path}: cannot rebuild its network ({one_line(e)})") from None
     try:
         network.load_state_dict(ckpt[state_key])
     except (RuntimeError, KeyError) as e:

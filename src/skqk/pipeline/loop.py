@@ -27,7 +27,9 @@ from skqk.pipeline.checkpoint import load_checkpoint, save_checkpoint
 from skqk.pipeline.config import SGDConfig
 
 StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
-EpochHook = Callable[[int, nn.Module], dict]  # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips)
+# (epoch, trained module) -> extra metrics (Fig. 4: pattern flips); a hook with state_dict()/load_state_dict()
+# (SK refresh: the SK in use) has that state saved in, and restored from, the run's resume state
+EpochHook = Callable[[int, nn.Module], dict]
 StepHook = Callable[[int, nn.Module], dict | None]  # (SGD steps so far, trained module) -> metrics at that step
 EpochContext = Callable[[torch.optim.Optimizer], contextlib.AbstractContextManager]  # wraps an epoch's steps
 
@@ -45,11 +47,17 @@ class RunResult:
 
 @torch.no_grad()
 def evaluate(
-    module: nn.Module, dataset: Dataset, limit: int = 0, batch_size: int = 1000, sharded: bool = False
+    module: nn.Module,
+    dataset: Dataset,
+    limit: int = 0,
+    batch_size: int = 1000,
+    sharded: bool = False,
+    indices: Tensor | None = None,
 ) -> dict[str, float]:
     """Accuracy and categorical cross-entropy on the validation (test) split, in eval mode, on the module's device.
 
-    With `limit`, on a fixed class-balanced subset of that many test samples (the split is stored by class).
+    With `limit`, on a fixed class-balanced subset of that many test samples (the split is stored by class);
+    with `indices`, on those test samples (e.g. one chunk's, for the accuracy matrix of incremental training).
     With `sharded` under torch.distributed, every rank evaluates its share and the sums are added up (every
     rank must call it).
     """
@@ -57,7 +65,7 @@ def evaluate(
     module.eval()
     device = next(module.parameters(), torch.empty(0)).device
     ctx = distributed.current() if sharded else distributed.Context()
-    indices = validation_indices(dataset, limit)
+    indices = validation_indices(dataset, limit) if indices is None else indices
     n = len(indices)
     correct, loss_sum = 0, 0.0
     for x, y, _ in batches(dataset.test, dataset, ctx.share(indices), batch_size):
@@ -124,6 +132,8 @@ def fit(
         if "cuda_rng" in state and ctx.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], ctx.device)
         history = state["history"]
+        if hasattr(on_epoch, "load_state_dict"):
+            on_epoch.load_state_dict(state.get("hook", {}))
     autocast = precision_context(cfg.precision, ctx.device.type)
     epochs = tqdm(
         range(len(history), cfg.epochs),
@@ -183,6 +193,8 @@ def fit(
             "rng": torch.get_rng_state(),
             "history": history,
         }
+        if hasattr(on_epoch, "state_dict"):
+            state["hook"] = on_epoch.state_dict()
         if ctx.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(ctx.device)
         ctx.on_main(write_epoch, run_dir, history, state)

@@ -102,8 +102,10 @@ def record_from_checkpoint(
     balanced: bool = False,
     batch_size: int = 1024,
     progress: bool = True,
+    class_chunks: tuple[int, int] | None = None,
 ) -> PatternStore:
-    """`record` for the first `samples` samples of the run's nested subset (what `skqk record` runs)."""
+    """`record` for the first `samples` samples of the run's nested subset (what `skqk record` runs); the store
+    gets only those it lacks, so recording n + m after n appends the m new samples' patterns."""
     selector = selector_from_checkpoint(checkpoint, pooling, fits=model_kwargs(dataset))
-    indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced)
+    indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced, class_chunks)
     return record(selector, dataset, indices, store, batch_size, progress)

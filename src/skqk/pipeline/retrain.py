@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from skqk.data import Dataset, batches, subset_indices
+from skqk.data.sampling import replay_indices
 from skqk.decoupled import DecoupledModel
 from skqk.patterns import Pattern
 from skqk.pipeline import distributed
@@ -29,8 +30,9 @@ from skqk.pipeline.checkpoint import (
     resolve_pooling,
 )
 from skqk.pipeline.config import RetrainConfig
-from skqk.pipeline.loop import RunResult, fit, memory_format
+from skqk.pipeline.loop import RunResult, StepForward, fit, memory_format
 from skqk.pipeline.prune import active_units, dead_units_removed, removal_report
+from skqk.pipeline.refresh import SKMonitor
 from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 from skqk.pipeline.train import fit_network
 from skqk.store import PatternStore
@@ -57,7 +59,7 @@ def retrain(
     # everything that can refuse the inputs runs before the run folder is created
     kwargs = model_kwargs(dataset)
     ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
+    indices = training_indices(dataset.train.labels, cfg)
     source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
     if cfg.method == "traditional":
         if ckpt["kind"] != "network":
@@ -67,7 +69,8 @@ def retrain(
         network = build_network(ckpt, path=str(checkpoint)).to(memory_format=memory_format(cfg.layout, ckpt["model"]))
         run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
         torch.manual_seed(cfg.seed)
-        return fit_network(run_dir, network, ckpt["model"], kwargs, dataset, indices, cfg, resume, progress)
+        built = ckpt["model_kwargs"]  # the data's sizes and an imported model's options
+        return fit_network(run_dir, network, ckpt["model"], built, dataset, indices, cfg, resume, progress)
 
     sk_key = "selector_state" if ckpt["kind"] == "decoupled" else "state_dict"
     from_store = store is not None and cfg.patterns == "store"
@@ -80,34 +83,49 @@ def retrain(
     model = distributed.wrap(estimator)
     device = next(estimator.parameters()).device
     selector.to(device, memory_format=layout)
-    if cfg.patterns == "store":
-        read = patterns_from_store(selector, store, indices)
-        step = lambda x, idx: model(x, in_layout(read(idx).to(device), layout))  # noqa: E731
-    else:
-        read = None
-        step = lambda x, idx: model(x, selector(x))  # noqa: E731
+
+    def make_step(selector, store) -> StepForward:
+        if cfg.patterns == "store":
+            read = patterns_from_store(selector, store, indices)
+            return lambda x, idx: model(x, in_layout(read(idx).to(device), layout))
+        return lambda x, idx: model(x, selector(x))
+
+    make_step(selector, store)  # refuses a store that lacks samples before the run folder is created
+    read = patterns_from_store(selector, store, indices) if cfg.patterns == "store" else None
     removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
     run_dir = distributed.current().on_main(
         prepare_run_dir, out, resume, cfg, source, pooling, removal and {"dead_unit_removal": removal.summary()}
     )
     torch.manual_seed(cfg.seed)
-    selector_state = ckpt[sk_key]
+    network = build_network(ckpt, path=str(checkpoint)).to(next(estimator.parameters()).device)
+    monitor = SKMonitor(cfg, decoupled, network, ckpt[sk_key], dataset, indices, run_dir, make_step, store)
     history = fit(
         run_dir,
         estimator,
-        step,
+        monitor.step,
         decoupled,
         dataset,
         indices,
         cfg,
-        lambda: decoupled_entry(ckpt["model"], kwargs, selector_state, decoupled),
+        lambda: decoupled_entry(ckpt["model"], ckpt["model_kwargs"], monitor.selector_state, decoupled),
         resume,
         progress,
-        on_epoch=removal and removal.metrics,
+        on_epoch=lambda epoch, trained: {**monitor(epoch, trained), **(removal.metrics() if removal else {})},
         epoch_context=removal and removal.epoch,
     )
     return RunResult(decoupled, history, run_dir)
+
+
+def training_indices(labels: Tensor, cfg: RetrainConfig) -> Tensor:
+    """The samples a re-training visits: the range ``cfg.sample_start`` .. ``cfg.samples - 1`` of the run's
+    permutation (all n + m samples by default, only the new ones for data arriving in chunks), then the
+    class-balanced replay buffer of ``cfg.replay`` samples from before the range."""
+    order = subset_indices(labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    new = order[cfg.sample_start :]
+    if not cfg.replay:
+        return new
+    return torch.cat([new, replay_indices(labels, order[: cfg.sample_start], cfg.replay, cfg.subset_seed)])
 
 
 PRUNE_MIN_SHARE = 0.1  # of the estimator's parameters; see DeadUnitRemoval.pays
@@ -141,15 +159,16 @@ class DeadUnitRemoval:
         share = sum(r["parameters"] for r in self.report.values()) / total
         return {"applied": self.pays, "parameter_share": share, "sites": self.report}
 
-    def metrics(self, epoch: int, trainable: nn.Module) -> dict:
+    def metrics(self) -> dict:
         removed = {site: r["removed"] for site, r in self.report.items() if r["removed"]} if self.pays else {}
         return {"removed_units": removed}
 
 
 def dead_unit_removal(cfg, estimator, selector, read, dataset: Dataset, indices: Tensor) -> DeadUnitRemoval | None:
     """What `cfg.prune` removes: units inactive in the patterns of every sample of `indices` (from the store, or
-    the selector's on the fly). Off under torch.distributed: DDP holds the full-size parameters."""
-    if not cfg.prune or distributed.current().is_distributed:
+    the selector's on the fly). Off under torch.distributed (DDP holds the full-size parameters) and with
+    ``--sk-refresh auto`` (a refreshed SK has other dead units)."""
+    if not cfg.prune or distributed.current().is_distributed or cfg.sk_refresh != "off":
         return None
     with torch.no_grad():
         if read is not None:

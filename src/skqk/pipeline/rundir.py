@@ -39,7 +39,7 @@ def prepare_run_dir(
         raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if resume and (run_dir / "config.json").exists():
         saved = json.loads((run_dir / "config.json").read_text())
-        if saved["config"] != cfg.to_dict():
+        if not cfg.matches(saved["config"]):
             raise RunDirError(f"--resume with a different configuration than the run in {run_dir} was started with")
         if saved.get("source") != source:
             raise RunDirError(f"--resume from another checkpoint or store than the run in {run_dir} started from")

@@ -35,11 +35,11 @@ def train(
         >>> result = train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
         >>> result.history[-1]["val_accuracy"]
     """
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced)
-    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
-    kwargs = model_kwargs(dataset)
+    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    kwargs = model_kwargs(dataset) | cfg.model_kwargs  # the checkpoint records both: it rebuilds without flags
     torch.manual_seed(cfg.seed)
     network = models.build(cfg.model, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
     return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch, on_step)
 
 

@@ -8,8 +8,10 @@ A store is a directory::
     manifest.json              format version, selector fingerprint, pooling, site layout, record size and
                                the committed chunks (name, sample count, CRC-32 of both files)
     chunk-<pid>-<id>.records   immutable: one fixed-size record per sample, every site's states in site order,
-                               each site starting on a byte boundary; gate bits packed 8 per byte (little bit
-                               order: bit ``i`` of byte ``j`` is gate ``8 * j + i``), switches one byte each
+                               each site starting on a byte boundary; two-piece gate states packed 8 per byte
+                               (little bit order: bit ``i`` of byte ``j`` is gate ``8 * j + i``), three-piece
+                               gate states (ReLU6, Hardtanh, clamp) 2 bits each, 4 per byte (bits ``2i, 2i+1`` of
+                               byte ``j`` are unit ``4 * j + i``), switches one byte each
     chunk-<pid>-<id>.indices   the chunk's sample indices (training-split positions), int64 little-endian,
                                in record order
 
@@ -40,7 +42,7 @@ from torch import Tensor
 
 from skqk._errors import one_line
 from skqk.atomic import fsync_dir
-from skqk.patterns import SWITCH_DTYPE, Pattern
+from skqk.patterns import SWITCH_BITS, SWITCH_DTYPE, Pattern
 
 FORMAT = "skqk-pattern-store"
 FORMAT_VERSION = 1
@@ -58,12 +60,15 @@ class StoreError(ValueError):
     """A pattern store cannot be created, opened, written or read; the one-line message says why."""
 
 
+BITS_PER_UNIT = {"gate": 1, "piece": 2, "switch": SWITCH_BITS}  # two-piece gate, three-piece gate, max-pool switch
+
+
 @dataclass(frozen=True)
 class SiteSpec:
     """Where one gate site's states live in a record, and how they are encoded."""
 
     name: str
-    kind: str  # "gate" (bits) or "switch" (bytes)
+    kind: str  # "gate" (1 bit per unit), "piece" (2 bits per unit) or "switch" (a byte per unit)
     shape: tuple[int, ...]  # per sample
 
     @property
@@ -72,11 +77,11 @@ class SiteSpec:
 
     @property
     def nbytes(self) -> int:
-        return (self.numel + 7) // 8 if self.kind == "gate" else self.numel
+        return (self.bits + 7) // 8
 
     @property
     def bits(self) -> int:
-        return self.numel if self.kind == "gate" else 8 * self.numel
+        return BITS_PER_UNIT[self.kind] * self.numel
 
     @property
     def dtype(self) -> torch.dtype:
@@ -133,8 +138,9 @@ def encode(sites: tuple[SiteSpec, ...], pattern: Mapping[str, Tensor], n: int) -
                 f"got {states.dtype} of shape {tuple(states.shape)}"
             )
         flat = states.detach().cpu().numpy().reshape(n, -1)
-        packed = np.packbits(flat, axis=1, bitorder="little") if spec.kind == "gate" else flat
-        records[:, start : start + spec.nbytes] = packed
+        if spec.kind == "piece" and flat.size and flat.max() > 2:
+            raise StoreError(f"site {spec.name!r}: three-piece states must be 0, 1 or 2, got {flat.max()}")
+        records[:, start : start + spec.nbytes] = _pack(flat, spec.kind)
     return records
 
 
@@ -144,12 +150,28 @@ def decode(sites: tuple[SiteSpec, ...], records: np.ndarray) -> Pattern:
     states = {}
     for spec, start in zip(sites, site_offsets(sites)):
         part = records[:, start : start + spec.nbytes]
-        if spec.kind == "gate":
-            flat = np.unpackbits(part, axis=1, count=spec.numel, bitorder="little").view(np.bool_)
-        else:
-            flat = np.ascontiguousarray(part)
-        states[spec.name] = torch.from_numpy(flat.reshape(n, *spec.shape))
-    return Pattern(states)
+        states[spec.name] = torch.from_numpy(_unpack(part, spec).reshape(n, *spec.shape))
+    return Pattern(states, {s.name: BITS_PER_UNIT[s.kind] for s in sites})
+
+
+def _pack(flat: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "gate":
+        return np.packbits(flat, axis=1, bitorder="little")
+    if kind == "switch":
+        return flat
+    padded = np.zeros((len(flat), -(-flat.shape[1] // 4) * 4), dtype=np.uint8)
+    padded[:, : flat.shape[1]] = flat
+    quads = padded.reshape(len(flat), -1, 4)
+    return quads[..., 0] | quads[..., 1] << 2 | quads[..., 2] << 4 | quads[..., 3] << 6
+
+
+def _unpack(part: np.ndarray, spec: SiteSpec) -> np.ndarray:
+    if spec.kind == "gate":
+        return np.unpackbits(part, axis=1, count=spec.numel, bitorder="little").view(np.bool_)
+    if spec.kind == "switch":
+        return np.ascontiguousarray(part)
+    quads = (part[..., None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3
+    return np.ascontiguousarray(quads.reshape(len(part), -1)[:, : spec.numel])
 
 
 def site_offsets(sites: tuple[SiteSpec, ...]) -> list[int]:
@@ -157,8 +179,9 @@ def site_offsets(sites: tuple[SiteSpec, ...]) -> list[int]:
     return np.cumsum([0] + [s.nbytes for s in sites]).tolist()
 
 
-def kind_of(dtype: torch.dtype) -> str:
-    return "gate" if dtype == torch.bool else "switch"
+def kind_of(bits_per_unit: int) -> str:
+    """The store kind of a site whose units cost `bits_per_unit` (`Pattern.bits`)."""
+    return {bits: kind for kind, bits in BITS_PER_UNIT.items()}[bits_per_unit]
 
 
 def as_indices(indices: Tensor | int) -> np.ndarray:
@@ -203,7 +226,7 @@ def read_manifest(path: Path) -> Manifest:
 
 def _parse_site(doc: dict) -> SiteSpec:
     spec = SiteSpec(str(doc["name"]), doc["kind"], tuple(int(d) for d in doc["shape"]))
-    if spec.kind not in ("gate", "switch") or min(spec.shape, default=1) < 1:
+    if spec.kind not in BITS_PER_UNIT or min(spec.shape, default=1) < 1:
         raise ValueError(f"bad site {doc}")
     return spec
 

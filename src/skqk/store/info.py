@@ -1,4 +1,5 @@
-"""What ``skqk patterns info`` shows about a store: layout, sizes and each gate site's active fraction."""
+"""What ``skqk patterns info`` shows about a store: layout, sizes, bits per sample of each kind of site (two-piece
+gates 1 bit per unit, three-piece gates 2, max-pool switches 8) and each gate site's active fraction."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ if TYPE_CHECKING:
     from skqk.store.pattern_store import PatternStore
 
 _POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
+# Per byte of a three-piece site: how many of its four 2-bit states are 1, the linear ("active") piece.
+_LINEAR_PIECES = np.array([sum((b >> k) & 3 == 1 for k in (0, 2, 4, 6)) for b in range(256)], dtype=np.uint8)
+_KIND_NAMES = {"gate": "two-piece gate", "piece": "three-piece gate", "switch": "max-pool switch"}
 
 
 def store_info(store: PatternStore) -> dict[str, Any]:
@@ -25,8 +29,9 @@ def store_info(store: PatternStore) -> dict[str, Any]:
         "pooling": store.pooling,
         "samples": len(store),
         "chunks": store.chunk_count,
-        "gate_bits_per_sample": sum(s.numel for s in sites if s.kind == "gate"),
+        "gate_bits_per_sample": sum(s.bits for s in sites if s.kind != "switch"),
         "switch_bytes_per_sample": sum(s.numel for s in sites if s.kind == "switch"),
+        "bits_per_sample_by_kind": {k: sum(s.bits for s in sites if s.kind == k) for k in fmt.BITS_PER_UNIT},
         "bytes_per_sample": store.bytes_per_sample,
         "nbytes_on_disk": store.nbytes_on_disk,
         "sites": [
@@ -43,9 +48,10 @@ def store_info(store: PatternStore) -> dict[str, Any]:
 
 
 def active_fractions(store: PatternStore) -> dict[str, float | None]:
-    """Fraction of set gate bits per site, counted in bounded blocks of records (padding bits are zero)."""
+    """Fraction of units on the linear piece per gate site (set bits of a two-piece site, states equal to 1 of
+    a three-piece site), counted in bounded blocks of records (padding bits are zero)."""
     sites = store.site_specs
-    gates = [(s, start) for s, start in zip(sites, fmt.site_offsets(tuple(sites))) if s.kind == "gate"]
+    gates = [(s, start) for s, start in zip(sites, fmt.site_offsets(tuple(sites))) if s.kind != "switch"]
     ones = dict.fromkeys((s.name for s, _ in gates), 0)
     block = max(1, fmt.STREAM_BYTES // store.bytes_per_sample)
     for k in range(store.chunk_count):
@@ -53,7 +59,8 @@ def active_fractions(store: PatternStore) -> dict[str, float | None]:
         for first in range(0, len(records), block):
             rows = records[first : first + block]
             for spec, start in gates:
-                ones[spec.name] += int(_POPCOUNT[rows[:, start : start + spec.nbytes]].sum(dtype=np.int64))
+                table = _POPCOUNT if spec.kind == "gate" else _LINEAR_PIECES
+                ones[spec.name] += int(table[rows[:, start : start + spec.nbytes]].sum(dtype=np.int64))
     n = len(store)
     return {s.name: ones[s.name] / (n * s.numel) if n else None for s, _ in gates}
 
@@ -76,6 +83,11 @@ def format_info(info: dict[str, Any]) -> str:
         f"samples      {info['samples']:,} in {info['chunks']} chunk(s)",
         f"per sample   {info['gate_bits_per_sample']:,} gate bits + {info['switch_bytes_per_sample']:,} switch "
         f"bytes = {info['bytes_per_sample']:,} bytes",
+        *(
+            f"  {_KIND_NAMES[kind] + 's':<20}{bits:,} bits ({fmt.BITS_PER_UNIT[kind]} per unit)"
+            for kind, bits in info["bits_per_sample_by_kind"].items()
+            if bits
+        ),
         f"on disk      {_human_bytes(info['nbytes_on_disk'])}",
         "",
     ]

@@ -95,7 +95,7 @@ class PatternStore:
             raise StoreError("create needs an example pattern of at least one sample")
         if example.sites != selector.sites:
             raise StoreError(f"the example pattern has sites {example.sites}, the selector {selector.sites}")
-        sites = tuple(SiteSpec(name, kind_of(t.dtype), tuple(t.shape[1:])) for name, t in example.items())
+        sites = tuple(SiteSpec(n, kind_of(example.bits[n]), tuple(t.shape[1:])) for n, t in example.items())
         manifest = Manifest(selector.fingerprint, selector.pooling, sites, ())
         path.mkdir(parents=True, exist_ok=True)
         write_manifest(path, manifest)

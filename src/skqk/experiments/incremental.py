@@ -1,0 +1,213 @@
+"""Incremental re-training: data arriving in chunks, QK-only vs traditional fine-tuning, forgetting, SK refresh.
+
+The paper's conclusion asks for "re-training with new samples without requiring full dataset processing". Per
+model, sample order (random, class-incremental) and seed: pre-train on chunk 0, then every arm re-trains chunk
+after chunk from the same pre-trained checkpoint with the same batch order; after each chunk the accuracy on
+every chunk seen so far fills one row of the accuracy matrix (`skqk.incremental.metrics`). Every (arm, chunk)
+cell is cached as ``cell.json`` in its run folder, so an interrupted reproduction picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from skqk.atomic import atomic_write_text
+from skqk.data import Dataset
+from skqk.experiments.common import write_csv, write_json, write_results
+from skqk.experiments.fig5 import cached_cell
+from skqk.experiments.plots import plot_incremental
+from skqk.experiments.report import mean_std
+from skqk.incremental import chunk_indices, experience_eval_indices, stream_summary
+from skqk.pipeline.checkpoint import load_for_evaluation
+from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.pipeline.loop import TrainingDiverged, evaluate
+from skqk.pipeline.record import record, selector_from_checkpoint
+from skqk.pipeline.retrain import retrain, training_indices
+from skqk.pipeline.train import train
+
+ORDERS = ("random", "class-incremental")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of re-training on each new chunk."""
+
+    method: str  # "qk" or "traditional"
+    data: str  # "new": the new chunk only; "all": every chunk so far (the upper bound Fig. 5 measures)
+    replay: bool = False  # plus the protocol's small replay buffer of earlier samples
+    sk_refresh: str = "off"  # "auto": refresh the SK when sk_staleness passes the default threshold
+
+
+ARMS = {
+    "qk-new": Arm("qk", "new"),
+    "traditional-new": Arm("traditional", "new"),
+    "qk-replay": Arm("qk", "new", replay=True),
+    "traditional-replay": Arm("traditional", "new", replay=True),
+    "qk-all": Arm("qk", "all"),
+    "traditional-all": Arm("traditional", "all"),
+    "qk-new-refresh": Arm("qk", "new", sk_refresh="auto"),
+    "qk-all-refresh": Arm("qk", "all", sk_refresh="auto"),  # does refreshing close the Fig. 5 gap?
+}
+
+
+def run_incremental(preset, model_names: list[str], dataset: Dataset, out: Path, progress: bool = True) -> dict:
+    """Run (or pick up) every cell; write results.json, incremental.csv and one PNG per model and order."""
+    out = Path(out)
+    started = time.time()
+    streams = []
+    for name in model_names:
+        protocol = preset.incremental[name]
+        for seed in protocol.seeds:  # seed by seed: `--seeds 0` first gives a complete partial result
+            for order in protocol.orders:
+                folder = out / name / order / f"seed{seed}"
+                streams += run_stream(name, order, seed, protocol, dataset, folder, progress)
+    summary = summarise(streams)
+    results = write_results(out, "incremental", preset, model_names, dataset, started, streams=streams, summary=summary)
+    write_csv(out / "incremental.csv", summary)
+    for name in model_names:
+        for order in preset.incremental[name].orders:
+            rows = [s for s in streams if s["model"] == name and s["order"] == order]
+            plot_incremental(rows, f"{name}, {order} order", out / f"incremental_{name}_{order}.png", preset.name)
+    return results
+
+
+def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, progress: bool) -> list[dict]:
+    """Pre-training on chunk 0, then every arm over chunks 1.. ; one summary per arm (its accuracy matrix)."""
+    S = protocol.chunk_samples
+    class_order = {"class_incremental": protocol.classes_per_chunk, "chunk_samples": S} if order != "random" else {}
+    common = {"seed": seed, "subset_seed": seed, "eval_samples": protocol.eval_samples, **class_order}
+    labels = dataset.train.labels
+    chunks = [chunk_indices(labels, k, S, seed, (protocol.classes_per_chunk, S) if class_order else None)
+              for k in range(protocol.chunks)]  # fmt: skip
+    chunk_classes = [labels[c].unique() for c in chunks] if class_order else None
+    eval_sets = experience_eval_indices(
+        dataset.test.labels, chunk_classes, protocol.chunks, protocol.eval_per_chunk, seed
+    )
+    pre_cfg = TrainConfig(model=name, samples=S, epochs=protocol.pretrain_epochs, **common)
+    key = {"model": name, "order": order, "seed": seed}
+
+    def pretrain(cell_dir: Path):
+        result = train(pre_cfg, dataset, cell_dir, resume=True, progress=progress)
+        return result, {"row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets)}
+
+    pre = cached_cell(folder / "pretrain", pretrain, {**key, "arm": "pretrain", "chunk": 0}, pre_cfg)
+    pretrained = folder / "pretrain" / "model.pt"
+    streams = []
+    for arm_name in protocol.arms or ARMS:
+        arm, start, cells = ARMS[arm_name], pretrained, []
+        for k in range(1, protocol.chunks):
+            cfg = RetrainConfig(
+                samples=(k + 1) * S,
+                sample_start=k * S if arm.data == "new" else 0,
+                replay=protocol.replay if arm.replay else 0,
+                method=arm.method,
+                sk_refresh=arm.sk_refresh,
+                epochs=protocol.retrain_epochs,
+                **common,
+            )
+            cell_dir = folder / arm_name / f"chunk{k}"
+            run = chunk_run(cfg, start, dataset, folder, eval_sets[: k + 1], progress)
+            cells.append(diverged_or_cached(cell_dir, run, {**key, "arm": arm_name, "chunk": k}, cfg))
+            if "diverged" in cells[-1]:  # the arm's stream ends here: nothing to continue from
+                break
+            start = cell_dir / "model.pt"
+        streams.append(stream_result(key, arm_name, pre, cells, folder / arm_name))
+    return streams
+
+
+def diverged_or_cached(cell_dir: Path, run, key: dict, cfg: RetrainConfig) -> dict:
+    """`cached_cell`, where a run whose loss became NaN is a result too (cached, so it is not retried)."""
+    try:
+        return cached_cell(cell_dir, run, key, cfg)
+    except TrainingDiverged as e:
+        cell = {**key, "diverged": str(e), "config": cfg.to_dict()}
+        write_json(cell_dir / "cell.json", cell)
+        return cell
+
+
+def chunk_run(cfg: RetrainConfig, start: Path, dataset: Dataset, folder: Path, eval_sets, progress: bool):
+    """One chunk of one arm: Phase 3 for the patterns its SK's store lacks (QK), Phase 4 or the baseline, then the
+    accuracy on every chunk so far (`eval_sets`)."""
+
+    def run(cell_dir: Path):
+        store, record_seconds = None, 0.0
+        if cfg.method == "qk":
+            t0 = time.perf_counter()
+            selector = selector_from_checkpoint(start)
+            store = folder / "patterns" / selector.fingerprint[:16]  # one store per SK, shared by the arms
+            record(selector, dataset, training_indices(dataset.train.labels, cfg), store, progress=False)
+            record_seconds = time.perf_counter() - t0
+        result = retrain(cfg, start, dataset, cell_dir, store=store, resume=True, progress=progress)
+        refreshes = [h["sk_refresh"] for h in result.history if "sk_refresh" in h]
+        return result, {
+            "row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets),
+            "record_seconds": record_seconds,
+            "samples_processed": cfg.epochs * len(training_indices(dataset.train.labels, cfg)),
+            "refreshes": len(refreshes),
+            "refresh_seconds": sum(r["seconds"] for r in refreshes),
+            "sk_staleness": result.history[-1].get("sk_staleness"),
+        }
+
+    return run
+
+
+def accuracy_row(checkpoint: Path, dataset: Dataset, eval_sets) -> list[float]:
+    """Accuracy of a checkpoint, as it deploys, on the test samples of every chunk in `eval_sets`."""
+    module, _ = load_for_evaluation(checkpoint)
+    return [evaluate(module, dataset, indices=s)["val_accuracy"] for s in eval_sets]
+
+
+def stream_result(key: dict, arm: str, pre: dict, cells: list[dict], folder: Path) -> dict:
+    """The accuracy matrix of one arm's stream, its forgetting and transfer, and what it cost; a stream whose
+    training diverged keeps its matrix up to there and gets no final numbers."""
+    if "diverged" in cells[-1]:
+        finished = cells[:-1]
+        return {**key, "arm": arm, "diverged_at_chunk": cells[-1]["chunk"], "diverged": cells[-1]["diverged"],
+                "matrix": [pre["row"][:1], *(c["row"] for c in finished)]}  # fmt: skip
+    matrix = [pre["row"][:1], *(c["row"] for c in cells)]
+    steps = stream_summary(matrix)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "metrics.jsonl", "".join(json.dumps(s) + "\n" for s in steps))
+    last = steps[-1]
+    return {
+        **key,
+        "arm": arm,
+        "matrix": matrix,
+        "final_accuracy": cells[-1]["val_accuracy"],
+        "average_accuracy": last["average_accuracy"],
+        "average_forgetting": last["average_forgetting"],
+        "backward_transfer": last["backward_transfer"],
+        "forgetting_per_step": [s["average_forgetting"] for s in steps],
+        "accuracy_per_step": [s["average_accuracy"] for s in steps],
+        "samples_processed": sum(c["samples_processed"] for c in cells),
+        "wall_seconds": sum(c["train_seconds"] + c["record_seconds"] for c in cells),
+        "refreshes": sum(c["refreshes"] for c in cells),
+        "refresh_seconds": sum(c["refresh_seconds"] for c in cells),
+        "sk_staleness_per_chunk": [c["sk_staleness"] for c in cells],
+    }
+
+
+def summarise(streams: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds, per (model, order, arm)."""
+    keys = ("final_accuracy", "average_forgetting", "backward_transfer", "samples_processed", "wall_seconds",
+            "refreshes")  # fmt: skip
+    groups: dict[tuple, list[dict]] = {}
+    for s in streams:
+        groups.setdefault((s["model"], s["order"], s["arm"]), []).append(s)
+    rows = []
+    for (model, order, arm), group in groups.items():
+        finished = [s for s in group if "diverged" not in s]
+        row = {
+            "model": model,
+            "order": order,
+            "arm": arm,
+            "seeds": len(finished),
+            "diverged": len(group) - len(finished),
+        }
+        for k in keys:
+            row[k], row[f"{k}_std"] = mean_std([s[k] for s in finished]) if finished else (None, None)
+        rows.append(row)
+    return rows

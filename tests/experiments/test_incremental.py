@@ -1,0 +1,50 @@
+"""The incremental experiment in-process on the tiny synthetic dataset: every arm's accuracy matrix, forgetting
+computed from it, the cost columns, and the cache (a second run recomputes nothing)."""
+
+import json
+
+import pytest
+from pipeline_helpers import make_dataset, tiny_models  # noqa: F401  (fixture: the test models)
+
+from skqk.experiments.incremental import ARMS, ORDERS, run_incremental
+from skqk.experiments.presets import IncrementalProtocol, Preset
+from skqk.incremental import average_forgetting
+
+ARMS_RUN = ("qk-new", "traditional-replay", "traditional-all", "qk-all-refresh")  # every kind of arm, once
+PROTOCOL = IncrementalProtocol(
+    40, pretrain_epochs=2, retrain_epochs=2, replay=8, chunks=3, classes_per_chunk=1, eval_per_chunk=15,
+    eval_samples=45, seeds=(0,), arms=ARMS_RUN,
+)  # fmt: skip
+PRESET = Preset("tiny", "3 chunks of the tiny dataset", incremental={"tiny": PROTOCOL})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))[2]
+
+
+@pytest.mark.slow  # 16 re-training runs
+def test_every_arm_gets_an_accuracy_matrix_forgetting_and_costs_then_the_cache_answers(data, tmp_path):
+    results = run_incremental(PRESET, ["tiny"], data, tmp_path, progress=False)
+
+    streams = results["streams"]
+    assert {(s["order"], s["arm"]) for s in streams} == {(o, a) for o in ORDERS for a in ARMS_RUN}
+    for s in streams:
+        assert [len(row) for row in s["matrix"]] == [1, 2, 3]
+        assert s["average_forgetting"] == pytest.approx(average_forgetting(s["matrix"]))
+        assert s["backward_transfer"] == pytest.approx(-s["average_forgetting"])
+        per_chunk = {"new": 40 + (8 if ARMS[s["arm"]].replay else 0), "all": None}[ARMS[s["arm"]].data]
+        expected = 2 * (2 * per_chunk if per_chunk else 80 + 120)  # epochs x samples visited, chunks 1 and 2
+        assert s["samples_processed"] == expected
+        if ARMS[s["arm"]].sk_refresh == "off":
+            assert s["refreshes"] == 0
+        assert (tmp_path / "tiny" / s["order"] / "seed0" / s["arm"] / "metrics.jsonl").exists()
+    class_incremental = next(s for s in streams if s["order"] == "class-incremental" and s["arm"] == "qk-new")
+    assert all(0 <= a <= 1 for row in class_incremental["matrix"] for a in row)
+    assert all(s["sk_staleness_per_chunk"][0] is not None for s in streams if ARMS[s["arm"]].method == "qk")
+    assert (tmp_path / "incremental_tiny_random.png").stat().st_size > 10_000
+    assert len(results["summary"]) == len(ORDERS) * len(ARMS_RUN)
+
+    again = run_incremental(PRESET, ["tiny"], data, tmp_path, progress=False)
+    assert again["streams"] == streams and again["wall_seconds_this_invocation"] < 15
+    assert json.loads((tmp_path / "results.json").read_text())["summary"] == again["summary"]

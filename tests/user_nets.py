@@ -1,0 +1,22 @@
+"""A user's own network module, for `--model user_nets:build_net` (tests/ is on the path while testing)."""
+
+from torch import nn
+
+
+def build_net(in_channels: int = 3, num_classes: int = 10, width: int = 8) -> nn.Module:
+    """A ReLU6 convnet whose width is a keyword argument; it takes two of the three data arguments."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * width, num_classes),
+    )
+
+
+def broken(**kwargs) -> nn.Module:
+    raise RuntimeError("this builder needs a GPU")
+
+
+def not_a_module(**kwargs):
+    return "a string"
