@@ -111,7 +111,7 @@ def retrain(
         lambda: decoupled_entry(ckpt["model"], ckpt["model_kwargs"], monitor.selector_state, decoupled),
         resume,
         progress,
-        on_epoch=lambda epoch, trained: {**monitor(epoch, trained), **(removal.metrics() if removal else {})},
+        on_epoch=monitor if removal is None else RemovalMetrics(monitor, removal),
         epoch_context=removal and removal.epoch,
     )
     return RunResult(decoupled, history, run_dir)
@@ -162,6 +162,23 @@ class DeadUnitRemoval:
     def metrics(self) -> dict:
         removed = {site: r["removed"] for site, r in self.report.items() if r["removed"]} if self.pays else {}
         return {"removed_units": removed}
+
+
+@dataclass
+class RemovalMetrics:
+    """The SK monitor's epoch hook (its state resumes with the run) plus the units removed in the epoch."""
+
+    monitor: SKMonitor
+    removal: DeadUnitRemoval
+
+    def __call__(self, epoch: int, trained: nn.Module) -> dict:
+        return {**self.monitor(epoch, trained), **self.removal.metrics()}
+
+    def state_dict(self) -> dict:
+        return self.monitor.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.monitor.load_state_dict(state)
 
 
 def dead_unit_removal(cfg, estimator, selector, read, dataset: Dataset, indices: Tensor) -> DeadUnitRemoval | None:
