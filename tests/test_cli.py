@@ -27,6 +27,7 @@ from pipeline_helpers import (
     state_dict_of,
     tiny_models,  # noqa: F401  (fixture: the test models)
     wait_for_epochs,
+    write_colour_tree,
 )
 
 from skqk import __version__, cli
@@ -225,8 +226,30 @@ def test_finished_run_is_not_overwritten_and_resume_needs_the_same_config(pipeli
     code, _, err = main_in_process(capsys, *command)
     assert_one_line_error(code, err, "already holds a run", "--resume")
     code, _, err = main_in_process(capsys, *command, "--resume", "--lr", "0.01")
-    assert_one_line_error(code, err, "different configuration")
+    assert_one_line_error(code, err, "--resume with other settings", "lr: 0.05 -> 0.01")
     assert snapshot(pre) == before
+
+
+@pytest.mark.parametrize("kind", ["train", "traditional", "qk"])
+def test_resume_with_other_data_of_the_same_size_is_refused_naming_it(pipeline, setup, tmp_path, capsys, kind):
+    """Same classes, same size, other pixels: resuming on it would mix two datasets in one history."""
+    other = data_args(write_colour_tree(tmp_path / "other", seed=1), tmp_path / "cache")
+    run = tmp_path / "run"
+    command = {
+        "train": ["train", "--model", "tiny", "--samples", "60"],
+        "traditional": ["retrain", "--method", "traditional", "--checkpoint", setup["root"] / "pre/model.pt"],
+        "qk": ["retrain", "--patterns", "on-the-fly", "--checkpoint", setup["root"] / "pre/model.pt"],
+    }[kind] + ["--epochs", "1", "--out", run]
+    if kind != "train":
+        command += ["--samples", "60"]
+    assert main_in_process(capsys, *command, *setup["args"])[0] == 0
+    (run / "model.pt").unlink()  # as if killed after its last epoch
+    before = snapshot(run)
+
+    code, _, err = main_in_process(capsys, *command, "--resume", *other)
+
+    assert_one_line_error(code, err, "--resume with other settings", "data: ")
+    assert snapshot(run) == before
 
 
 def test_diverged_training_stops_with_advice_and_keeps_the_last_good_epoch(setup, tmp_path, capsys):

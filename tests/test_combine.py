@@ -83,7 +83,7 @@ def test_task_arithmetic_checked_by_hand():
     torch.testing.assert_close(merged["1.running_mean"], torch.tensor([1.0, 0.0]), rtol=0, atol=1e-6)  # pooled
     per_copy = task_arithmetic(start, [a, b], [1.0, 0.0]).estimator.net.state_dict()
     assert torch.equal(per_copy["0.weight"], a.estimator.net.state_dict()["0.weight"])
-    # λ = 1/K is the plain average of the trained parameters
+    # λ = 1/K is the unweighted average of the trained parameters
     plain = merge([a, b]).estimator.net.state_dict()
     torch.testing.assert_close(
         task_arithmetic(start, [a, b], 0.5).estimator.net.state_dict()["0.weight"], plain["0.weight"]

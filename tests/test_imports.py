@@ -33,3 +33,9 @@ def test_public_names_resolve_lazily_and_match_all():
     for name in skqk.__all__:
         assert getattr(skqk, name) is not None, name
     assert set(skqk.__all__) <= set(dir(skqk))
+
+
+def test_the_core_package_does_not_need_flower():
+    """Flower is the optional `federated` extra: merging, the CLI and the client-side computations import without it."""
+    loaded = modules_loaded_by("import skqk, skqk.cli, skqk.combine, skqk.federated.task, skqk.federated.partition")
+    assert not {m for m in loaded if m.startswith(("flwr", "ray"))}

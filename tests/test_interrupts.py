@@ -50,7 +50,10 @@ def test_an_error_without_an_interrupt_is_still_an_error(monkeypatch, capsys):
     assert capsys.readouterr().err == "skqk: error: bad input\n"
 
 
-def test_ctrl_c_while_importing_torch_at_start_up_says_interrupted(tmp_path):
+@pytest.mark.parametrize(
+    "argv, hint", [(["reproduce", "fig5"], "rerun the same command to continue"), (["train"], "continue the run")]
+)
+def test_ctrl_c_while_importing_torch_at_start_up_says_interrupted(tmp_path, argv, hint):
     """The first seconds of every command import torch; Ctrl-C there must not print a traceback."""
     script = textwrap.dedent(
         """
@@ -61,12 +64,13 @@ def test_ctrl_c_while_importing_torch_at_start_up_says_interrupted(tmp_path):
                 os.kill(os.getpid(), signal.SIGINT)
             return real_import(name, *args, **kwargs)
         builtins.__import__ = interrupting_import
-        sys.argv = ["skqk", "reproduce", "fig5", "--out", sys.argv[1]]
+        sys.argv = ["skqk", *sys.argv[1:]]
         from skqk.cli import main
         sys.exit(main())
         """
     )
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True)
+    command = [sys.executable, "-c", script, *argv, "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True)
 
     assert done.returncode == 130
-    assert re.fullmatch(r"skqk: interrupted( \(rerun the same command to continue\))?\n", done.stderr), done.stderr
+    assert re.fullmatch(rf"skqk: interrupted( \({hint}[^)]*\))?\n", done.stderr), done.stderr

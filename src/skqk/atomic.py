@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -9,10 +10,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 @contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Yield a temporary file in `path`'s folder that replaces `path` once written and fsynced; removed on error."""
+    """Yield a temporary file in `path`'s folder that replaces `path` once written and fsynced; removed on error.
+
+    A full disk (or quota) becomes an OSError that says so and names `path`. A process killed midway leaves
+    its temporary file, ``.<name>.<random>.part``; `remove_partial_writes` clears them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -22,8 +29,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            raise OSError(error.errno, f"disk full: cannot write {path} (an earlier version of it is intact)") from None
         raise
     fsync_dir(path.parent)
 
@@ -40,3 +49,13 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_partial_writes(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
+    """Delete the temporary files of `atomic_write`s of `names` in `folder` killed before they completed.
+
+    Only while no other process writes these files (e.g. when a run is resumed: its folder has one writer).
+    """
+    for name in names:
+        for temporary in Path(folder).glob(f".{name}.*.part"):
+            temporary.unlink(missing_ok=True)

@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "the paper)",
     )
     add_selection_options(p)
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="fail at once if another process is writing the store (default: wait for it to finish)",
+    )
     add_data_options(p)
     add_device_option(p)
 
@@ -386,6 +391,7 @@ def cmd_record(args) -> None:
         args.balanced,
         args.batch_size,
         progress=not args.quiet,
+        wait=not args.no_wait,
         class_chunks=class_chunks_of(args),
     )
     if is_main():
@@ -615,12 +621,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.append(os.getcwd())  # the current directory too, as `python -m skqk` would
     try:
         args = build_parser().parse_args(argv)
-    except KeyboardInterrupt:  # building the parser imports torch (bench options): seconds on a cold start
+    except KeyboardInterrupt:
         return interrupted(None)
     if args.command not in DISTRIBUTED_COMMANDS:
         return run_command(args)
-    from skqk.pipeline import distributed
-
+    try:
+        from skqk.pipeline import distributed
+    except KeyboardInterrupt:  # it imports torch: seconds on a cold start
+        return interrupted(args)
     try:
         code = run_command(args, lambda: distributed.setup(args.device))  # joins torchrun's process group, if any
     finally:

@@ -77,7 +77,7 @@ def task_arithmetic(
     Args:
         start: the decoupled network every copy was re-trained from (same selector).
         copies: the re-trained copies.
-        lambdas: one λ for every copy, or one per copy. With one λ, ``1 / len(copies)`` is the plain average.
+        lambdas: one λ for every copy, or one per copy. With one λ, ``1 / len(copies)`` is the unweighted average.
         weights: for the BatchNorm statistics only.
     """
     check_compatible([start, *copies])

@@ -6,9 +6,11 @@ import json
 import pytest
 from pipeline_helpers import make_dataset, tiny_models  # noqa: F401  (fixture: the test models)
 
-from skqk.experiments.incremental import ARMS, ORDERS, run_incremental
+from skqk.experiments.incremental import ARMS, ORDERS, diverged_or_cached, run_incremental, stream_result, summarise
 from skqk.experiments.presets import IncrementalProtocol, Preset
 from skqk.incremental import average_forgetting
+from skqk.pipeline.config import RetrainConfig
+from skqk.pipeline.loop import TrainingDiverged
 
 ARMS_RUN = ("qk-new", "traditional-replay", "traditional-all", "qk-all-refresh")  # every kind of arm, once
 PROTOCOL = IncrementalProtocol(
@@ -48,3 +50,24 @@ def test_every_arm_gets_an_accuracy_matrix_forgetting_and_costs_then_the_cache_a
     again = run_incremental(PRESET, ["tiny"], data, tmp_path, progress=False)
     assert again["streams"] == streams and again["wall_seconds_this_invocation"] < 15
     assert json.loads((tmp_path / "results.json").read_text())["summary"] == again["summary"]
+
+
+def test_a_diverged_chunk_is_cached_as_a_result_and_left_out_of_the_means(tmp_path):
+    cfg = RetrainConfig(samples=80, sample_start=40, epochs=1)
+    key = {"model": "tiny", "order": "random", "seed": 0, "arm": "qk-new", "chunk": 1}
+
+    def diverges(cell_dir):
+        raise TrainingDiverged("loss became nan in epoch 1")
+
+    cell = diverged_or_cached(tmp_path / "chunk1", diverges, key, cfg)
+    again = diverged_or_cached(tmp_path / "chunk1", lambda d: pytest.fail("a cached cell ran again"), key, cfg)
+
+    assert cell == again and cell["diverged"] == "loss became nan in epoch 1"
+    pre = {"row": [0.5, 0.1]}
+    stream = stream_result({k: key[k] for k in ("model", "order", "seed")}, "qk-new", pre, [cell], tmp_path / "arm")
+    assert stream["diverged_at_chunk"] == 1 and stream["matrix"] == [[0.5]] and "final_accuracy" not in stream
+    finished = {**stream, "seed": 1, "final_accuracy": 0.3, "average_forgetting": 0.1, "backward_transfer": -0.1}
+    finished |= {"samples_processed": 40, "wall_seconds": 1.0, "refreshes": 0}
+    del finished["diverged"]
+    (row,) = summarise([stream, finished])
+    assert (row["seeds"], row["diverged"], row["final_accuracy"]) == (1, 1, 0.3)

@@ -1,6 +1,10 @@
 """Checkpoints: safe loading (weights only, never code), atomic saving, and one-line refusals of checkpoints
 that are corrupt, hold no model, or belong to another architecture or other data, leaving files untouched."""
 
+import errno
+import os
+import re
+
 import pytest
 import torch
 from pipeline_helpers import (
@@ -143,6 +147,48 @@ def test_save_is_atomic_a_failed_write_keeps_the_old_checkpoint(setup, tmp_path,
     assert path.read_bytes() == setup["pre"].read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
     assert load_checkpoint(path)["kind"] == "network"
+
+
+def fill_disk_for(monkeypatch, name: str) -> None:
+    """Every write to a file whose name contains `name` fails as on a full disk (ENOSPC), wherever it comes from
+    (torch's checkpoint writer included); the file is found from its descriptor (Linux /proc)."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("files are told apart by /proc/self/fd")
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        file = real_fdopen(fd, *args, **kwargs)
+        if name in os.readlink(f"/proc/self/fd/{fd}"):
+
+            def write(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            file.write = write
+        return file
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+def test_full_disk_while_saving_a_checkpoint_says_so_and_keeps_the_old_one(setup, tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    path.write_bytes(setup["pre"].read_bytes())
+    fill_disk_for(monkeypatch, "model.pt")
+
+    with pytest.raises(OSError, match=f"disk full: cannot write {re.escape(str(path))} "):
+        save_checkpoint(path, {"kind": "network"})
+
+    assert path.read_bytes() == setup["pre"].read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_full_disk_during_training_is_one_line_naming_the_checkpoint(setup, tmp_path, monkeypatch, capsys):
+    fill_disk_for(monkeypatch, "resume.pt")
+    command = ["train", "--model", "tiny", "--samples", "30", "--epochs", "1", "--out", tmp_path / "run"]
+
+    code, _, err = main_in_process(capsys, *command, *setup["args"])
+
+    assert_one_line_error(code, err, f"disk full: cannot write {tmp_path / 'run' / 'resume.pt'}")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "metrics.jsonl"]
 
 
 def test_qk_checkpoint_evaluates_as_trained_and_a_tampered_selector_is_refused(setup, tmp_path):

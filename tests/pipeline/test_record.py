@@ -168,4 +168,4 @@ def test_pooling_follows_checkpoint_store_and_flag_and_a_conflict_is_a_one_line_
     assert main_in_process(capsys, *fly, "--pooling", "frozen")[0] == 0
     assert json.loads((tmp_path / "c" / "config.json").read_text())["pooling"] == "frozen"
     code, _, err = main_in_process(capsys, *fly, "--resume")  # live by default: not what the run started with
-    assert_one_line_error(code, err, "--resume with max pooling live", "started with frozen")
+    assert_one_line_error(code, err, "--resume with other settings", "pooling: 'frozen' -> 'live'")

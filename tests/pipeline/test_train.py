@@ -228,3 +228,29 @@ def test_evaluate_on_a_limited_balanced_subset(pretrained, data):
     part = evaluate(module, data, limit=9)
     assert part == evaluate(module, data, limit=9)  # a fixed subset
     assert part["val_accuracy"] * 9 == pytest.approx(round(part["val_accuracy"] * 9))
+
+
+def test_resume_removes_the_temporary_files_of_a_save_killed_midway(data, tmp_path):
+    cfg = TrainConfig(model="tiny", samples=20, epochs=2, batch_size=20, lr=0.05)
+
+    def crash(epoch, module):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, data, tmp_path / "run", progress=False, on_epoch=crash)
+    # what SIGKILL during atomic saves leaves (torch.save had written part of the file)
+    leftovers = [".resume.pt.k1ll3d.part", ".model.pt.x0x0x0.part", ".metrics.jsonl.abcdef.part"]
+    for name in leftovers:
+        (tmp_path / "run" / name).write_bytes(b"half a file")
+    (tmp_path / "run" / ".notes.part").write_text("not ours")
+
+    result = train(cfg, data, tmp_path / "run", resume=True, progress=False)
+
+    assert len(result.history) == 2
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        ".notes.part",
+        "config.json",
+        "metrics.jsonl",
+        "model.pt",
+        "resume.pt",
+    ]

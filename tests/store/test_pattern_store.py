@@ -75,3 +75,27 @@ def test_reading_missing_samples_says_how_many(tmp_path):
     store, indices, _ = recorded(tmp_path, selector_of())
     with pytest.raises(StoreError, match="2 of the 3 requested samples are missing"):
         store.read(torch.tensor([int(indices[0]), 999, 10**6]))
+
+
+# -- several writers -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["append", "write_chunk and commit"])
+def test_two_store_objects_writing_one_store_keep_each_others_chunks(tmp_path, how):
+    """Each object's view is older than the manifest on disk once the other has committed: a commit merges
+    with the disk (before, the last writer won and the other's samples were silently dropped)."""
+    selector = selector_of()
+    pattern = selector(torch.randn(12, 3, 32, 32))
+    first = PatternStore.create(tmp_path / "store", selector, pattern[:1])
+    second = PatternStore.open(tmp_path / "store", selector)
+    halves = [(first, torch.arange(6)), (second, torch.arange(6, 12))]
+
+    for store, idx in halves:
+        if how == "append":
+            store.append(idx, pattern[idx])
+        else:
+            store.commit([store.write_chunk(idx, pattern[idx])])
+
+    reopened = PatternStore.open(tmp_path / "store", selector)
+    assert len(reopened) == len(second) == 12
+    assert_same_pattern(reopened.read(torch.arange(12)), pattern)
+    with pytest.raises(StoreError, match="already held"):  # the merged view also refuses the other's samples
+        first.commit([first.write_chunk(torch.tensor([7]), pattern[7:8])])

@@ -48,7 +48,7 @@ def write_cache(dataset: Dataset, path: Path) -> None:
     try:
         with atomic_write(path) as file:
             torch.save(content, file)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # torch reports a failed file write (e.g. a full disk) as RuntimeError
         warnings.warn(f"could not write the data cache {path}: {error}", stacklevel=3)
 
 

@@ -94,15 +94,17 @@ def replay_indices(labels: Tensor, earlier: Tensor, k: int, seed: int = 0) -> Te
     return earlier[class_interleaved_permutation(labels[earlier], generator)[:k]]
 
 
-def subset_fingerprint(labels: Tensor, seed: int = 0, balanced: bool = False) -> str:
-    """sha256 of the permutation whose prefixes are the subsets of (`seed`, `balanced`): names every subset
-    `subset_indices` draws with them, whatever its size.
+def subset_fingerprint(
+    labels: Tensor, seed: int = 0, balanced: bool = False, class_chunks: tuple[int, int] | None = None
+) -> str:
+    """sha256 of the permutation whose prefixes are the subsets of (`seed`, `balanced`, `class_chunks`): names
+    every subset `subset_indices` draws with them, whatever its size.
 
     Records made for nested subsets (a pattern store grown from n to n + m samples) must be continued with the
     same permutation: another seed or `balanced` choice selects other samples, which the dataset fingerprint
     alone cannot see.
     """
-    order = subset_indices(labels, len(labels), seed, balanced)
+    order = subset_indices(labels, len(labels), seed, balanced, class_chunks)
     return hashlib.sha256(order.numpy()).hexdigest()
 
 

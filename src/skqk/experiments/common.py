@@ -10,6 +10,35 @@ from pathlib import Path
 
 from skqk.atomic import atomic_write_text
 from skqk.pipeline.provenance import machine_info
+from skqk.pipeline.rundir import changed_settings
+
+
+def claim_results_folder(out: Path, experiment: str, dataset, preset, **settings) -> None:
+    """Record in ``out/reproduce.json`` the data, preset and `settings` of `experiment` in a results folder, or,
+    when it has them, refuse to continue it with others: its cached cells would mix two experiments in one table.
+
+    The data and preset are shared by every experiment of the folder (fig5 and qkgap share cells); `settings`
+    (e.g. fig5's mode and precision) are `experiment`'s own. Models, seeds and sample counts may be added later
+    (the preset is compared by name: each cached cell also checks its own configuration).
+
+    Raises:
+        ValueError: `out` holds results of other settings; the message names each difference.
+    """
+    path = Path(out) / "reproduce.json"
+    shared = {"data": dataset.fingerprint, "preset": preset.name}
+    own = json.loads(json.dumps(settings))  # as read back: tuples become lists
+    claimed = json.loads(path.read_text()) if path.exists() else {**shared, "experiments": {}}
+    changed = changed_settings({key: claimed.get(key) for key in shared}, json.loads(json.dumps(shared)))
+    if experiment in claimed["experiments"]:
+        changed += changed_settings(claimed["experiments"][experiment], own)
+    if changed:
+        raise ValueError(
+            f"{out} holds results made with other settings: {'; '.join(changed)}; rerun with the same ones "
+            "to continue them, or choose another --out"
+        )
+    if experiment not in claimed["experiments"]:
+        claimed["experiments"][experiment] = own
+        write_json(path, claimed)
 
 
 def write_results(out: Path, experiment: str, preset, model_names: list[str], dataset, started: float, **data) -> dict:
@@ -20,6 +49,7 @@ def write_results(out: Path, experiment: str, preset, model_names: list[str], da
         "preset": preset.to_dict(),
         "models": model_names,
         "data": dataset.source,
+        "data_fingerprint": dataset.fingerprint,
         "machine": machine_info(),
         "wall_seconds_this_invocation": time.time() - started,
         **data,

@@ -157,7 +157,7 @@ def cached(cell_dir: Path, key: dict, cfg: FederatedConfig, run, context: tuple)
     cell_file = cell_dir / "cell.json"
     if cell_file.exists():
         cell = json.loads(cell_file.read_text())
-        if cell.get("config") != cfg.to_dict():
+        if not cfg.matches(cell.get("config", {})):
             raise ValueError(f"{cell_dir} holds a result of another configuration; use another --out")
         return cell
     if cell_dir.exists():  # an interrupted federated run does not resume: start the cell again

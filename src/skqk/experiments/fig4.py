@@ -21,7 +21,7 @@ from torch import nn
 
 from skqk import models
 from skqk.data import Dataset
-from skqk.experiments.common import write_csv, write_results
+from skqk.experiments.common import claim_results_folder, write_csv, write_results
 from skqk.experiments.plots import plot_fig4
 from skqk.experiments.presets import Preset
 from skqk.patterns import Pattern
@@ -45,6 +45,7 @@ def run_fig4(
     """Train each model from scratch once per seed, log pattern flips, losses and accuracy, apply the criterion."""
     out = Path(out)
     started = time.time()
+    claim_results_folder(out, "fig4", dataset, preset)
     runs = []
     for name in model_names:
         for seed in seeds:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from skqk.data import Dataset, subset_indices
-from skqk.experiments.common import write_csv, write_json, write_results
+from skqk.data import Dataset, subset_fingerprint, subset_indices
+from skqk.experiments.common import claim_results_folder, write_csv, write_json, write_results
 from skqk.experiments.plots import plot_fig5, plot_qk_gap
 from skqk.experiments.presets import BASE, Fig5Protocol, Preset, Variant
 from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
@@ -42,6 +42,7 @@ def run_fig5(
     """
     out = Path(out)
     started = time.time()
+    claim_results_folder(out, "fig5", dataset, preset, mode=mode, precision=precision)
     cells = []
     for seed in seeds:
         for name in model_names:
@@ -74,6 +75,7 @@ def run_qk_gap(preset: Preset, dataset: Dataset, out: Path, progress: bool = Tru
     if preset.qk_gap is None:
         raise ValueError(f"preset {preset.name} has no QK-gap study")
     gap, out, started = preset.qk_gap, Path(out), time.time()
+    claim_results_folder(out, "qkgap", dataset, preset)
     cells = []
     for seed in seeds:
         run = SKRun(gap.model, gap.sk_samples, seed, preset.fig5[gap.model], dataset, out, progress)
@@ -154,8 +156,9 @@ class SKRun:
                 return retrain(cfg, start, self.dataset, d, resume=True, progress=self.progress)
             store = self.folder / ("patterns" if variant.pooling == "live" else f"patterns-{variant.pooling}")
             t0 = time.perf_counter()
-            indices = subset_indices(self.dataset.train.labels, N, self.seed)
-            record(self.selector(variant.pooling), self.dataset, indices, store, progress=self.progress)
+            labels = self.dataset.train.labels
+            indices, subset = subset_indices(labels, N, self.seed), subset_fingerprint(labels, self.seed)
+            record(self.selector(variant.pooling), self.dataset, indices, store, progress=self.progress, subset=subset)
             record_seconds = time.perf_counter() - t0
             result = retrain(cfg, start, self.dataset, d, store=store, resume=True, progress=self.progress)
             return result, {"record_seconds": record_seconds}

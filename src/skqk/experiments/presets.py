@@ -133,8 +133,8 @@ CPU = Preset(
     "scaled for a 2-core CPU: LeNet-5 keeps the paper's pre-training and N up to 32,768 with a fifth of its "
     "re-training epochs; AlexNet gets a twentieth of the pre-training, 3 of the 50 re-training epochs and N up to "
     "4,096, VGG8 the same up to 8,192; validation on 2,000 test samples. Incremental: LeNet-5 with 300-sample "
-    "chunks, 15 + 3 epochs, 3 seeds; VGG8 smoke-sized (100-sample chunks, 6 + 2 epochs), 1 seed, random order, "
-    "no replay arms",
+    "chunks, 15 + 3 epochs, 3 seeds; VGG8 smoke-sized (100-sample chunks, 6 + 2 epochs), 1 seed, no replay "
+    "arms",
     fig5={
         "lenet5": Fig5Protocol((1024, 4096), 32768, pretrain_epochs=200, retrain_epochs=10, eval_samples=2000),
         "alexnet": Fig5Protocol((1024, 4096), 4096, pretrain_epochs=10, retrain_epochs=3, eval_samples=2000),
@@ -154,7 +154,6 @@ CPU = Preset(
             eval_per_chunk=100,
             eval_samples=300,
             seeds=(0,),
-            orders=("random",),
             arms=("qk-new", "traditional-new", "qk-all", "traditional-all", "qk-new-refresh", "qk-all-refresh"),
         ),  # fmt: skip
     },

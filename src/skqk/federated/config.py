@@ -47,6 +47,10 @@ class FederatedConfig(SGDConfig):
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if not 0 <= self.min_clients <= self.clients:
             raise ValueError(f"min_clients must lie in [0, clients={self.clients}], got {self.min_clients}")
+        if self.class_incremental:
+            raise ValueError(
+                "federated clients split the random sample order (the class-incremental one is not supported)"
+            )
         if self.precision != "fp32":
             raise ValueError("federated clients train in fp32 (precision bf16 is not supported here)")
         if not self.round_timeout > 0:

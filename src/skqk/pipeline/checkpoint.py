@@ -7,6 +7,7 @@ as the paper deploys it. Both are plain dicts of tensors and primitives, loaded 
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,11 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Write `checkpoint` to `path` atomically; a full disk is reported as such, naming `path`."""
+    serialized = io.BytesIO()  # torch's writer turns a failed write into "enforce fail ... file write failed"
+    torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, serialized)
     with atomic_write(path) as f:
-        torch.save({"format": FORMAT, "version": VERSION, **checkpoint}, f)
+        f.write(serialized.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,17 +1,20 @@
 """Phase 3: activation pattern acquisition — the selector's patterns of all n + m samples, into a store.
 
 One inference pass without gradients, in large batches. Samples the store already holds are skipped, so when
-m new samples arrive only their patterns are computed and appended; the old ones are never rewritten.
+m new samples arrive only their patterns are computed and appended; the old ones are never rewritten. The pass
+commits every few batches, so a recording killed midway keeps what it did: running it again records the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from skqk.data import Dataset, batches, subset_indices
+from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import load_model_checkpoint, load_selector, model_kwargs, resolve_pooling
 from skqk.selector import PathSelector
@@ -27,6 +30,9 @@ def selector_from_checkpoint(
     return load_selector(ckpt, resolve_pooling(ckpt, pooling, path=str(checkpoint)), str(checkpoint))
 
 
+COMMIT_EVERY = 8  # batches per process between commits: what a kill can lose, against one manifest write each
+
+
 def record(
     selector: PathSelector,
     dataset: Dataset,
@@ -34,62 +40,77 @@ def record(
     store: str | os.PathLike,
     batch_size: int = 1024,
     progress: bool = True,
+    subset: str | None = None,
+    wait: bool = True,
+    commit_every: int = COMMIT_EVERY,
 ) -> PatternStore:
-    """Record the patterns of training samples `indices` into `store` (created if absent) in one atomic commit.
+    """Record the patterns of training samples `indices` into `store` (created if absent), committing every
+    `commit_every` batches, while holding the store's writer lock (other writers wait; with `wait` False,
+    fail at once if one is writing). The store records `dataset`'s fingerprint and `subset` (the
+    `subset_fingerprint` the indices come from), and refuses to be continued with others.
 
-    Under torch.distributed (`skqk.pipeline.distributed`) every rank calls it: rank 0 creates or tidies the store, each
-    rank writes the patterns of its share of the missing samples into chunk files of its own, and rank 0
-    commits all of them at once, so the store holds what one process would have recorded.
+    Under torch.distributed (`skqk.pipeline.distributed`) every rank calls it: rank 0 locks, creates or tidies the
+    store, each rank writes the patterns of its share of each round of missing samples into chunk files of its
+    own, and rank 0 commits every round's chunks at once, so the store holds what one process would have recorded.
 
     Example:
         >>> selector = selector_from_checkpoint("runs/a/model.pt")
         >>> record(selector, dataset, subset_indices(dataset.train.labels, 4096), "runs/patterns")
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    for name, value in (("batch_size", batch_size), ("commit_every", commit_every)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
     ctx = distributed.current()
     device = ctx.device
     if device.type != "cpu":
         selector.to(device)
-    if ctx.is_distributed:  # rank 0 creates or checks and tidies the store before any rank writes to it
-
-        def prepare() -> None:
-            open_store(selector, dataset, indices, store)
-
-        ctx.on_main(prepare)
-        opened = PatternStore.open(store, selector, verify=False)  # rank 0 has just verified it
-    else:
-        opened = open_store(selector, dataset, indices, store)
-    todo = ctx.share(indices[~torch.isin(indices, opened.indices)])
-    chunks = [
-        opened.write_chunk(idx, selector(x.to(device)))
-        for x, _, idx in tqdm(
-            batches(dataset.train, dataset, todo, batch_size),
+    with contextlib.ExitStack() as lock:
+        if ctx.is_main:
+            Path(store).mkdir(parents=True, exist_ok=True)
+            lock.enter_context(PatternStore.lock(store, wait))
+        prepared = {}  # rank 0 creates or checks and tidies the store before any rank writes to it
+        ctx.on_main(lambda: prepared.update(store=open_store(selector, dataset, indices, store, subset)))
+        opened = prepared["store"] if ctx.is_main else PatternStore.open(store, selector, verify=False)
+        todo = indices[~torch.isin(indices, opened.indices)]
+        rounds = todo.split(commit_every * batch_size * ctx.world_size) if len(todo) else ()
+        bar = tqdm(
             desc="record patterns",
-            total=-(-len(todo) // batch_size),
+            total=sum(-(-len(ctx.share(part)) // batch_size) for part in rounds),
             disable=not progress or not ctx.is_main,
             unit="batch",
         )
-    ]
-    if ctx.is_distributed:  # rank 0 adopts every rank's chunks in one commit, then the other ranks see them
+        for part in rounds:  # the same rounds on every rank
+            chunks = []
+            for x, _, idx in batches(dataset.train, dataset, ctx.share(part), batch_size):
+                chunks.append(opened.write_chunk(idx, selector(x.to(device))))
+                bar.update()
+            commit_round(ctx, opened, chunks)
+        bar.close()
+    return opened if ctx.is_main else PatternStore.open(store, selector, verify=False)
+
+
+def commit_round(ctx: distributed.Context, opened: PatternStore, chunks: list) -> None:
+    """Commit one round's chunks: rank 0 adopts every rank's at once (every rank must call it)."""
+    if ctx.is_distributed:
         chunks = [chunk for rank_chunks in ctx.gather(chunks) for chunk in rank_chunks]
         ctx.on_main(lambda: opened.commit(chunks) if chunks else None)
-        return opened if ctx.is_main else PatternStore.open(store, selector, verify=False)
-    if chunks:
+    elif chunks:
         opened.commit(chunks)
-    return opened
 
 
-def open_store(selector: PathSelector, dataset: Dataset, indices: torch.Tensor, store) -> PatternStore:
-    """The store at `store`, checked against `selector` and rid of the files of killed recordings; or a new
-    one for `selector`'s patterns (of the shape of sample ``indices[0]``'s) if there is none."""
-    if os.path.exists(store):
-        opened = PatternStore.open(store, selector)
+def open_store(
+    selector: PathSelector, dataset: Dataset, indices: torch.Tensor, store, subset: str | None = None
+) -> PatternStore:
+    """The store at `store`, checked against `selector`, the data and `subset` and rid of the files of killed
+    recordings; or a new one for `selector`'s patterns (of the shape of sample ``indices[0]``'s) if there is
+    none (also in an empty folder, or one a creation was killed in)."""
+    if PatternStore.exists(store):
+        opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
         opened.remove_strays()  # chunks of an earlier recording killed before its commit
         return opened
     device = next(selector.parameters(), torch.empty(0)).device
     example = selector(dataset.normalize(dataset.train.images[indices[:1]]).to(device))
-    return PatternStore.create(store, selector, example)
+    return PatternStore.create(store, selector, example, data=dataset.fingerprint, subset=subset)
 
 
 def record_from_checkpoint(
@@ -102,10 +123,12 @@ def record_from_checkpoint(
     balanced: bool = False,
     batch_size: int = 1024,
     progress: bool = True,
+    wait: bool = True,
     class_chunks: tuple[int, int] | None = None,
 ) -> PatternStore:
     """`record` for the first `samples` samples of the run's nested subset (what `skqk record` runs); the store
     gets only those it lacks, so recording n + m after n appends the m new samples' patterns."""
     selector = selector_from_checkpoint(checkpoint, pooling, fits=model_kwargs(dataset))
     indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced, class_chunks)
-    return record(selector, dataset, indices, store, batch_size, progress)
+    subset = subset_fingerprint(dataset.train.labels, subset_seed, balanced, class_chunks)
+    return record(selector, dataset, indices, store, batch_size, progress, subset, wait)

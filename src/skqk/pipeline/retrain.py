@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from skqk.data import Dataset, batches, subset_indices
+from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.data.sampling import replay_indices
 from skqk.decoupled import DecoupledModel
 from skqk.patterns import Pattern
@@ -60,7 +60,7 @@ def retrain(
     kwargs = model_kwargs(dataset)
     ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
     indices = training_indices(dataset.train.labels, cfg)
-    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
+    source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None, "data": dataset.fingerprint}
     if cfg.method == "traditional":
         if ckpt["kind"] != "network":
             raise CheckpointError(
@@ -86,12 +86,12 @@ def retrain(
 
     def make_step(selector, store) -> StepForward:
         if cfg.patterns == "store":
-            read = patterns_from_store(selector, store, indices)
+            read = patterns_from_store(selector, store, indices, dataset, cfg)
             return lambda x, idx: model(x, in_layout(read(idx).to(device), layout))
         return lambda x, idx: model(x, selector(x))
 
     make_step(selector, store)  # refuses a store that lacks samples before the run folder is created
-    read = patterns_from_store(selector, store, indices) if cfg.patterns == "store" else None
+    read = patterns_from_store(selector, store, indices, dataset, cfg) if cfg.patterns == "store" else None
     removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
     run_dir = distributed.current().on_main(
@@ -204,11 +204,15 @@ def in_layout(pattern: Pattern, layout: torch.memory_format) -> Pattern:
     return Pattern({s: t.contiguous(memory_format=layout) if t.dim() == 4 else t for s, t in pattern.items()})
 
 
-def patterns_from_store(selector, store, indices: Tensor) -> Callable[[Tensor], Pattern]:
-    """The reader of each batch's patterns from the store recorded by this very selector (Phase 3)."""
+def patterns_from_store(
+    selector, store, indices: Tensor, dataset: Dataset, cfg: RetrainConfig
+) -> Callable[[Tensor], Pattern]:
+    """The reader of each batch's patterns from the store recorded by this very selector (Phase 3) from this very
+    data and subset order."""
     if store is None:
         raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
-    opened = PatternStore.open(store, selector)
+    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
     missing = (~torch.isin(indices, opened.indices)).sum().item()
     if missing:
         raise ValueError(

@@ -39,7 +39,7 @@ def train(
     kwargs = model_kwargs(dataset) | cfg.model_kwargs  # the checkpoint records both: it rebuilds without flags
     torch.manual_seed(cfg.seed)
     network = models.build(cfg.model, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
-    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg)
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, {"data": dataset.fingerprint})
     return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch, on_step)
 
 

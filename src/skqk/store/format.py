@@ -15,24 +15,33 @@ A store is a directory::
     chunk-<pid>-<id>.indices   the chunk's sample indices (training-split positions), int64 little-endian,
                                in record order
 
+The manifest also names the data the patterns describe (`skqk.data` content fingerprint) and the permutation
+whose prefixes are the recorded subsets, so a store is never continued or read with other data.
+
 Crash safety: appending writes new chunk files, fsyncs them, then replaces the manifest atomically (temporary
 file, fsync, ``os.replace``, fsync of the directory). A write killed at any point leaves the old manifest, which
-ignores the stray files, or the new one. Stray files are removed by the next `PatternStore.append`.
+ignores the stray files, or the new one. Stray files are removed by the next `PatternStore.append`. A creation
+killed before its manifest was written leaves a folder that the next creation takes over.
 
-Several writers (e.g. torch.distributed ranks) can fill one store: each calls `PatternStore.write_chunk` for its
-own disjoint samples, and a single process gathers the returned `ChunkInfo` objects and calls
-`PatternStore.commit` once. Only one process may commit (or append) at a time.
+Concurrency: writers hold an advisory lock (``flock``) on the store's folder, so one process writes at a time
+(others wait, or fail at once if asked not to wait), and every commit merges with the manifest on disk.
+Several writers of one recording (e.g. torch.distributed ranks) can still fill one store together: each calls
+`PatternStore.write_chunk` for its own disjoint samples, and the lock holder gathers the returned `ChunkInfo`
+objects and calls `PatternStore.commit`. Readers take no lock: they see the last committed manifest.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import signal
 import uuid
+import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -105,6 +114,8 @@ class Manifest:
     pooling: str
     sites: tuple[SiteSpec, ...]
     chunks: tuple[ChunkInfo, ...]
+    data: str | None = None  # content fingerprint of the dataset (None: a store written before it was recorded)
+    subset: str | None = None  # fingerprint of the subset permutation the samples were drawn from
 
     @property
     def record_bytes(self) -> int:
@@ -120,6 +131,8 @@ class Manifest:
                 "sites": [{"name": s.name, "kind": s.kind, "shape": list(s.shape)} for s in self.sites],
                 "record_bytes": self.record_bytes,
                 "chunks": [asdict(c) for c in self.chunks],
+                "data": self.data,
+                "subset": self.subset,
             },
             indent=1,
         )
@@ -216,6 +229,8 @@ def read_manifest(path: Path) -> Manifest:
             pooling=str(doc["pooling"]),
             sites=tuple(_parse_site(s) for s in doc["sites"]),
             chunks=tuple(_parse_chunk(c) for c in doc["chunks"]),
+            data=doc.get("data"),
+            subset=doc.get("subset"),
         )
         if doc["record_bytes"] != manifest.record_bytes:
             raise ValueError(f"record_bytes {doc['record_bytes']} disagrees with the sites")
@@ -285,6 +300,50 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
     crash_point("manifest-written")
     os.replace(temp, path / MANIFEST)
     fsync_dir(path)
+
+
+_LOCKED: dict[str, int] = {}  # folders whose lock this process holds -> nesting depth (flock is per open file)
+
+
+@contextmanager
+def store_lock(path: Path, wait: bool = True) -> Iterator[None]:
+    """Hold the exclusive writer lock of the store folder `path` (an advisory ``flock``, released when the
+    process ends, however it ends). Re-entrant within a process.
+
+    Raises:
+        StoreError: `wait` is False and another process holds the lock.
+    """
+    key = os.path.realpath(path)
+    if key in _LOCKED:
+        _LOCKED[key] += 1
+        try:
+            yield
+        finally:
+            _LOCKED[key] -= 1
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise StoreError(
+                    f"store {path} is being written by another process; try again when it is done"
+                ) from None
+            warnings.warn(f"store {path} is being written by another process; waiting for it", stacklevel=3)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _LOCKED[key] = 1
+        try:
+            yield
+        finally:
+            del _LOCKED[key]
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def is_leftover(name: str) -> bool:
+    """Whether a file in a store folder is one a killed write leaves: a chunk file or a temporary manifest."""
+    return name.startswith(CHUNK_PREFIX) or (name.startswith(MANIFEST + ".") and name.endswith(TEMP_SUFFIX))
 
 
 def crash_point(step: str) -> None:

@@ -27,6 +27,8 @@ def store_info(store: PatternStore) -> dict[str, Any]:
         "format_version": fmt.FORMAT_VERSION,
         "fingerprint": store.fingerprint,
         "pooling": store.pooling,
+        "data": store.data,
+        "subset": store.subset,
         "samples": len(store),
         "chunks": store.chunk_count,
         "gate_bits_per_sample": sum(s.bits for s in sites if s.kind != "switch"),
@@ -80,6 +82,7 @@ def format_info(info: dict[str, Any]) -> str:
     header = [
         f"pattern store {info['path']} (format {info['format_version']}, pooling {info['pooling']})",
         f"selector     {info['fingerprint']}",
+        f"data         {info['data'] or 'not recorded'}",
         f"samples      {info['samples']:,} in {info['chunks']} chunk(s)",
         f"per sample   {info['gate_bits_per_sample']:,} gate bits + {info['switch_bytes_per_sample']:,} switch "
         f"bytes = {info['bytes_per_sample']:,} bytes",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +28,6 @@ from skqk.store.format import (
     INDICES_SUFFIX,
     MANIFEST,
     RECORDS_SUFFIX,
-    TEMP_SUFFIX,
     ChunkInfo,
     Manifest,
     SiteSpec,
@@ -37,9 +38,11 @@ from skqk.store.format import (
     decode,
     encode,
     file_crc32,
+    is_leftover,
     kind_of,
     read_chunk_indices,
     read_manifest,
+    store_lock,
     write_durably,
     write_manifest,
 )
@@ -66,7 +69,7 @@ class PatternStore:
     def __init__(self, path: Path, manifest: Manifest):
         """Start empty, then adopt the manifest's chunks: reads their index files, refuses duplicates."""
         self.path = path
-        self._manifest = Manifest(manifest.fingerprint, manifest.pooling, manifest.sites, ())
+        self._manifest = replace(manifest, chunks=())
         self._row_of = np.full(0, -1, dtype=np.int64)  # sample index -> global row, -1 where not held
         self._chunk_starts = np.zeros(1, dtype=np.int64)  # global row of each chunk's first record
         self._records: dict[str, np.ndarray] = {}  # memory maps, opened on first read
@@ -74,13 +77,23 @@ class PatternStore:
 
     # -- creating and opening --------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, selector: PathSelector, example: Pattern) -> PatternStore:
+    def create(
+        cls,
+        path: str | os.PathLike,
+        selector: PathSelector,
+        example: Pattern,
+        data: str | None = None,
+        subset: str | None = None,
+    ) -> PatternStore:
         """Create an empty store for the patterns of `selector`.
 
         Args:
-            path: a directory that does not exist yet or is empty.
+            path: a directory that does not exist yet, is empty, or holds only the leftovers of a creation
+                killed before it completed.
             selector: the path selector that will record the patterns; its fingerprint is stored.
             example: a pattern of at least one sample from `selector`: gives the sites, kinds and shapes.
+            data: the content fingerprint of the dataset (`skqk.data.Dataset.fingerprint`), checked by `open`.
+            subset: `skqk.data.subset_fingerprint` of the permutation the samples come from, checked by `open`.
 
         Returns:
             The new, empty store.
@@ -89,26 +102,61 @@ class PatternStore:
             >>> store = PatternStore.create("run/patterns", selector, selector(x[:1]))
         """
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and not path.is_dir():
             raise StoreError(f"{path} already exists and is not an empty directory; refusing to overwrite it")
         if example.batch_size < 1:
             raise StoreError("create needs an example pattern of at least one sample")
         if example.sites != selector.sites:
             raise StoreError(f"the example pattern has sites {example.sites}, the selector {selector.sites}")
         sites = tuple(SiteSpec(n, kind_of(example.bits[n]), tuple(t.shape[1:])) for n, t in example.items())
-        manifest = Manifest(selector.fingerprint, selector.pooling, sites, ())
+        manifest = Manifest(selector.fingerprint, selector.pooling, sites, (), data, subset)
         path.mkdir(parents=True, exist_ok=True)
-        write_manifest(path, manifest)
+        with store_lock(path):
+            files = list(path.iterdir())
+            if (path / MANIFEST).exists() or not all(is_leftover(file.name) for file in files):
+                raise StoreError(f"{path} already exists and is not an empty directory; refusing to overwrite it")
+            for file in files:  # of a creation killed before its manifest existed: nothing was committed
+                file.unlink()
+            write_manifest(path, manifest)
         return cls(path, manifest)
 
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether `path` holds a store (its manifest), as opposed to nothing, an empty folder or the leftovers
+        of a killed creation, which `create` accepts."""
+        return (Path(path) / MANIFEST).is_file()
+
+    @staticmethod
+    def lock(path: str | os.PathLike, wait: bool = True) -> AbstractContextManager[None]:
+        """Hold the writer lock of the existing folder `path` while recording into it: writers in other
+        processes wait (or, with `wait` False, this call fails at once if another one holds it). `append`,
+        `commit` and `remove_strays` take it themselves; hold it around a whole recording so that no other
+        process takes this recording's uncommitted chunks for leftovers.
+
+        Example:
+            >>> with PatternStore.lock("run/patterns"):
+            ...     store.commit([store.write_chunk(idx, selector(xb)) for idx, xb in loader])
+        """
+        return store_lock(Path(path), wait)
+
     @classmethod
-    def open(cls, path: str | os.PathLike, selector: PathSelector | None = None, verify: bool = True) -> PatternStore:
+    def open(
+        cls,
+        path: str | os.PathLike,
+        selector: PathSelector | None = None,
+        verify: bool = True,
+        data: str | None = None,
+        subset: str | None = None,
+    ) -> PatternStore:
         """Open an existing store, checking that it is complete and intact.
 
         Args:
             path: the store's directory.
             selector: if given, the store must have been recorded by it (same fingerprint).
             verify: also check every chunk's checksum (reads all data, ~GB/s); sizes are always checked.
+            data: if given, the store must describe this dataset (`skqk.data.Dataset.fingerprint`): its
+                patterns are keyed by sample position, so on other data they would belong to other images.
+            subset: if given, and the store records one, the same subset permutation (`subset_fingerprint`).
 
         Returns:
             The store.
@@ -123,6 +171,7 @@ class PatternStore:
                 f"store {path} was recorded by another selector "
                 f"(fingerprint {manifest.fingerprint} vs {selector.fingerprint})"
             )
+        check_source(path, manifest, data, subset)
         for chunk in manifest.chunks:
             records = path / (chunk.name + RECORDS_SUFFIX)
             check_size(records, chunk.count * manifest.record_bytes)
@@ -141,8 +190,9 @@ class PatternStore:
         Example:
             >>> store.append(torch.arange(128), selector(x[:128]))
         """
-        self.remove_strays()
-        self.commit([self.write_chunk(indices, pattern)])
+        with store_lock(self.path):
+            self.remove_strays()
+            self.commit([self.write_chunk(indices, pattern)])
 
     def write_chunk(self, indices: Tensor, pattern: Pattern) -> ChunkInfo:
         """Write one new chunk file pair, durably, without adding it to the store (see `commit`).
@@ -173,7 +223,10 @@ class PatternStore:
         return ChunkInfo(name, idx.size, zlib.crc32(records.data), zlib.crc32(idx_bytes))
 
     def commit(self, chunks: Sequence[ChunkInfo]) -> None:
-        """Add written chunks to the store in one atomic manifest replacement.
+        """Add written chunks to the store in one atomic manifest replacement, under the writer lock.
+
+        Chunks another process committed since this object last looked are kept: the manifest on disk is read
+        again and extended, never overwritten with this object's older view.
 
         Args:
             chunks: from `write_chunk` calls of any process, for disjoint samples not held yet.
@@ -182,16 +235,19 @@ class PatternStore:
             >>> store.commit([store.write_chunk(idx_a, pat_a), store.write_chunk(idx_b, pat_b)])
         """
         new = tuple(chunks)
-        for chunk in new:
-            check_size(self.path / (chunk.name + RECORDS_SUFFIX), chunk.count * self.bytes_per_sample)
-        previous = (self._manifest, self._row_of, self._chunk_starts)
-        self._adopt(new)  # validates indices and duplicates before the manifest changes
-        try:
-            fsync_dir(self.path)
-            write_manifest(self.path, self._manifest)
-        except BaseException:
-            self._manifest, self._row_of, self._chunk_starts = previous
-            raise
+        with store_lock(self.path):
+            self._catch_up()
+            for chunk in new:
+                check_size(self.path / (chunk.name + RECORDS_SUFFIX), chunk.count * self.bytes_per_sample)
+            previous = (self._manifest, self._row_of, self._chunk_starts)
+            self._adopt(new)  # validates indices and duplicates before the manifest changes
+            try:
+                fsync_dir(self.path)
+                write_manifest(self.path, self._manifest)
+            except BaseException:
+                self._manifest, self._row_of, self._chunk_starts = previous
+                raise
+        crash_point("committed")
 
     def remove_strays(self) -> None:
         """Delete the leftovers of killed writes: chunk files no committed chunk owns, temporary manifests.
@@ -202,12 +258,12 @@ class PatternStore:
         Example:
             >>> store.remove_strays()   # before a Phase 3 pass whose writers are all started by this process
         """
-        committed = {c.name for c in self._manifest.chunks}
-        for file in self.path.iterdir():
-            stray_chunk = file.name.startswith(CHUNK_PREFIX) and file.name.split(".")[0] not in committed
-            stray_manifest = file.name.startswith(MANIFEST + ".") and file.name.endswith(TEMP_SUFFIX)
-            if stray_chunk or stray_manifest:
-                file.unlink(missing_ok=True)
+        with store_lock(self.path):
+            self._catch_up()  # chunks committed by another process since this object looked are not strays
+            committed = {c.name for c in self._manifest.chunks}
+            for file in self.path.iterdir():
+                if is_leftover(file.name) and file.name.split(".")[0] not in committed:
+                    file.unlink(missing_ok=True)
 
     # -- reading ---------------------------------------------------------------------------------------------
     def read(self, indices: Tensor) -> Pattern:
@@ -268,6 +324,16 @@ class PatternStore:
         return self._manifest.pooling
 
     @property
+    def data(self) -> str | None:
+        """Content fingerprint of the data the patterns describe (None for stores of older skqk versions)."""
+        return self._manifest.data
+
+    @property
+    def subset(self) -> str | None:
+        """Fingerprint of the subset permutation the samples were drawn from (None if not recorded)."""
+        return self._manifest.subset
+
+    @property
     def sites(self) -> list[str]:
         return [s.name for s in self._manifest.sites]
 
@@ -301,6 +367,14 @@ class PatternStore:
         return store_info(self)
 
     # -- internals -------------------------------------------------------------------------------------------
+    def _catch_up(self) -> None:
+        """Adopt the chunks that the manifest on disk holds and this object does not know yet."""
+        on_disk = read_manifest(self.path)
+        if replace(on_disk, chunks=()) != replace(self._manifest, chunks=()):
+            raise StoreError(f"store {self.path} was replaced by another store since it was opened")
+        known = {c.name for c in self._manifest.chunks}
+        self._adopt(tuple(c for c in on_disk.chunks if c.name not in known))
+
     def _adopt(self, chunks: tuple[ChunkInfo, ...]) -> None:
         """Extend the sample index by `chunks` (after checking their index files) and record them."""
         if not chunks:
@@ -357,3 +431,19 @@ class PatternStore:
 
     def _decode(self, records: np.ndarray) -> Pattern:
         return decode(self._manifest.sites, records)
+
+
+def check_source(path: Path, manifest: Manifest, data: str | None, subset: str | None) -> None:
+    """Refuse a store recorded from other data or another subset permutation than the caller's."""
+    if data is not None and manifest.data is None:
+        warnings.warn(f"store {path} does not record which data it describes (older skqk); not checked", stacklevel=3)
+    elif data is not None and manifest.data != data:
+        raise StoreError(
+            f"store {path} holds the patterns of other data (data fingerprint {manifest.data[:12]}..., this data "
+            f"{data[:12]}...): use the data it was recorded from, or record a new store"
+        )
+    if subset is not None and manifest.subset is not None and manifest.subset != subset:
+        raise StoreError(
+            f"store {path} was recorded for another sample subset order (--subset-seed/--balanced): use the same "
+            "ones, or record a new store"
+        )
