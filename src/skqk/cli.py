@@ -23,7 +23,8 @@ from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
 def add_sgd_options(
     p: argparse.ArgumentParser, cfg_cls: type[SGDConfig], epochs: str = "--epochs", resumable: bool = True
 ) -> None:
-    """The SGD fields as options; `epochs` names the epochs option, `resumable` adds --precision and --resume."""
+    """The SGD fields as options; `epochs` names the epochs option; `resumable` adds --precision, --layout and
+    --resume."""
     defaults = {f.name: f.default for f in fields(cfg_cls)}  # not cfg_cls(): its check of the model imports torch
     p.add_argument(epochs, type=int, dest="epochs", help=f"training epochs (default {defaults['epochs']})")
     p.add_argument("--batch-size", type=int, help=f"SGD batch size (default {defaults['batch_size']})")
@@ -36,6 +37,12 @@ def add_sgd_options(
     p.add_argument("--eval-samples", type=int, help="validation samples per epoch (default 0 = all)")
     if resumable:
         p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast with fp32 master weights")
+        p.add_argument(
+            "--layout",
+            choices=["auto", "contiguous", "channels_last"],
+            help="memory layout of activations and conv weights (default auto: channels_last where the benchmark "
+            "shows it pays for that model)",
+        )
         p.add_argument("--resume", action="store_true", help="continue the run in --out after an interruption")
 
 
@@ -178,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["live", "frozen"],
         help="max pooling of the selector/estimator pair (default: what a QK checkpoint or the store recorded, "
         "else live); a conflict with them is an error",
+    )
+    p.add_argument(
+        "--no-prune",
+        dest="prune",
+        action="store_false",
+        default=None,
+        help="qk: train all units (default: remove those dead for every training sample, exactly; skqk.pipeline.prune)",
+    )
+    p.add_argument(
+        "--patience", type=int, help="stop after this many epochs without a better val accuracy, keep the best"
     )
     defaults = RetrainConfig()
     p.add_argument(

@@ -17,7 +17,7 @@ def tiny_config(**kw):
         "samples": 64,
         "batch_size": 32,
         "repeats": 1,
-        "levers": ("prefetch", "pooling", "gates", "prune"),
+        "levers": ("prefetch", "pooling", "gates", "prune", "channels_last", "sgd"),
         "accuracy": None,
         "matmul_size": 64,
     }
@@ -28,6 +28,11 @@ def test_bench_reports_every_metric():
     result = run(tiny_config(), log=lambda msg: None)
     m = result["models"]["lenet5"]
     for key in (
+        "pytorch_epoch_s",
+        "qk_over_pytorch",
+        "traditional_over_pytorch",
+        "e2e_over_pytorch",
+        "qk_all_units_over_traditional",
         "traditional_epoch_s",
         "qk_epoch_s",
         "qk_fly_epoch_s",
@@ -40,22 +45,39 @@ def test_bench_reports_every_metric():
     ):
         assert m[key] > 0, key
     assert set(m["achieved_flops"]) >= {"traditional", "qk_store", "qk_fly", "traditional_bf16", "qk_store_bf16"}
-    assert m["training_flops_per_sample"]["traditional"] == m["training_flops_per_sample"]["qk_store"]
+    flops = m["training_flops_per_sample"]
+    assert flops["pytorch"] == flops["traditional"] > flops["qk_store"]  # QK trains without its dead units
     assert m["memory"]["traditional"]["step_peak_bytes"] > 0
     assert set(result["machine"]["matmul_peak_flops"]) == {"fp32", "bf16"}
     assert any("previous bool-mul gates" in k for k in m["levers"])
-    assert m["qk_pruned_over_traditional"] > 0
+    assert m["layout"] == "channels_last"  # lenet5's auto layout
+    assert {
+        "fused SGD / for-loop SGD, QK",
+        "channels_last / contiguous, QK",
+        "dead units removed / all units, QK",
+    } <= set(m["levers"])
+    assert any(r["removed"] for r in m["removed_units"].values())  # a random lenet5 has dead classifier neurons
     assert "| lenet5 |" in markdown(result)
     json.dumps(result)
 
 
 def test_accuracy_protocol_on_synthetic_data():
     cfg = tiny_config(levers=(), precisions=("fp32",))
-    proto = AccuracyProtocol(pretrain_samples=64, pretrain_epochs=1, samples=64, epochs=2, eval_samples=32)
+    proto = AccuracyProtocol(pretrain_samples=64, pretrain_epochs=1, samples=64, epochs=2, eval_samples=32, seeds=2)
     out = accuracy_protocol(synthetic_dataset(64), proto, cfg, log=lambda msg: None)
-    assert [c["epoch"] for c in out["curves"]["qk"]] == [1, 2]
-    assert out["curves"]["qk"][0]["seconds"] >= out["phase3_s"]
-    assert 0 <= out["fp32"]["traditional_final_val_accuracy"] <= 1
+    assert [r["seed"] for r in out["runs"]] == [0, 1]
+    run0 = out["runs"][0]
+    assert set(run0["curves"]) == {"pytorch", "traditional", "qk_store", "qk_store_all_units"}
+    assert any(r["removed"] for r in run0["removed_units"].values())
+    assert run0["pruned_minus_all_units_val_accuracy"] == [0.0, 0.0]  # removal is exact
+    assert [c["epoch"] for c in run0["curves"]["qk_store"]] == [1, 2]
+    assert run0["curves"]["qk_store"][0]["seconds"] >= run0["phase3_s"]
+    assert run0["fp32"]["traditional_seconds_to_target"] is not None  # its own best is always reached
+    assert out["fp32"]["traditional"]["reached"] == "2/2"
+    assert (
+        "time to accuracy"
+        in markdown({**run(tiny_config(precisions=("fp32",)), log=lambda m: None), "time_to_accuracy": out}).lower()
+    )
 
 
 def test_bench_config_rejects_unknown_names():
@@ -65,11 +87,33 @@ def test_bench_config_rejects_unknown_names():
         tiny_config(levers=("magic",))
 
 
-def test_cli_bench_writes_json(tmp_path):
+def test_cli_quick_bench_writes_the_comparison_with_plain_pytorch(tmp_path):
     out = tmp_path / "bench.json"
-    argv = ["bench", "--models", "lenet5", "--samples", "64", "--batch-size", "32", "--repeats", "1"]
-    argv += ["--levers", "", "--no-accuracy", "--precision", "fp32", "--json", str(out)]
-    assert cli_main(argv) == 0
-    result = json.loads(out.read_text())
-    assert result["models"]["lenet5"]["qk_over_traditional"] > 0
-    assert "traditional_bf16_epoch_s" not in result["models"]["lenet5"]
+    argv = ["bench", "--quick", "--samples", "64", "--batch-size", "32", "--repeats", "1", "--precision", "fp32"]
+    assert cli_main([*argv, "--json", str(out)]) == 0
+    m = json.loads(out.read_text())["models"]["lenet5"]
+    for key in ("pytorch_epoch_s", "traditional_epoch_s", "qk_epoch_s", "qk_over_pytorch", "qk_over_traditional"):
+        assert m[key] > 0, key
+    assert m["qk_over_pytorch"] == m["qk_epoch_s"] / m["pytorch_epoch_s"]
+    assert m["network"] == "random initialisation"  # --quick: no training
+    assert "traditional_bf16_epoch_s" not in m
+
+
+def test_bench_times_a_trained_network_cached_on_real_data(tmp_path, monkeypatch):
+    from pipeline_helpers import make_dataset
+
+    import skqk.bench.trained as trained
+
+    monkeypatch.setenv("SKQK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(trained, "TRAINING", {"lenet5": (60, 2)})
+    data = make_dataset(tmp_path / "data")[2]
+    logs: list[str] = []
+    cfg = tiny_config(levers=(), precisions=("fp32",), samples=64)
+    m = run(cfg, data, log=logs.append)["models"]["lenet5"]
+    assert m["network"].endswith("model.pt") and str(tmp_path / "cache") in m["network"]
+    assert m["data"] == data.source
+    assert set(m["dead_unit_share"]) == {"features.1", "features.4", "classifier.1", "classifier.3"}
+    assert sum("training 2 epochs" in line for line in logs) == 1
+    logs.clear()
+    assert run(cfg, data, log=logs.append)["models"]["lenet5"]["network"] == m["network"]
+    assert not any("training 2 epochs" in line for line in logs)  # cached

@@ -13,7 +13,7 @@ from torch import nn
 
 from skqk import models
 from skqk.estimator import build_estimator
-from skqk.pipeline.prune import FullWidthDropout, active_units, prune_dead_units
+from skqk.pipeline.prune import FullWidthDropout, active_units, prune_dead_units, removal_report
 from skqk.selector import build_selector
 
 DEAD_CONV = {"features.0": [0, 3], "features.3": [1, 5, 9, 12]}  # output channels dead on the stored samples
@@ -65,8 +65,11 @@ def test_dead_channels_removed_and_restored_exactly_around_every_epoch(pooling):
     pattern = selector(x)
     opt, opt_full = _sgd(est), _sgd(est_full)
     for epoch in range(3):  # prune, train an epoch, restore: momentum carries over between epochs
-        pruned = prune_dead_units(est, active_units(pattern[i : i + 16] for i in range(0, 48, 16)), opt)
+        active = active_units(pattern[i : i + 16] for i in range(0, 48, 16))
+        report = removal_report(est, active)
+        pruned = prune_dead_units(est, active, opt)
         removed = pruned.removed_units
+        assert {site: r["removed"] for site, r in report.items() if r["removed"]} == removed
         assert set(DEAD_CONV["features.0"]) <= set(pruned.removed[0].dead.tolist())
         assert removed["features.1"] >= 2 and removed["features.4"] >= 4 and removed["classifier.1"] >= 30
         assert est.net.get_submodule("features.3").in_channels == 6 - removed["features.1"]
@@ -78,12 +81,13 @@ def test_dead_channels_removed_and_restored_exactly_around_every_epoch(pooling):
         assert est.net.get_submodule("features.0").out_channels == 6
         _assert_same_training_state(est, opt, est_full, opt_full)
     assert not any(n.startswith("_skqk_keep") for n, _ in est.net.named_buffers())
-    assert "index_select" not in est.net.code
+    assert "select_units" not in est.net.code
 
     other = 10 * torch.randn(32, 3, 32, 32)  # large inputs activate the removed channels (Glorot-init LeNet-5)
     other_pattern = selector(other)
     assert other_pattern["features.1"][:, DEAD_CONV["features.0"]].any()
-    torch.testing.assert_close(est(other, other_pattern), est_full(other, other_pattern))
+    expected = est_full(other, other_pattern)  # tolerance: 1e-5 x the output scale, as the core invariants
+    torch.testing.assert_close(est(other, other_pattern), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     y_other = torch.randint(0, 10, (32,))
     torch.testing.assert_close(
         _steps(est, opt, other, y_other, other_pattern, 2), _steps(est_full, opt_full, other, y_other, other_pattern, 2)
@@ -142,3 +146,21 @@ def test_restore_refuses_an_untracked_optimizer_and_unsupported_sgd():
         prune_dead_units(est, pattern, torch.optim.SGD(est.parameters(), lr=0.1, momentum=0.9, nesterov=True))
     with pytest.raises(RuntimeError, match="optimizer"):
         prune_dead_units(est, pattern).restore()
+
+
+def test_channels_last_layout_is_kept_through_removal_and_restore():
+    selector, est = _lenet("frozen")
+    selector.to(memory_format=torch.channels_last)
+    est.to(memory_format=torch.channels_last)
+    est_full = copy.deepcopy(est)
+    x = (0.05 * torch.randn(16, 3, 32, 32)).contiguous(memory_format=torch.channels_last)
+    y, pattern = torch.randint(0, 10, (16,)), selector(x)
+    assert pattern["features.1"].is_contiguous(memory_format=torch.channels_last)
+    opt, opt_full = _sgd(est), _sgd(est_full)
+    pruned = prune_dead_units(est, pattern, opt)
+    conv = est.net.get_submodule("features.3")
+    assert conv.in_channels < 6 and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(_steps(est, opt, x, y, pattern, 2), _steps(est_full, opt_full, x, y, pattern, 2))
+    pruned.restore()
+    assert est.net.get_submodule("features.3").weight.is_contiguous(memory_format=torch.channels_last)
+    _assert_same_training_state(est, opt, est_full, opt_full)

@@ -94,7 +94,8 @@ def retrain_weights(pretrained, data, out, **overrides) -> dict:
 
 def test_qk_equals_traditional_after_one_step_and_departs_from_it_later(pretrained, data, tmp_path):
     # one full-batch step: the selector's patterns are the network's own, so both take the same gradient step
-    one = {"epochs": 1, "batch_size": TRAIN_SAMPLES}
+    # (bit for bit without dead-unit removal: smaller matmuls round differently, see test_pruned_qk_...)
+    one = {"epochs": 1, "batch_size": TRAIN_SAMPLES, "prune": False}
     qk = retrain_weights(pretrained, data, tmp_path / "qk1", method="qk", **one)
     traditional = retrain_weights(pretrained, data, tmp_path / "tr1", method="traditional", **one)
     assert_same_tensors(qk, traditional)

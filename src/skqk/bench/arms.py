@@ -3,6 +3,7 @@ order, step by step in a rotating order, so a load change on a shared machine hi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -19,9 +20,10 @@ from skqk.data import Dataset, ImageData
 from skqk.data.sampling import batch_indices
 from skqk.estimator import build_estimator
 from skqk.pipeline.config import SGDConfig
-from skqk.pipeline.loop import make_optimizer, precision_context, sgd_step
+from skqk.pipeline.loop import EpochContext, make_optimizer, memory_format, precision_context, sgd_step
 from skqk.pipeline.prefetch import Prefetcher
-from skqk.pipeline.prune import prune_dead_units
+from skqk.pipeline.prune import active_units, removal_report
+from skqk.pipeline.retrain import DeadUnitRemoval, in_layout
 
 
 def synthetic_dataset(samples: int, seed: int = 0, image_size: int = 32) -> Dataset:
@@ -48,11 +50,15 @@ class Arm:
     sgd: SGDConfig = field(default_factory=SGDConfig)  # the optimiser's settings and the precision
     channels_last: bool = False
     threads: int = 0  # 0: leave torch's setting
+    fused_sgd: bool = True  # the pipeline's optimiser (`make_optimizer`); False: torch's for-loop SGD on the CPU
+    epoch_context: EpochContext | None = None  # wraps each epoch's steps, timed with them (dead-unit removal)
+    removed_units: dict = field(default_factory=dict)  # per site: units, dead, removed (QK with removal)
+    setup_s: float = 0.0  # one-off work before the first epoch (finding the dead units in the store)
 
     def __post_init__(self):
         if self.channels_last:
             self.trainable.to(memory_format=torch.channels_last)
-        self.opt = make_optimizer(self.trainable, self.sgd)
+        self.opt = make_optimizer(self.trainable, self.sgd, fused=self.fused_sgd)
 
     def inputs(self, dataset: Dataset, idx: Tensor) -> tuple[Tensor, Tensor]:
         x = dataset.normalize(dataset.train.images[idx])
@@ -71,7 +77,7 @@ class Arm:
         """One SGD epoch over `order`; seconds in total and blocked on pattern reads."""
         steps = self.steps(dataset, order, batch_size)
         seconds = sum(steps)
-        return {"seconds": seconds, "read_wait_s": steps.read_wait_s}
+        return {"seconds": seconds + steps.overhead_s, "read_wait_s": steps.read_wait_s}
 
     def steps(self, dataset: Dataset, order: Tensor, batch_size: int) -> _Steps:
         """One epoch as an iterator of step times (seconds), so several arms' epochs can be interleaved step
@@ -93,6 +99,10 @@ class _Steps:
         self.patterns = arm.patterns(splits)
         self.read_wait_s = 0.0
         self._next = 0
+        start = time.perf_counter()
+        self._context = arm.epoch_context(arm.opt) if arm.epoch_context is not None else contextlib.nullcontext()
+        self._context.__enter__()
+        self.overhead_s = time.perf_counter() - start  # per-epoch work outside the steps (removal, restore)
 
     def __iter__(self) -> Iterator[float]:
         return self
@@ -111,6 +121,11 @@ class _Steps:
         return seconds
 
     def close(self) -> None:
+        if self._context is not None:
+            start = time.perf_counter()
+            self._context.__exit__(None, None, None)
+            self.overhead_s += time.perf_counter() - start
+            self._context = None
         if self.patterns is not None:
             self.read_wait_s = self.patterns.wait_s
             if isinstance(self.patterns, Prefetcher):
@@ -156,19 +171,33 @@ def interleaved_epoch(
                 seconds[i] = sum(epochs[i])
             finally:
                 torch.set_num_threads(threads)
-    for steps in epochs:
+    for i, steps in enumerate(epochs):
         steps.close()
+        seconds[i] += steps.overhead_s
     return seconds, [steps.read_wait_s for steps in epochs]
 
 
-def make_arms(net: nn.Module, cfg: BenchConfig, selectors: dict, stores: dict, indices: Tensor) -> list[Arm]:
-    """The timed methods. Every arm trains its own copy of the same initial weights."""
+def make_arms(
+    net: nn.Module, cfg: BenchConfig, selectors: dict, stores: dict, indices: Tensor, model: str = ""
+) -> list[Arm]:
+    """The timed methods. Every arm trains its own copy of the same initial weights.
 
+    "pytorch" is the plain PyTorch fine-tune a user writes by hand (`skqk.bench.plain`); "traditional" and
+    "qk_store" are exactly what ``skqk retrain --method traditional`` / ``--method qk`` run by default: the
+    pipeline's fused SGD, the layout `memory_format("auto", model)` picks with patterns put in it, and for QK the
+    removal of dead units around every epoch (`skqk.pipeline.retrain.DeadUnitRemoval`) and synchronous reads.
+    Every lever arm changes one of these defaults.
+    """
+    from skqk.bench.plain import PlainPyTorchArm
+
+    cl = memory_format("auto", model) == torch.channels_last
+    layout = torch.channels_last if cl else torch.contiguous_format
     sgd = SGDConfig(lr=cfg.lr, batch_size=cfg.batch_size)
 
-    def traditional(name, precision="fp32", **kw) -> Arm:
+    def traditional(name, channels_last=cl, precision="fp32", **kw) -> Arm:
         m = copy.deepcopy(net)
-        return Arm(name, m, lambda x, p: m(x), sgd=replace(sgd, precision=precision), **kw)
+        sgd_cfg = replace(sgd, precision=precision)
+        return Arm(name, m, lambda x, p: m(x), sgd=sgd_cfg, channels_last=channels_last, **kw)
 
     def qk_store(
         name,
@@ -176,33 +205,58 @@ def make_arms(net: nn.Module, cfg: BenchConfig, selectors: dict, stores: dict, i
         prefetch=cfg.prefetch,
         previous_gates=False,
         fuse=True,
-        prune=False,
+        prune=True,
+        channels_last=cl,
+        masks_in_layout=True,
         precision="fp32",
         **kw,
     ):
         est = build_estimator(copy.deepcopy(net), pooling, fuse=fuse and not previous_gates)
-        if prune:  # exact: units inactive for every stored sample (skqk.pipeline.prune)
-            prune_dead_units(est, stores[pooling].read(indices))
         if previous_gates:
             with_previous_gates(est)
-        read = stores[pooling].read
-        return Arm(name, est, lambda x, p: est(x, p), read, prefetch, replace(sgd, precision=precision), **kw)
+        store = stores[pooling]
+        fmt = torch.channels_last if channels_last and masks_in_layout else torch.contiguous_format
+        read = store.read if fmt == torch.contiguous_format else (lambda idx: in_layout(store.read(idx), fmt))
+        sgd_cfg = replace(sgd, precision=precision)
+        arm = Arm(name, est, lambda x, p: est(x, p), read, prefetch, sgd_cfg, channels_last=channels_last, **kw)
+        if prune:
+            start = time.perf_counter()
+            active = active_units(store.read(idx) for idx in indices.split(1024))
+            removal = DeadUnitRemoval(est, active, removal_report(est, active))
+            arm.epoch_context, arm.removed_units = removal.epoch, removal.report if removal.pays else {}
+            arm.setup_s = time.perf_counter() - start
+        return arm
 
-    def qk_fly(name) -> Arm:
+    def qk_fly(name, **kw) -> Arm:
         est = build_estimator(copy.deepcopy(net), cfg.pooling)
-        sel = selectors[cfg.pooling]
-        return Arm(name, est, lambda x, p: est(x, sel(x)), sgd=sgd)
+        sel = copy.deepcopy(selectors[cfg.pooling]).to(memory_format=layout)
+        return Arm(name, est, lambda x, p: est(x, sel(x)), sgd=sgd, channels_last=cl, **kw)
 
-    arms = [traditional("traditional"), qk_store("qk_store"), qk_fly("qk_fly")]
+    arms = [
+        PlainPyTorchArm("pytorch", copy.deepcopy(net), lambda x, p: x, sgd=sgd),
+        traditional("traditional"),
+        qk_store("qk_store"),
+        qk_fly("qk_fly"),
+    ]
     if "bf16" in cfg.precisions:
         arms += [traditional("traditional_bf16", precision="bf16"), qk_store("qk_store_bf16", precision="bf16")]
+    if "prune" in cfg.levers:
+        arms.append(qk_store("qk_store_all_units", prune=False))
+    if "channels_last" in cfg.levers:
+        other = "contiguous" if cl else "cl"
+        arms += [
+            traditional(f"traditional_{other}", channels_last=not cl),
+            qk_store(f"qk_store_{other}", channels_last=not cl),
+        ]
+        if cl:
+            arms.append(qk_store("qk_store_nchw_masks", masks_in_layout=False))
+    if "sgd" in cfg.levers:
+        arms += [traditional("traditional_loop_sgd", fused_sgd=False), qk_store("qk_store_loop_sgd", fused_sgd=False)]
     if "prefetch" in cfg.levers:
         arms.append(qk_store("qk_store_noprefetch" if cfg.prefetch else "qk_store_prefetch", prefetch=not cfg.prefetch))
     if "pooling" in cfg.levers:
         other = "frozen" if cfg.pooling == "live" else "live"
         arms.append(qk_store(f"qk_store_{other}", pooling=other))
-    if "prune" in cfg.levers:
-        arms.append(qk_store("qk_store_pruned", prune=True))
     if "fusion" in cfg.levers and "frozen" in stores:
         arms.append(qk_store("qk_store_frozen_unfused", pooling="frozen", fuse=False))
     if "gates" in cfg.levers:
@@ -210,8 +264,6 @@ def make_arms(net: nn.Module, cfg: BenchConfig, selectors: dict, stores: dict, i
         if "pooling" in cfg.levers:
             other = "frozen" if cfg.pooling == "live" else "live"
             arms.append(qk_store(f"qk_store_{other}_previous_gates", pooling=other, previous_gates=True))
-    if "channels_last" in cfg.levers:
-        arms += [traditional("traditional_cl", channels_last=True), qk_store("qk_store_cl", channels_last=True)]
     if "threads" in cfg.levers and (os.cpu_count() or 1) > 1:
         n = 1 if torch.get_num_threads() > 1 else os.cpu_count()
         arms += [traditional(f"traditional_{n}threads", threads=n), qk_store(f"qk_store_{n}threads", threads=n)]

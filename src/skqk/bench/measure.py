@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from skqk.bench.arms import Arm
 from skqk.data import Dataset
+from skqk.pipeline.prune import active_units
 from skqk.store import PatternStore
 
 
@@ -78,12 +79,5 @@ def state_bytes(arm: Arm) -> int:
 def dead_units(store: PatternStore, indices: Tensor) -> dict[str, float]:
     """Per gate site, the share of units (channels of a conv site, neurons of a linear one) inactive for every
     stored sample at every position: what an exact pruning of the estimator could drop."""
-    pattern = store.read(indices)
-    out = {}
-    for site in pattern.gate_sites:
-        states = pattern[site]
-        ever = states.any(0)
-        while ever.dim() > 1:
-            ever = ever.any(-1)
-        out[site] = 1.0 - ever.float().mean().item()
-    return out
+    active = active_units(store.read(idx) for idx in indices.split(1024))
+    return {site: 1.0 - alive.float().mean().item() for site, alive in active.items()}

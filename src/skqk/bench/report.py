@@ -23,6 +23,22 @@ def markdown(result: dict) -> str:
         f"Dense matmul peak ({mach['matmul_size']}³): fp32 {_fmt(mach['matmul_peak_flops']['fp32'])}FLOP/s, "
         f"bf16 {_fmt(mach['matmul_peak_flops']['bf16'])}FLOP/s.",
         "",
+        "`pytorch`: a plain PyTorch eager fine-tune (default layout, torch.optim.SGD); `traditional` / `QK`: what "
+        "`skqk retrain --method traditional` / `--method qk` run by default (fused SGD, the model's layout, "
+        "QK with dead units removed).",
+        "",
+        "| model | layout | PyTorch epoch s | skqk trad. epoch s | skqk QK epoch s | QK / PyTorch | QK / trad. "
+        "| trad. / PyTorch | e2e QK / PyTorch (Phase 3 + E epochs) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in result["models"].items():
+        lines.append(
+            f"| {name} | {m['layout']} | {m['pytorch_epoch_s']:.3f} | {m['traditional_epoch_s']:.3f} | "
+            f"{m['qk_epoch_s']:.3f} | **{m['qk_over_pytorch']:.3f}** | {m['qk_over_traditional']:.3f} | "
+            f"{m['traditional_over_pytorch']:.3f} | {m['e2e_over_pytorch']:.3f} (E={m['e2e_epochs']}) |"
+        )
+    lines += [
+        "",
         "| model | trad. epoch s | QK (store) epoch s | QK (on-the-fly) epoch s | QK/trad. | on-the-fly/trad. "
         "| Phase 3 samples/s | Phase 3 / training throughput | pattern bytes/sample | store read share (raw / "
         "critical path) | e2e (Phase 3 + E epochs) / trad. |",
@@ -78,36 +94,62 @@ def markdown(result: dict) -> str:
                 f"| {o['op']} | {o['self_ms_per_step']:.2f} | {100 * o['share']:.1f}% | {o['calls_per_step']:g} |"
                 for o in ops
             ]
-    lines += ["", "| model | dead-unit share per gate site (inactive for every stored sample) |", "|---|---|"]
+    lines += [
+        "",
+        "| model | network | dead-unit share per gate site (inactive for every timed sample) | removed by `retrain` |",
+        "|---|---|---|---|",
+    ]
     for name, m in result["models"].items():
         shares = ", ".join(f"{s}: {100 * v:.1f}%" for s, v in m["dead_unit_share"].items())
-        lines.append(f"| {name} | {shares} |")
+        removed = ", ".join(f"{s}: {r['removed']}/{r['units']}" for s, r in m["removed_units"].items()) or "none"
+        lines.append(f"| {name} | {m['network']} | {shares} | {removed} |")
     acc = result.get("time_to_accuracy")
-    if acc and "curves" in acc:
+    if acc and "runs" in acc:
         p = acc["protocol"]
         lines += [
             "",
             f"Time to accuracy ({acc['data']}): {p['model']} pre-trained {p['pretrain_epochs']} epochs on "
-            f"{p['pretrain_samples']} samples (val accuracy {acc['pretrained_val_accuracy']:.4f}), then re-trained "
-            f"{p['epochs']} epochs on {p['samples']} samples, validation on {p['eval_samples']} test samples; QK "
-            f"time includes Phase 3 ({acc['phase3_s']:.2f} s).",
+            f"{p['pretrain_samples']} samples, then re-trained {p['epochs']} epochs on {p['samples']} samples, "
+            f"validation on {p['eval_samples']} test samples after every epoch (not timed), {len(acc['runs'])} seeds; "
+            "target: the traditional method's best validation accuracy of that seed; QK time includes Phase 3 and "
+            "the dead-unit analysis.",
             "",
-            "| precision | trad. final val acc | trad. s | QK final val acc | QK best | QK s to trad. final | ratio |",
-            "|---|---|---|---|---|---|---|",
+            "| precision | seed | pre-trained | target | PyTorch s | skqk trad. s | skqk QK s | QK best | QK / trad. |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for precision in ("fp32", "bf16"):
+            for r in acc["runs"]:
+                if precision in r:
+                    a = r[precision]
+                    lines.append(
+                        f"| {precision} | {r['seed']} | {r['pretrained_val_accuracy']:.4f} | "
+                        f"{a['traditional_best_val_accuracy']:.4f} | {_fmt(a['pytorch_seconds_to_target'])} | "
+                        f"{_fmt(a['traditional_seconds_to_target'])} | {_fmt(a['qk_seconds_to_target'])} | "
+                        f"{_fmt(a.get('qk_best_val_accuracy'))} | {_fmt(a['qk_over_traditional_time_to_target'])} |"
+                    )
             if precision in acc:
-                a = acc[precision]
+                s = acc[precision]
+                cells = [
+                    f"{s[m]['reached']} reached, {_fmt(s[m]['seconds_mean'])} ± {_fmt(s[m]['seconds_std'])} s"
+                    for m in ("pytorch", "traditional", "qk")
+                ]
                 lines.append(
-                    f"| {precision} | {a['traditional_final_val_accuracy']:.4f} | "
-                    f"{a['traditional_seconds_to_target']:.1f} | {a['qk_final_val_accuracy']:.4f} | "
-                    f"{a['qk_best_val_accuracy']:.4f} | {_fmt(a['qk_seconds_to_target'])} | "
-                    f"{_fmt(a['qk_over_traditional_time_to_target'])} |"
+                    f"| {precision} | mean ± std | | | {' | '.join(cells)} | | {_fmt(s['qk_over_traditional_mean'])} |"
                 )
+        diffs = [d for r in acc["runs"] for d in r.get("pruned_minus_all_units_val_accuracy", [])]
+        removed = sum(r["removed"] for run in acc["runs"] for r in run["removed_units"].values())
+        lines += [
+            "",
+            f"QK with dead units removed ({removed} units over the seeds) vs all units: largest |val accuracy "
+            f"difference| over {len(diffs)} evaluations: {max(map(abs, diffs), default=0):.4f}.",
+        ]
         if "bf16_minus_fp32_points" in acc:
             d = acc["bf16_minus_fp32_points"]
             lines.append("")
-            lines.append("bf16 − fp32 final val accuracy (points): " + ", ".join(f"{m} {v:+.2f}" for m, v in d.items()))
+            lines.append(
+                "bf16 − fp32 final val accuracy (points, mean over seeds): "
+                + ", ".join(f"{m} {v:+.2f}" for m, v in d.items())
+            )
     elif acc:
         lines += ["", f"Time to accuracy: skipped ({acc.get('skipped')})."]
     lines.append("")

@@ -17,6 +17,7 @@ Command line: ``skqk bench --quick --json bench.json`` or ``python benchmarks/be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -43,11 +44,12 @@ from skqk.bench.measure import (
 )
 from skqk.bench.protocol import AccuracyProtocol, BenchConfig, add_arguments, config_from_args
 from skqk.bench.report import markdown
+from skqk.bench.trained import trained_checkpoint
 from skqk.data import Dataset, epoch_order, subset_indices
+from skqk.data.cache import cache_root
 from skqk.data.sampling import batch_indices
 from skqk.decoupled import DecoupledModel
-from skqk.estimator import build_estimator
-from skqk.pipeline.checkpoint import model_kwargs
+from skqk.pipeline.checkpoint import build_network, load_model_checkpoint, model_kwargs
 from skqk.pipeline.config import SGDConfig
 from skqk.pipeline.provenance import machine_info
 from skqk.pipeline.record import record
@@ -58,11 +60,20 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def bench_model(name: str, cfg: BenchConfig, peaks: dict[str, float], log: Callable[[str], None]) -> dict:
+def bench_model(
+    name: str, cfg: BenchConfig, peaks: dict[str, float], log: Callable[[str], None], real: Dataset | None = None
+) -> dict:
+    """Every arm of `name` timed on the same batches. With `real` data and ``cfg.trained``: the network trained
+    on it (`skqk.bench.trained`, cached) and its first ``cfg.samples`` training samples; else a randomly
+    initialised network on synthetic data (the same cost per step, but other dead units)."""
     torch.manual_seed(cfg.seed)
-    net = models.build(name)
-    dataset = synthetic_dataset(cfg.samples, cfg.seed)
-    indices = torch.arange(cfg.samples)
+    if real is not None and cfg.trained:
+        checkpoint = trained_checkpoint(name, real, cache_root(), log)
+        net = build_network(load_model_checkpoint(checkpoint, fits=model_kwargs(real)), path=str(checkpoint))
+        dataset, indices = real, subset_indices(real.train.labels, cfg.samples, 0)
+    else:
+        checkpoint, net = None, models.build(name)
+        dataset, indices = synthetic_dataset(cfg.samples, cfg.seed), torch.arange(cfg.samples)
     tmp = Path(tempfile.mkdtemp(prefix="skqk-bench-"))
     other = "frozen" if cfg.pooling == "live" else "live"
     poolings = [cfg.pooling] + ([other] if {"pooling", "fusion"} & set(cfg.levers) else [])
@@ -71,7 +82,7 @@ def bench_model(name: str, cfg: BenchConfig, peaks: dict[str, float], log: Calla
         for pooling in poolings:
             selectors[pooling] = build_selector(copy.deepcopy(net).eval(), pooling)
             stores[pooling] = record(selectors[pooling], dataset, indices, tmp / f"store-{pooling}", progress=False)
-        arms = make_arms(net, cfg, selectors, stores, indices)
+        arms = make_arms(net, cfg, selectors, stores, indices, name)
         log(f"{name}: {len(arms)} arms x {cfg.repeats} rounds (+1 warm-up) of {cfg.samples} samples")
         times: dict[str, list[float]] = {a.name: [] for a in arms}
         waits: dict[str, list[float]] = {a.name: [] for a in arms}
@@ -98,21 +109,19 @@ def bench_model(name: str, cfg: BenchConfig, peaks: dict[str, float], log: Calla
                 log(f"  round {r}: " + ", ".join(f"{a.name} {times[a.name][-1]:.2f}s" for a in arms))
         by_name = {a.name: a for a in arms}
         idx = indices[: cfg.batch_size]
-        flops = {n: step_flops(by_name[n], dataset, idx) for n in ("traditional", "qk_store", "qk_fly")}
-        for n in ("traditional_bf16", "qk_store_bf16"):
-            if n in by_name:
-                flops[n] = step_flops(by_name[n], dataset, idx)
-        memory = {}
-        for n in ("traditional", "qk_store", "qk_fly", "traditional_bf16", "qk_store_bf16"):
+        flops, memory = {}, {}
+        for n in ("pytorch", "traditional", "qk_store", "qk_fly", "traditional_bf16", "qk_store_bf16"):
             if n in by_name:
                 arm = by_name[n]
                 x, y = arm.inputs(dataset, idx)
-                memory[n] = {
-                    "step_peak_bytes": peak_memory(
-                        lambda arm=arm, x=x, y=y: arm.step(x, y, arm.read(idx) if arm.read else None)
-                    ),
-                    "state_bytes": state_bytes(arm),
-                }
+                with in_epoch(arm):  # QK as it trains: dead units removed
+                    flops[n] = step_flops(arm, dataset, idx)
+                    memory[n] = {
+                        "step_peak_bytes": peak_memory(
+                            lambda arm=arm, x=x, y=y: arm.step(x, y, arm.read(idx) if arm.read else None)
+                        ),
+                        "state_bytes": state_bytes(arm),
+                    }
         memory["phase3"] = {
             "step_peak_bytes": peak_memory(
                 lambda: record(selectors[cfg.pooling], dataset, indices, tmp / "phase3-mem", progress=False)
@@ -121,12 +130,20 @@ def bench_model(name: str, cfg: BenchConfig, peaks: dict[str, float], log: Calla
         }
         profiles = {}
         if cfg.profile:
-            for n in ("traditional", "qk_store", "qk_store_frozen"):
+            for n in ("pytorch", "traditional", "qk_store", "qk_store_frozen"):
                 if n in by_name:
-                    profiles[n] = top_operators(by_name[n], dataset, idx)
+                    with in_epoch(by_name[n]):
+                        profiles[n] = top_operators(by_name[n], dataset, idx)
         dead = dead_units(stores[cfg.pooling], indices)
         store = stores[cfg.pooling]
-        metrics = _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store, dead)
+        setup_s = by_name["qk_store"].setup_s
+        metrics = _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store, dead, setup_s)
+        metrics["network"] = str(checkpoint) if checkpoint else "random initialisation"
+        metrics["data"] = dataset.source
+        metrics["layout"] = "channels_last" if by_name["traditional"].channels_last else "contiguous"
+        metrics["removed_units"] = by_name["qk_store"].removed_units
+        metrics["dead_unit_analysis_s"] = by_name["qk_store"].setup_s
+        metrics["removal_s_per_epoch"] = removal_seconds(by_name["qk_store"])
         if profiles:
             metrics["profile_top_ops"] = profiles
         return metrics
@@ -134,13 +151,39 @@ def bench_model(name: str, cfg: BenchConfig, peaks: dict[str, float], log: Calla
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store, dead) -> dict:
+def in_epoch(arm: Arm) -> contextlib.AbstractContextManager:
+    """The state `arm` trains in during an epoch (for QK: without its dead units)."""
+    return arm.epoch_context(arm.opt) if arm.epoch_context is not None else contextlib.nullcontext()
+
+
+def removal_seconds(arm: Arm, repeats: int = 3) -> float:
+    """Median seconds of removing the dead units and restoring the full-size network once (no step between):
+    the per-epoch cost of dead-unit removal, included in the QK epoch times."""
+    if arm.epoch_context is None:
+        return 0.0
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with arm.epoch_context(arm.opt):
+            pass
+        times.append(time.perf_counter() - start)
+    return _median(times)
+
+
+def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store, dead, setup_s) -> dict:
+    """Medians and ratios; end-to-end QK = Phase 3 + the dead-unit analysis (`setup_s`) + E epochs."""
     med = {n: _median(v) for n, v in times.items()}
     steps = -(-cfg.samples // cfg.batch_size)
-    trad, qk, fly = med["traditional"], med["qk_store"], med["qk_fly"]
+    plain, trad, qk, fly = med["pytorch"], med["traditional"], med["qk_store"], med["qk_fly"]
     phase3_s = _median(phase3)
     train_sps = cfg.samples / trad
+    e = cfg.e2e_epochs
+    e2e_qk = phase3_s + setup_s + e * qk
     out = {
+        "pytorch_epoch_s": plain,
+        "qk_over_pytorch": qk / plain,
+        "traditional_over_pytorch": trad / plain,
+        "e2e_over_pytorch": e2e_qk / (e * plain),
         "samples_per_epoch": cfg.samples,
         "batch_size": cfg.batch_size,
         "pooling": cfg.pooling,
@@ -162,9 +205,9 @@ def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store
         "store_read_share_of_qk_step": _median(reads) / qk,
         "store_wait_share_of_qk_step": _median(waits["qk_store"]) / qk,
         "e2e_epochs": cfg.e2e_epochs,
-        "e2e_qk_s": phase3_s + cfg.e2e_epochs * qk,
-        "e2e_traditional_s": cfg.e2e_epochs * trad,
-        "e2e_over_traditional": (phase3_s + cfg.e2e_epochs * qk) / (cfg.e2e_epochs * trad),
+        "e2e_qk_s": e2e_qk,
+        "e2e_traditional_s": e * trad,
+        "e2e_over_traditional": e2e_qk / (e * trad),
         "training_flops_per_sample": {n: f / cfg.batch_size for n, f in flops.items()},
         "memory": memory,
         "dead_unit_share": dead,
@@ -195,8 +238,6 @@ def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store
             "qk_store_frozen",
             "qk_store_frozen_previous_gates",
         ),
-        "channels_last / contiguous, traditional": ("traditional_cl", "traditional"),
-        "channels_last / contiguous, QK": ("qk_store_cl", "qk_store"),
         **{
             f"{n} threads / {torch.get_num_threads()} threads, {label}": (f"{arm}_{n}threads", arm)
             for n in (1, os.cpu_count())
@@ -205,34 +246,69 @@ def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store
     }.items():
         if arm in med and base in med:
             levers[name] = med[arm] / med[base]
-    if "qk_store_pruned" in med:
-        out["qk_pruned_over_traditional"] = med["qk_store_pruned"] / trad
-        e = cfg.e2e_epochs
-        out["e2e_pruned_over_traditional"] = (phase3_s + e * med["qk_store_pruned"]) / (e * trad)
-        levers["dead units removed / all units, QK"] = med["qk_store_pruned"] / qk
+    if "qk_store_all_units" in med:
+        out["qk_all_units_over_traditional"] = med["qk_store_all_units"] / trad
+        levers["dead units removed / all units, QK"] = qk / med["qk_store_all_units"]
     if "qk_store_frozen" in med:
         out["qk_frozen_over_traditional"] = med["qk_store_frozen"] / trad
     if cfg.pooling == "frozen" and "qk_store_frozen_unfused" in med:
         levers["fused ReLU+pool gate / separate gates (frozen pooling), QK"] = qk / med["qk_store_frozen_unfused"]
-    if "qk_store_cl" in med:
-        levers["QK channels_last / traditional channels_last"] = med["qk_store_cl"] / med["traditional_cl"]
+    for arm, base, name in (
+        ("traditional_cl", "traditional", "channels_last / contiguous, traditional"),
+        ("qk_store_cl", "qk_store", "channels_last / contiguous, QK"),
+        ("traditional", "traditional_contiguous", "channels_last / contiguous, traditional"),
+        ("qk_store", "qk_store_contiguous", "channels_last / contiguous, QK"),
+        ("qk_store", "qk_store_nchw_masks", "masks in the activations' layout / NCHW masks, QK channels_last"),
+        ("traditional", "traditional_loop_sgd", "fused SGD / for-loop SGD, traditional"),
+        ("qk_store", "qk_store_loop_sgd", "fused SGD / for-loop SGD, QK"),
+        ("traditional", "pytorch", "skqk traditional (all levers) / plain PyTorch"),
+    ):
+        if arm in med and base in med:
+            levers[name] = med[arm] / med[base]
     out["levers"] = levers
     return out
 
 
 def accuracy_protocol(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfig, log) -> dict:
-    """Pre-train briefly, record the patterns (Phase 3, timed), then re-train both methods epoch by epoch,
-    interleaved, evaluating after each epoch (evaluation not timed). QK time includes Phase 3."""
+    """For each of `proto.seeds` seeds: pre-train briefly, record the patterns (Phase 3, timed), then re-train
+    with every method epoch by epoch, interleaved, evaluating after each epoch (evaluation not timed). The time
+    to reach the traditional method's best validation accuracy is reported per seed and as mean and spread; QK
+    time includes Phase 3 and the dead-unit analysis (`Arm.setup_s`)."""
+    runs = [_accuracy_run(dataset, proto, cfg, seed, log) for seed in range(cfg.seed, cfg.seed + proto.seeds)]
+    out: dict = {"protocol": asdict(proto), "data": dataset.source, "runs": runs}
+    for precision in cfg.precisions:
+        per_seed = [r[precision] for r in runs]
+        summary = {}
+        for method in ("pytorch", "traditional", "qk"):
+            times = [r[f"{method}_seconds_to_target"] for r in per_seed]
+            reached = [t for t in times if t is not None]
+            summary[method] = {
+                "reached": f"{len(reached)}/{len(times)}",
+                "seconds_mean": statistics.mean(reached) if reached else None,
+                "seconds_std": statistics.stdev(reached) if len(reached) > 1 else None,
+            }
+        ratios = [r["qk_over_traditional_time_to_target"] for r in per_seed if r["qk_over_traditional_time_to_target"]]
+        summary["qk_over_traditional_mean"] = statistics.mean(ratios) if ratios else None
+        out[precision] = summary
+    if "bf16" in cfg.precisions and "fp32" in cfg.precisions:
+        out["bf16_minus_fp32_points"] = {
+            m: statistics.mean(r["bf16_minus_fp32_points"][m] for r in runs) for m in ("traditional", "qk")
+        }
+    return out
+
+
+def _accuracy_run(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfig, seed: int, log) -> dict:
     from skqk.pipeline.loop import evaluate
 
-    torch.manual_seed(cfg.seed)
-    net = models.build(proto.model, **model_kwargs(dataset))
+    kwargs = model_kwargs(dataset)
+    torch.manual_seed(seed)
+    net = models.build(proto.model, **kwargs)
     pre_idx = subset_indices(dataset.train.labels, proto.pretrain_samples, 0)
     pre = Arm("pretrain", net, lambda x, p: net(x), sgd=SGDConfig())  # the protocol's optimiser: SGDConfig's
     for e in range(proto.pretrain_epochs):
-        pre.epoch(dataset, epoch_order(pre_idx, cfg.seed, e), cfg.batch_size)
+        pre.epoch(dataset, epoch_order(pre_idx, seed, e), cfg.batch_size)
     pretrained = evaluate(net, dataset, proto.eval_samples)["val_accuracy"]
-    log(f"accuracy protocol: pre-trained {proto.model}, val accuracy {pretrained:.4f}")
+    log(f"accuracy protocol, seed {seed}: pre-trained {proto.model}, val accuracy {pretrained:.4f}")
     idx = subset_indices(dataset.train.labels, proto.samples, 0)
     tmp = Path(tempfile.mkdtemp(prefix="skqk-bench-acc-"))
     try:
@@ -240,19 +316,21 @@ def accuracy_protocol(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfi
         start = time.perf_counter()
         store = record(selector, dataset, idx, tmp / "store", progress=False)
         phase3_s = time.perf_counter() - start
-        arms, evals = [], {}
-        for precision in cfg.precisions:
-            suffix = "" if precision == "fp32" else "_bf16"
-            m = copy.deepcopy(net)
-            est = build_estimator(copy.deepcopy(net), cfg.pooling)
-            sgd = SGDConfig(precision=precision)
-            arms.append(Arm("traditional" + suffix, m, lambda x, p, m=m: m(x), sgd=sgd))
-            arms.append(Arm("qk" + suffix, est, lambda x, p, e=est: e(x, p), store.read, cfg.prefetch, sgd))
-            evals["traditional" + suffix], evals["qk" + suffix] = m, DecoupledModel(selector, est)
+        arms = make_arms(
+            net,
+            replace(cfg, levers=("prune",), lr=SGDConfig.lr),
+            {cfg.pooling: selector},
+            {cfg.pooling: store},
+            idx,
+            proto.model,
+        )
+        fp32 = "fp32" in cfg.precisions
+        arms = [a for a in arms if a.name == "pytorch" or a.name.endswith("_bf16") or (fp32 and a.name != "qk_fly")]
+        evals = {a.name: a.trainable if a.read is None else DecoupledModel(selector, a.trainable) for a in arms}
         curves = {a.name: [] for a in arms}
-        clock = {a.name: phase3_s if a.name.startswith("qk") else 0.0 for a in arms}
+        clock = {a.name: phase3_s + a.setup_s if a.read is not None else 0.0 for a in arms}
         for e in range(proto.epochs):
-            order = epoch_order(idx, cfg.seed, e)
+            order = epoch_order(idx, seed, e)
             seconds, _ = interleaved_epoch(arms, dataset, order, cfg.batch_size, e)
             for a, sec in zip(arms, seconds):
                 clock[a.name] += sec
@@ -261,33 +339,38 @@ def accuracy_protocol(dataset: Dataset, proto: AccuracyProtocol, cfg: BenchConfi
             log(f"  epoch {e + 1}: " + ", ".join(f"{n} {c[-1]['val_accuracy']:.4f}" for n, c in curves.items()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = {"protocol": asdict(proto), "data": dataset.source, "pretrained_val_accuracy": pretrained}
-    out["phase3_s"] = phase3_s
-    out["curves"] = curves
+    out = {"seed": seed, "pretrained_val_accuracy": pretrained, "phase3_s": phase3_s, "curves": curves}
+    out["removed_units"] = next(a.removed_units for a in arms if a.name == "qk_store")
+    if "qk_store_all_units" in curves:  # dead-unit removal is exact: the same accuracy after every epoch
+        out["pruned_minus_all_units_val_accuracy"] = [
+            a["val_accuracy"] - b["val_accuracy"] for a, b in zip(curves["qk_store"], curves["qk_store_all_units"])
+        ]
     for precision in cfg.precisions:
         suffix = "" if precision == "fp32" else "_bf16"
-        trad, qk = curves["traditional" + suffix], curves["qk" + suffix]
-        target = trad[-1]["val_accuracy"]
-        trad_s = next(c["seconds"] for c in trad if c["val_accuracy"] >= target)
-        reached = next((c for c in qk if c["val_accuracy"] >= target), None)
-        out[precision] = {
-            "traditional_final_val_accuracy": target,
-            "traditional_seconds_to_target": trad_s,
-            "qk_final_val_accuracy": qk[-1]["val_accuracy"],
-            "qk_best_val_accuracy": max(c["val_accuracy"] for c in qk),
-            "qk_seconds_to_target": reached["seconds"] if reached else None,
-            "qk_over_traditional_time_to_target": reached["seconds"] / trad_s if reached else None,
-        }
+        names = {"pytorch": "pytorch", "traditional": "traditional" + suffix, "qk": "qk_store" + suffix}
+        target = max(c["val_accuracy"] for c in curves[names["traditional"]])
+        row = {"traditional_best_val_accuracy": target}
+        for method, name in names.items():
+            if name not in curves:
+                row[f"{method}_seconds_to_target"] = None
+                continue
+            reached = next((c for c in curves[name] if c["val_accuracy"] >= target), None)
+            row[f"{method}_seconds_to_target"] = reached["seconds"] if reached else None
+            row[f"{method}_best_val_accuracy"] = max(c["val_accuracy"] for c in curves[name])
+        qk_s, trad_s = row["qk_seconds_to_target"], row["traditional_seconds_to_target"]
+        row["qk_over_traditional_time_to_target"] = qk_s / trad_s if qk_s is not None else None
+        out[precision] = row
     if "bf16" in cfg.precisions and "fp32" in cfg.precisions:
         out["bf16_minus_fp32_points"] = {
-            m: 100 * (curves[m + "_bf16"][-1]["val_accuracy"] - curves[m][-1]["val_accuracy"])
-            for m in ("traditional", "qk")
+            m: 100 * (curves[n + "_bf16"][-1]["val_accuracy"] - curves[n][-1]["val_accuracy"])
+            for m, n in (("traditional", "traditional"), ("qk", "qk_store"))
         }
     return out
 
 
 def run(cfg: BenchConfig, dataset: Dataset | None = None, log: Callable[[str], None] = print) -> dict:
-    """All measurements of `cfg`; `dataset` (real data) is needed for the time-to-accuracy protocol only."""
+    """All measurements of `cfg`; `dataset` (real data) gives trained networks to time (``cfg.trained``) and the
+    time-to-accuracy protocol."""
     started = time.perf_counter()
     machine = {**machine_info(), "loadavg_start": list(os.getloadavg())}
     machine["note"] = (
@@ -304,7 +387,7 @@ def run(cfg: BenchConfig, dataset: Dataset | None = None, log: Callable[[str], N
     peaks = {p: max(v) for p, v in peak_samples.items()}  # updated after the models, below
     result: dict = {"machine": machine, "config": _config_dict(cfg), "models": {}}
     for name in cfg.models:
-        result["models"][name] = bench_model(name, cfg, peaks, log)
+        result["models"][name] = bench_model(name, cfg, peaks, log, dataset)
     measure_peaks()
     final = {p: max(v) for p, v in peak_samples.items()}
     for metrics in result["models"].values():  # re-base shares on the peak over the whole run
@@ -334,7 +417,7 @@ def main_from_args(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     dataset = None
-    if cfg.accuracy is not None:
+    if cfg.accuracy is not None or cfg.trained:
         from skqk.data import load_dataset
 
         if args.data_dir or os.environ.get("SKQK_DATA"):

@@ -30,6 +30,7 @@ class SGDConfig:
     chunk_samples: int = 0  # samples per chunk of the class-incremental permutation
     eval_samples: int = 0  # validation samples evaluated after each epoch (0 = the whole test split)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast, master weights fp32
+    layout: Literal["auto", "contiguous", "channels_last"] = "auto"  # activations; auto: where it pays (benchmarks)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "samples"):  # samples: in both kinds of run
@@ -53,6 +54,8 @@ class SGDConfig:
             raise ValueError("the class-incremental order needs both classes per chunk and samples per chunk, positive")
         if self.class_incremental and self.balanced:
             raise ValueError("choose the class-balanced or the class-incremental order, not both")
+        if self.layout not in ("auto", "contiguous", "channels_last"):
+            raise ValueError(f"layout must be 'auto', 'contiguous' or 'channels_last', got {self.layout!r}")
 
     @property
     def class_chunks(self) -> tuple[int, int] | None:
@@ -99,6 +102,8 @@ class RetrainConfig(SGDConfig):
     replay: int = 0  # with sample_start A: K of the samples before A revisited, class-balanced (not in the paper)
     method: Method = "qk"  # "qk": estimator only, SK fixed; "traditional": the whole network with its ReLUs
     patterns: Literal["store", "on-the-fly"] = "store"  # where a QK step gets its batch's patterns
+    prune: bool = True  # qk: remove units dead for every training sample while training (exact, skqk.pipeline.prune)
+    patience: int = 0  # stop after this many epochs without a better val accuracy, keep the best (0 = off)
     staleness_samples: int = 256  # validation samples sk_staleness is measured on after every QK epoch
     sk_refresh: Literal["off", "auto"] = "off"  # auto: refresh the SK when sk_staleness passes the threshold
     sk_refresh_threshold: float = 0.05  # ours, from a calibration run (docs/results.md, incremental); not in the paper
@@ -122,3 +127,5 @@ class RetrainConfig(SGDConfig):
             raise ValueError(f"method must be 'qk' or 'traditional', got {self.method!r}")
         if self.patterns not in ("store", "on-the-fly"):
             raise ValueError(f"patterns must be 'store' or 'on-the-fly', got {self.patterns!r}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be non-negative, got {self.patience}")

@@ -31,6 +31,7 @@ StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> 
 # (SK refresh: the SK in use) has that state saved in, and restored from, the run's resume state
 EpochHook = Callable[[int, nn.Module], dict]
 StepHook = Callable[[int, nn.Module], dict | None]  # (SGD steps so far, trained module) -> metrics at that step
+EpochContext = Callable[[torch.optim.Optimizer], contextlib.AbstractContextManager]  # wraps an epoch's steps
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,12 +99,17 @@ def fit(
     progress: bool,
     on_epoch: EpochHook | None = None,
     on_step: StepHook | None = None,
+    epoch_context: EpochContext | None = None,
 ) -> list[dict]:
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
     to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
 
     `on_epoch` adds its metrics to the epoch's; what `on_step` returns after an SGD step (numbered from 1 over the
     whole run) is kept, with the step number, in the epoch's ``steps`` (Fig. 4's "every k steps").
+    `epoch_context(optimizer)` wraps the training steps of every epoch (dead-unit removal: `skqk.pipeline.prune`),
+    so evaluation, checkpoints and resume see the full-size module. Inputs follow the layout the trainable's
+    convolutions were put in (`memory_format_of`). With ``cfg.patience`` the run stops after that many epochs
+    without a better validation accuracy, and ``model.pt`` holds the best epoch (``best.pt``).
 
     Under torch.distributed (`skqk.pipeline.distributed`), every rank computes its share of each global batch through
     the DDP wrapper of `trainable` that `step_forward` calls, so each step is the single-process step on the
@@ -113,7 +119,9 @@ def fit(
     if ctx.is_distributed and not distributed.is_wrapped(trainable):
         raise ValueError("distributed training needs the trained module wrapped by skqk.pipeline.distributed.wrap")
     opt = make_optimizer(trainable, cfg)
+    layout = memory_format_of(trainable)
     history: list[dict] = []
+    patience = getattr(cfg, "patience", 0)
     steps_per_epoch = math.ceil(len(indices) / cfg.batch_size)
     state_path = run_dir / "resume.pt"
     state = ctx.on_main(lambda: load_checkpoint(state_path) if resume and state_path.exists() else None)
@@ -136,6 +144,8 @@ def fit(
         total=cfg.epochs,
     )
     for epoch in epochs:
+        if patience and epochs_since_best(history) >= patience:
+            break
         start = time.perf_counter()
         trainable.train()
         loss_sum, correct, steps = 0.0, 0, []
@@ -143,22 +153,24 @@ def fit(
         if ctx.is_distributed:
             ctx.seed_epoch(cfg.seed, epoch)
         batch_list = ctx.batches(dataset.train, dataset, order, cfg.batch_size)
-        for step, (x, y, idx, global_size) in enumerate(batch_list, epoch * steps_per_epoch + 1):
-            if ctx.device.type != "cpu":
-                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            with autocast:
-                logits = step_forward(x, idx)
-            if ctx.is_distributed:
-                loss, batch_loss, batch_correct = sharded_loss(ctx, logits.float(), y, global_size)
-            else:
-                loss = batch_loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(batch_loss):
-                raise diverged(batch_loss.item(), epoch, cfg, state_path)
-            sgd_step(opt, loss)
-            if on_step is not None and (extra := on_step(step, trainable)):
-                steps.append({"step": step, **extra})
-            loss_sum += batch_loss.item() * global_size
-            correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
+        with epoch_context(opt) if epoch_context is not None else contextlib.nullcontext():
+            for step, (x, y, idx, global_size) in enumerate(batch_list, epoch * steps_per_epoch + 1):
+                if ctx.device.type != "cpu":
+                    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                x = x.contiguous(memory_format=layout) if x.dim() == 4 else x
+                with autocast:
+                    logits = step_forward(x, idx)
+                if ctx.is_distributed:
+                    loss, batch_loss, batch_correct = sharded_loss(ctx, logits.float(), y, global_size)
+                else:
+                    loss = batch_loss = F.cross_entropy(logits.float(), y)
+                if not torch.isfinite(batch_loss):
+                    raise diverged(batch_loss.item(), epoch, cfg, state_path)
+                sgd_step(opt, loss)
+                if on_step is not None and (extra := on_step(step, trainable)):
+                    steps.append({"step": step, **extra})
+                loss_sum += batch_loss.item() * global_size
+                correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / len(indices),
@@ -173,6 +185,8 @@ def fit(
             metrics.update(on_epoch(epoch + 1, trainable))
         history.append(metrics)
         epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_accuracy']:.3f}")
+        if patience and epochs_since_best(history) == 0:  # before resume.pt: a resumed run never lacks it
+            ctx.on_main(save_checkpoint, run_dir / "best.pt", {**entry(), "epoch": epoch + 1})
         state = {
             "trainable": trainable.state_dict(),
             "optimizer": opt.state_dict(),
@@ -184,14 +198,46 @@ def fit(
         if ctx.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(ctx.device)
         ctx.on_main(write_epoch, run_dir, history, state)
+    final_entry = (lambda: load_checkpoint(run_dir / "best.pt")) if patience else entry
     # resume.pt stays: resuming a finished run then reloads its final state instead of retraining
-    ctx.on_main(lambda: save_checkpoint(run_dir / "model.pt", {**entry(), "config": cfg.to_dict(), "history": history}))
+    ctx.on_main(
+        lambda: save_checkpoint(run_dir / "model.pt", {**final_entry(), "config": cfg.to_dict(), "history": history})
+    )
     return history
 
 
-def make_optimizer(trainable: nn.Module, cfg: SGDConfig) -> torch.optim.SGD:
-    """Plain SGD, as in the paper, with the run's learning rate, momentum and weight decay."""
-    return torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def epochs_since_best(history: list[dict]) -> int:
+    """Epochs after the first one with the best validation accuracy (early stopping)."""
+    accuracies = [m["val_accuracy"] for m in history]
+    return len(accuracies) - 1 - accuracies.index(max(accuracies)) if accuracies else 0
+
+
+CHANNELS_LAST_PAYS = {"lenet5", "vgg8"}  # layout="auto": measured in docs/benchmarks.md (not for AlexNet)
+
+
+def memory_format(layout: str, model: str) -> torch.memory_format:
+    """The activation layout of a run: channels-last (NHWC) where `layout` asks for it, or for "auto" where the
+    benchmark shows it pays on that zoo model; an exact lever (fp32, same sums up to rounding)."""
+    if layout == "channels_last" or (layout == "auto" and model in CHANNELS_LAST_PAYS):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def memory_format_of(module: nn.Module) -> torch.memory_format:
+    """channels_last if `module`'s convolution weights were put in it, so its inputs follow."""
+    for p in module.parameters():
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+    return torch.contiguous_format
+
+
+def make_optimizer(trainable: nn.Module, cfg: SGDConfig, fused: bool = True) -> torch.optim.SGD:
+    """Plain SGD, as in the paper, with the run's learning rate, momentum and weight decay; the fused kernel (one
+    pass over each parameter, its gradient and momentum instead of three; fp32 throughout, the same update up to
+    rounding), unless `fused` is False (torch's for-loop SGD on the CPU, measured as a benchmark lever)."""
+    return torch.optim.SGD(
+        trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None
+    )
 
 
 def precision_context(precision: str, device_type: str) -> contextlib.AbstractContextManager:

@@ -32,8 +32,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -49,13 +50,16 @@ _PASS_THROUGH = (nn.Dropout, nn.MaxPool2d, MaxPoolGate)  # act on each unit (cha
 
 @dataclass
 class _Sliced:
-    """One parameter cut along `dim` to `index`, with its full value and momentum buffer when it was cut."""
+    """One parameter cut along `dim` to `index`. `full` is the full-size parameter itself and `momentum` its
+    momentum buffer: nothing writes them while the cut one trains, so their removed entries (`dead`) keep the
+    values they had when cut, and `restore` writes the result back into them (no full-size copy is made)."""
 
     module: str
     name: str
     dim: int
     index: Tensor
-    full: Tensor
+    dead: Tensor
+    full: nn.Parameter
     momentum: Tensor | None = None
 
 
@@ -104,8 +108,8 @@ class PrunedEstimator:
                 _set_module(gm, target, dropout)
             delattr(gm, _keep_name(r.site))
         for node in list(gm.graph.nodes):
-            if node.op == "call_function" and node.target is torch.index_select and node.meta.get("skqk_prune"):
-                keep = node.args[2]
+            if node.op == "call_function" and node.target is select_units:
+                keep = node.args[1]
                 node.replace_all_uses_with(node.args[0])
                 gm.graph.erase_node(node)
                 if not keep.users:
@@ -120,14 +124,16 @@ class PrunedEstimator:
         param = getattr(module, s.name)
         group = _group_of(self.optimizer, param)
         (a, b), (c, d) = _zero_gradient_factors(self.steps, group)
-        full = _advance(s.full, s.momentum, a, b)
-        full.index_copy_(s.dim, s.index, param)
-        new = nn.Parameter(full, requires_grad=param.requires_grad)
-        momentum = self.optimizer.state.get(param, {}).get("momentum_buffer")
-        if momentum is not None:
-            momentum = _advance(s.full, s.momentum, c, d).index_copy_(s.dim, s.index, momentum)
-        _swap_parameter(self.optimizer, group, param, new, momentum)
-        setattr(module, s.name, new)
+        w0 = s.full.index_select(s.dim, s.dead)
+        v0 = s.momentum.index_select(s.dim, s.dead) if s.momentum is not None else torch.zeros_like(w0)
+        buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
+        momentum = None
+        if buffer is not None:
+            momentum = s.momentum if s.momentum is not None else torch.empty_like(s.full)
+            momentum.index_copy_(s.dim, s.dead, w0 * c + v0 * d).index_copy_(s.dim, s.index, buffer)
+        s.full.index_copy_(s.dim, s.dead, w0 * a + v0 * b).index_copy_(s.dim, s.index, param)
+        _swap_parameter(self.optimizer, group, param, s.full, momentum)
+        setattr(module, s.name, s.full)
         _set_size(module)
 
 
@@ -180,6 +186,42 @@ def prune_dead_units(
     return pruned
 
 
+@contextlib.contextmanager
+def dead_units_removed(
+    estimator: Estimator, active: Mapping[str, Tensor], optimizer: torch.optim.Optimizer
+) -> Iterator[PrunedEstimator]:
+    """Inside the block `estimator` (and `optimizer`) train without the dead units; after it, also after an
+    error, the full-size network is back, as unpruned training would have left it."""
+    pruned = prune_dead_units(estimator, active, optimizer)
+    try:
+        yield pruned
+    finally:
+        pruned.restore()
+
+
+def removal_report(estimator: Estimator, active: Mapping[str, Tensor]) -> dict[str, dict[str, int]]:
+    """Per gate site with dead units: units, dead units, how many of them `prune_dead_units` removes (a dead unit
+    stays when its chain is not removable, e.g. batch norm between the convolution and its gate) and the number
+    of parameters that leaves out of training (producer rows and biases, consumer columns)."""
+    gm = estimator.net
+    chains = {c[0]: c for c in (_chain_at(gm, node) for node in gm.graph.nodes) if c is not None}
+    report = {}
+    for site, alive in active.items():
+        dead = int((~alive).sum())
+        if dead:
+            removed = dead if site in chains and dead < alive.numel() else 0
+            params = removed * _parameters_per_unit(gm, chains[site]) if removed else 0
+            report[site] = {"units": alive.numel(), "dead": dead, "removed": removed, "parameters": params}
+    return report
+
+
+def _parameters_per_unit(gm: fx.GraphModule, chain) -> int:
+    _, producer, _, _, consumer, _ = chain
+    p, c = gm.get_submodule(producer.target), gm.get_submodule(consumer.target)
+    per_row = p.weight[0].numel() + (1 if p.bias is not None else 0)
+    return per_row + c.weight.numel() // p.weight.shape[0]
+
+
 def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattened, optimizer) -> RemovedUnits:
     """Slice one chain's parameters, states and dropouts to the kept units."""
     p_mod, c_mod = gm.get_submodule(producer.target), gm.get_submodule(consumer.target)
@@ -194,13 +236,12 @@ def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattene
             module = gm.get_submodule(target)
             param = getattr(module, name)
             buffer = optimizer.state.get(param, {}).get("momentum_buffer") if optimizer is not None else None
-            r.sliced.append(
-                _Sliced(target, name, dim, index, param.detach().clone(), None if buffer is None else buffer.clone())
-            )
-            new = nn.Parameter(param.index_select(dim, index), requires_grad=param.requires_grad)
+            dead_index = _complement(index, param.shape[dim])
+            r.sliced.append(_Sliced(target, name, dim, index, dead_index, param, buffer))
+            new = nn.Parameter(_in_layout_of(param.index_select(dim, index), param), requires_grad=param.requires_grad)
             if optimizer is not None:
                 group = _group_of(optimizer, param)
-                sliced = None if buffer is None else buffer.index_select(dim, index)
+                sliced = None if buffer is None else _in_layout_of(buffer.index_select(dim, index), buffer)
                 _swap_parameter(optimizer, group, param, new, sliced)
             setattr(module, name, new)
             _set_size(module)
@@ -209,8 +250,7 @@ def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattene
         with gm.graph.inserting_after(state):
             keep_node = gm.graph.get_attr(_keep_name(site))
         with gm.graph.inserting_after(keep_node):
-            sliced = gm.graph.call_function(torch.index_select, (state, 1, keep_node))
-        sliced.meta["skqk_prune"] = True
+            sliced = gm.graph.call_function(select_units, (state, keep_node))
         for user in list(state.users):
             if user is not sliced:
                 user.replace_input_with(state, sliced)
@@ -220,6 +260,18 @@ def _remove(gm, site, keep, dead, producer, states, dropouts, consumer, flattene
         r.dropouts[target] = original
         _set_module(gm, target, FullWidthDropout(original.p, keep, width))
     return r
+
+
+def select_units(state: Tensor, keep: Tensor) -> Tensor:
+    """The states of the kept units (dimension 1), in the memory layout `state` came in (channels-last masks
+    stay channels-last, so the gate multiplies tensors of one layout; weights likewise)."""
+    return _in_layout_of(state.index_select(1, keep), state)
+
+
+def _in_layout_of(t: Tensor, like: Tensor) -> Tensor:
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
 class FullWidthDropout(nn.Module):
@@ -271,7 +323,7 @@ def _chain_at(gm: fx.GraphModule, gate: fx.Node):
                 states.append(user.args[1])
             cur = user
             continue
-        if user.op == "call_function" and user.target is torch.flatten and user.args[1:] == (1,) and not flattened:
+        if _flattens(user, module) and not flattened:
             flattened, cur = True, user
             continue
         if module is None or not _is_layer(gm, user):
@@ -291,6 +343,13 @@ def _matched(gm, site, producer, states, dropouts, consumer, flattened):
     else:
         ok = not flattened and isinstance(c, nn.Conv2d) and c.in_channels == units
     return (site, producer, states, dropouts, consumer, flattened) if ok else None
+
+
+def _flattens(node: fx.Node, module: nn.Module | None) -> bool:
+    """``torch.flatten(x, 1)`` or ``nn.Flatten()``: each channel becomes a block of consecutive columns."""
+    if type(module) is nn.Flatten:
+        return module.start_dim == 1 and module.end_dim == -1
+    return node.op == "call_function" and node.target is torch.flatten and node.args[1:] == (1,) and not node.kwargs
 
 
 def _is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -318,8 +377,10 @@ def _zero_gradient_factors(steps: int, group: dict) -> tuple[tuple[float, float]
     return (power[0][0], power[0][1]), (power[1][0], power[1][1])
 
 
-def _advance(w0: Tensor, v0: Tensor | None, on_w: float, on_v: float) -> Tensor:
-    return w0 * on_w if v0 is None else w0 * on_w + v0 * on_v
+def _complement(index: Tensor, size: int) -> Tensor:
+    keep = torch.zeros(size, dtype=torch.bool)
+    keep[index] = True
+    return torch.nonzero(~keep).flatten()
 
 
 def _check_plain_sgd(optimizer: torch.optim.Optimizer) -> None:

@@ -6,14 +6,18 @@ batches' patterns come from the Phase 3 store or are computed on the fly.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from skqk.data import Dataset, subset_fingerprint, subset_indices
+from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.data.sampling import replay_indices
 from skqk.decoupled import DecoupledModel
+from skqk.patterns import Pattern
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import (
     CheckpointError,
@@ -26,7 +30,8 @@ from skqk.pipeline.checkpoint import (
     resolve_pooling,
 )
 from skqk.pipeline.config import RetrainConfig
-from skqk.pipeline.loop import RunResult, StepForward, fit
+from skqk.pipeline.loop import RunResult, StepForward, fit, memory_format
+from skqk.pipeline.prune import active_units, dead_units_removed, removal_report
 from skqk.pipeline.refresh import SKMonitor
 from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 from skqk.pipeline.train import fit_network
@@ -61,7 +66,7 @@ def retrain(
             raise CheckpointError(
                 f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
             )
-        network = build_network(ckpt, path=str(checkpoint))
+        network = build_network(ckpt, path=str(checkpoint)).to(memory_format=memory_format(cfg.layout, ckpt["model"]))
         run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
         torch.manual_seed(cfg.seed)
         built = ckpt["model_kwargs"]  # the data's sizes and an imported model's options
@@ -72,19 +77,26 @@ def retrain(
     store_pooling = PatternStore.open(store, verify=False).pooling if from_store else None
     pooling = resolve_pooling(ckpt, pooling, store_pooling, str(checkpoint))
     selector = load_selector(ckpt, pooling, str(checkpoint))
-    estimator = load_estimator(ckpt, pooling, str(checkpoint))
+    layout = memory_format(cfg.layout, ckpt["model"])
+    estimator = load_estimator(ckpt, pooling, str(checkpoint)).to(memory_format=layout)
     decoupled = DecoupledModel(selector, estimator)
     model = distributed.wrap(estimator)
-    selector.to(next(estimator.parameters()).device)
+    device = next(estimator.parameters()).device
+    selector.to(device, memory_format=layout)
 
     def make_step(selector, store) -> StepForward:
         if cfg.patterns == "store":
-            return patterns_from_store(model, selector, store, indices, dataset, cfg)
+            read = patterns_from_store(selector, store, indices, dataset, cfg)
+            return lambda x, idx: model(x, in_layout(read(idx).to(device), layout))
         return lambda x, idx: model(x, selector(x))
 
     make_step(selector, store)  # refuses a store that lacks samples before the run folder is created
+    read = patterns_from_store(selector, store, indices, dataset, cfg) if cfg.patterns == "store" else None
+    removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
-    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source, pooling)
+    run_dir = distributed.current().on_main(
+        prepare_run_dir, out, resume, cfg, source, pooling, removal and {"dead_unit_removal": removal.summary()}
+    )
     torch.manual_seed(cfg.seed)
     network = build_network(ckpt, path=str(checkpoint)).to(next(estimator.parameters()).device)
     monitor = SKMonitor(cfg, decoupled, network, ckpt[sk_key], dataset, indices, run_dir, make_step, store)
@@ -99,7 +111,8 @@ def retrain(
         lambda: decoupled_entry(ckpt["model"], ckpt["model_kwargs"], monitor.selector_state, decoupled),
         resume,
         progress,
-        on_epoch=monitor,
+        on_epoch=monitor if removal is None else RemovalMetrics(monitor, removal),
+        epoch_context=removal and removal.epoch,
     )
     return RunResult(decoupled, history, run_dir)
 
@@ -115,11 +128,87 @@ def training_indices(labels: Tensor, cfg: RetrainConfig) -> Tensor:
     return torch.cat([new, replay_indices(labels, order[: cfg.sample_start], cfg.replay, cfg.subset_seed)])
 
 
+PRUNE_MIN_SHARE = 0.1  # of the estimator's parameters; see DeadUnitRemoval.pays
+
+
+@dataclass
+class DeadUnitRemoval:
+    """Phase 4 without the units the SK proves dead for every training sample (`skqk.pipeline.prune`), per epoch."""
+
+    estimator: nn.Module
+    active: dict[str, Tensor]
+    report: dict[str, dict[str, int]]  # per site: units, dead, removed
+
+    def epoch(self, optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager:
+        if not self.pays:
+            return contextlib.nullcontext()
+        return dead_units_removed(self.estimator, self.active, optimizer)
+
+    @property
+    def pays(self) -> bool:
+        """Whether the removal leaves out at least `PRUNE_MIN_SHARE` of the estimator's parameters: below that,
+        removing and restoring every epoch costs more than the smaller layers save (a trained LeNet-5 has 4 of
+        its 204 classifier neurons dead: 2% of its weights; docs/benchmarks.md)."""
+        total = sum(p.numel() for p in self.estimator.parameters())
+        return sum(r["parameters"] for r in self.report.values()) >= PRUNE_MIN_SHARE * total
+
+    def summary(self) -> dict:
+        """What config.json records: whether the removal is applied, the share of parameters it leaves out of
+        training, and per site units / dead / removed / parameters."""
+        total = sum(p.numel() for p in self.estimator.parameters())
+        share = sum(r["parameters"] for r in self.report.values()) / total
+        return {"applied": self.pays, "parameter_share": share, "sites": self.report}
+
+    def metrics(self) -> dict:
+        removed = {site: r["removed"] for site, r in self.report.items() if r["removed"]} if self.pays else {}
+        return {"removed_units": removed}
+
+
+@dataclass
+class RemovalMetrics:
+    """The SK monitor's epoch hook (its state resumes with the run) plus the units removed in the epoch."""
+
+    monitor: SKMonitor
+    removal: DeadUnitRemoval
+
+    def __call__(self, epoch: int, trained: nn.Module) -> dict:
+        return {**self.monitor(epoch, trained), **self.removal.metrics()}
+
+    def state_dict(self) -> dict:
+        return self.monitor.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.monitor.load_state_dict(state)
+
+
+def dead_unit_removal(cfg, estimator, selector, read, dataset: Dataset, indices: Tensor) -> DeadUnitRemoval | None:
+    """What `cfg.prune` removes: units inactive in the patterns of every sample of `indices` (from the store, or
+    the selector's on the fly). Off under torch.distributed (DDP holds the full-size parameters) and with
+    ``--sk-refresh auto`` (a refreshed SK has other dead units)."""
+    if not cfg.prune or distributed.current().is_distributed or cfg.sk_refresh != "off":
+        return None
+    with torch.no_grad():
+        if read is not None:
+            patterns = (read(idx) for idx in indices.split(1024))
+        else:
+            device = next(estimator.parameters()).device
+            patterns = (selector(x.to(device)) for x, _, _ in batches(dataset.train, dataset, indices, 1024))
+        active = {site: a.cpu() for site, a in active_units(patterns).items()}
+    return DeadUnitRemoval(estimator, active, removal_report(estimator, active))
+
+
+def in_layout(pattern: Pattern, layout: torch.memory_format) -> Pattern:
+    """`pattern` with its per-position states in `layout`, so a gate multiplies tensors of one layout."""
+    if layout == torch.contiguous_format:
+        return pattern
+    return Pattern({s: t.contiguous(memory_format=layout) if t.dim() == 4 else t for s, t in pattern.items()})
+
+
 def patterns_from_store(
-    estimator, selector, store, indices: Tensor, dataset: Dataset, cfg: RetrainConfig
-) -> StepForward:
-    """A QK step that reads each batch's patterns from the store recorded by this very selector (Phase 3) from
-    this very data and subset order."""
+    selector, store, indices: Tensor, dataset: Dataset, cfg: RetrainConfig
+) -> Callable[[Tensor], Pattern]:
+    """The reader of each batch's patterns from the store recorded by this very selector (Phase 3) from this very
+    data and subset order."""
     if store is None:
         raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
     subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
@@ -130,7 +219,4 @@ def patterns_from_store(
             f"pattern store {store} lacks {missing} of the {len(indices)} samples: run `skqk record` "
             f"with the same checkpoint and --samples {len(indices)} first"
         )
-    device = next(estimator.parameters()).device
-    if device.type != "cpu":
-        return lambda x, idx: estimator(x, opened.read(idx).to(device))
-    return lambda x, idx: estimator(x, opened.read(idx))
+    return opened.read

@@ -19,12 +19,17 @@ class RunDirError(ValueError):
 
 
 def prepare_run_dir(
-    out: str | os.PathLike, resume: bool, cfg: SGDConfig, source: dict | None = None, pooling: str | None = None
+    out: str | os.PathLike,
+    resume: bool,
+    cfg: SGDConfig,
+    source: dict | None = None,
+    pooling: str | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Create the run folder, check it is writable, and record the resolved config, what the run starts from
-    (`source`: the data's fingerprint, the checkpoint and store identity), the max-pooling mode of a QK run and
-    the code version; `--resume` must match all but the code version, and is told which settings differ.
-    Temporary files of saves killed midway are removed."""
+    (`source`: the data's fingerprint, the checkpoint and store identity), the max-pooling mode of a QK run, the
+    code version and `extra` facts of the run (units removed); `--resume` must match all but the code version and
+    `extra`, and is told which settings differ. Temporary files of saves killed midway are removed."""
     run_dir = Path(out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -53,6 +58,7 @@ def prepare_run_dir(
         "source": source,
         "pooling": pooling,
         "code_version": code_version(),
+        **(extra or {}),
     }
     atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
     return run_dir

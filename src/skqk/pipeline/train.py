@@ -13,7 +13,7 @@ from skqk.data import Dataset, subset_indices
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import model_kwargs, network_entry
 from skqk.pipeline.config import SGDConfig, TrainConfig
-from skqk.pipeline.loop import EpochHook, RunResult, StepHook, fit
+from skqk.pipeline.loop import EpochHook, RunResult, StepHook, fit, memory_format
 from skqk.pipeline.rundir import prepare_run_dir
 
 
@@ -38,7 +38,7 @@ def train(
     indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
     kwargs = model_kwargs(dataset) | cfg.model_kwargs  # the checkpoint records both: it rebuilds without flags
     torch.manual_seed(cfg.seed)
-    network = models.build(cfg.model, **kwargs)  # before the run folder: a user's builder may fail
+    network = models.build(cfg.model, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, {"data": dataset.fingerprint})
     return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch, on_step)
 
