@@ -53,6 +53,8 @@ class FederatedConfig(SGDConfig):
             )
         if self.precision != "fp32":
             raise ValueError("federated clients train in fp32 (precision bf16 is not supported here)")
+        if self.layout != "auto":
+            raise ValueError("federated clients train in the contiguous layout (--layout is not supported here)")
         if not self.round_timeout > 0:
             raise ValueError(f"round_timeout must be positive, got {self.round_timeout}")
 
