@@ -136,15 +136,14 @@ def plot_incremental(streams: list[dict], title: str, path: Path, preset: str) -
             steps = range(len(runs[0][key]))
             means = [mean_or_nan([r[key][i] for r in runs]) for i in steps]
             ax.plot(list(steps), means, style, marker="o", label=arm)
-    for ax, ylabel in zip(axes, ("average accuracy over chunks seen", "average forgetting")):
-        ax.set_xlabel("chunk trained on (0 = pre-training)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Incremental re-training, {title}, {DATA_NOTE}, preset {preset}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_pair(
+        fig,
+        axes,
+        "chunk trained on (0 = pre-training)",
+        ("average accuracy over chunks seen", "average forgetting"),
+        f"Incremental re-training, {title}, {DATA_NOTE}, preset {preset}",
+        path,
+    )
 
 
 def mean_or_nan(values: list) -> float:
@@ -184,12 +183,24 @@ def plot_federated(cells: list[dict], title: str, path: Path, preset: str) -> No
                         alpha=1 if style == "-" else 0.6,
                         label=f"merge-once, {label}",
                     )
-    for ax, ylabel in zip(axes, ("validation accuracy", "validation CCE loss")):
-        ax.set_xlabel("round")
+    _finish_pair(
+        fig,
+        axes,
+        "round",
+        ("validation accuracy", "validation CCE loss"),
+        f"Federated re-training, {title}, {DATA_NOTE}, preset {preset}",
+        path,
+    )
+
+
+def _finish_pair(fig, axes, xlabel: str, ylabels: tuple[str, str], suptitle: str, path: Path) -> None:
+    """Label, grid and save a two-panel figure (legend on the left panel), then free it."""
+    for ax, ylabel in zip(axes, ylabels):
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Federated re-training, {title}, {DATA_NOTE}, preset {preset}", fontsize=10)
+    fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
