@@ -284,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--models",
-        help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5, lenet5,vgg8 for federated "
-        "and incremental)",
+        help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5, lenet5 for qkgap, "
+        "lenet5,vgg8 for federated and incremental)",
     )
     p.add_argument(
         "--mode",
@@ -486,18 +486,24 @@ def cmd_reproduce(args) -> None:
     seeds = parse_int_list(args.seeds or "0")
     if args.seeds:
         preset = replace(preset, incremental={n: replace(p, seeds=seeds) for n, p in preset.incremental.items()})
-    default = {"fig4": "alexnet", "incremental": "lenet5,vgg8"}.get(args.figure, "lenet5,alexnet,vgg8")
+    default = {"fig4": "alexnet", "incremental": "lenet5,vgg8", "qkgap": "lenet5"}.get(
+        args.figure, "lenet5,alexnet,vgg8"
+    )
     names = (args.models or default).split(",")
-    protocols = {"fig5": preset.fig5, "incremental": preset.incremental}.get(args.figure, models.list_models())
+    studies = {"fig5": preset.fig5, "incremental": preset.incremental, "qkgap": [g.model for g in preset.qk_gap]}
+    protocols = studies.get(args.figure, models.list_models())
     for name in names:
         if name not in models.list_models() or name not in protocols:
-            raise ValueError(f"unknown model {name!r} for {args.figure}; choose from {', '.join(protocols)}")
+            raise ValueError(
+                f"unknown model {name!r} for {args.figure} in preset {preset.name}; choose from "
+                f"{', '.join(protocols) or 'none (the preset has no such study)'}"
+            )
     print(preset.scaling(), file=sys.stderr)
     dataset = load_data(args)
     if args.figure == "fig4":
         results = run_fig4(preset, names, dataset, args.out, not args.quiet, seeds)
     elif args.figure == "qkgap":
-        results = run_qk_gap(preset, dataset, args.out, not args.quiet, seeds)
+        results = run_qk_gap(preset, names, dataset, args.out, not args.quiet, seeds)
     elif args.figure == "incremental":
         from skqk.experiments.incremental import run_incremental
 

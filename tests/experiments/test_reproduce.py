@@ -132,8 +132,14 @@ def test_qk_gap_shares_the_fig5_cells_and_changes_one_factor_per_cell(cifar10, t
         ("traditional", "base"),
         ("qk", "lr3x"),
         ("qk", "frozen-pooling"),
+        ("qk", "sk-refresh"),
     }
     assert by_variant[("qk", "lr3x")]["config"]["lr"] == pytest.approx(3 * base["config"]["lr"])
+    refreshed = by_variant[("qk", "sk-refresh")]["config"]
+    assert refreshed["sk_refresh"] == "auto" and base["config"]["sk_refresh"] == "off"
+    assert {k: v for k, v in refreshed.items() if k != "sk_refresh"} == {
+        k: v for k, v in base["config"].items() if k != "sk_refresh"
+    }
     assert by_variant[("qk", "frozen-pooling")]["pooling"] == "frozen"
     frozen = json.loads(
         (tmp_path / "lenet5" / "seed0" / "n256" / "N512" / "qk-frozen-pooling" / "config.json").read_text()
@@ -158,11 +164,12 @@ def test_bad_seeds_and_sample_counts_are_a_one_line_error(cifar10, tmp_path, opt
     assert "Traceback" not in done.stderr and not (tmp_path / "lenet5").exists()
 
 
-def test_unknown_model_is_a_one_line_error(cifar10, tmp_path):
-    done = reproduce("fig5", tmp_path, cifar10, "--models", "resnet")
+@pytest.mark.parametrize("figure, model", [("fig5", "resnet"), ("qkgap", "alexnet")])
+def test_unknown_model_is_a_one_line_error(cifar10, tmp_path, figure, model):
+    done = reproduce(figure, tmp_path, cifar10, "--models", model)
     assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1].startswith("skqk: error: unknown model 'resnet'")
-    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"skqk: error: unknown model {model!r} for {figure}")
+    assert "Traceback" not in done.stderr and not (tmp_path / model).exists()
 
 
 def test_fig5_successive_mode_starts_each_N_from_the_previous_result(cifar10, tmp_path):

@@ -67,25 +67,36 @@ def run_fig5(
     return results
 
 
-def run_qk_gap(preset: Preset, dataset: Dataset, out: Path, progress: bool = True, seeds: tuple[int, ...] = (0,)):
-    """The Fig. 5 cells of the preset's QK-gap protocol and, beside them, one cell per factor changed.
+def run_qk_gap(
+    preset: Preset,
+    model_names: list[str],
+    dataset: Dataset,
+    out: Path,
+    progress: bool = True,
+    seeds: tuple[int, ...] = (0,),
+) -> dict:
+    """The Fig. 5 cells of the preset's QK-gap study of each model and, beside them, one cell per factor changed.
 
     The cells share their folders with `run_fig5`'s, so a Fig. 5 run in the same `out` provides the base cells.
     """
-    if preset.qk_gap is None:
-        raise ValueError(f"preset {preset.name} has no QK-gap study")
-    gap, out, started = preset.qk_gap, Path(out), time.time()
+    studies = [g for g in preset.qk_gap if g.model in model_names]
+    if not studies:
+        raise ValueError(f"preset {preset.name} has no QK-gap study of {', '.join(model_names)}")
+    out, started = Path(out), time.time()
     claim_results_folder(out, "qkgap", dataset, preset)
     cells = []
     for seed in seeds:
-        run = SKRun(gap.model, gap.sk_samples, seed, preset.fig5[gap.model], dataset, out, progress)
-        cells.append(run.pretrain())
-        for N in gap.sample_counts:
-            cells += [run.retrain_cell(N, BASE[m]) for m in METHODS]
-            cells += [run.retrain_cell(N, v) for v in gap.variants]
-    results = write_results(out, "qkgap", preset, [gap.model], dataset, started, seeds=list(seeds), cells=cells)
+        for gap in studies:
+            run = SKRun(gap.model, gap.sk_samples, seed, preset.fig5[gap.model], dataset, out, progress)
+            cells.append(run.pretrain())
+            for N in gap.sample_counts:
+                cells += [run.retrain_cell(N, BASE[m]) for m in METHODS]
+                cells += [run.retrain_cell(N, v) for v in gap.variants]
+    names = [g.model for g in studies]
+    results = write_results(out, "qkgap", preset, names, dataset, started, seeds=list(seeds), cells=cells)
     write_csv(out / "qkgap.csv", [{k: v for k, v in c.items() if k != "config"} for c in cells])
-    plot_qk_gap(cells, out / f"qkgap_{gap.model}.png", preset.name)
+    for name in names:
+        plot_qk_gap([c for c in cells if c["model"] == name], out / f"qkgap_{name}.png", preset.name)
     return results
 
 
@@ -148,6 +159,7 @@ class SKRun:
             epochs=variant.epochs or self.protocol.retrain_epochs,
             method=variant.method,
             lr=SGDConfig.lr * variant.lr_scale,
+            sk_refresh=variant.sk_refresh,
             **self.common,
         )
 

@@ -53,6 +53,7 @@ class Variant:
     lr_scale: float = 1.0  # times the default learning rate
     pooling: str = "live"  # "frozen": the SK also fixes the max-pooling switches
     epochs: int = 0  # re-training epochs (0 = the protocol's)
+    sk_refresh: str = "off"  # "auto": refresh the SK whenever it goes stale while re-training (RetrainConfig)
 
 
 BASE = {m: Variant("base", m) for m in ("qk", "traditional")}
@@ -80,7 +81,7 @@ class Preset:
     incremental: dict[str, IncrementalProtocol] = field(default_factory=dict)
     fig4_every_steps: int = 0  # also compare patterns every this many SGD steps (0 = per epoch only)
     fig4_flip_threshold: float = 0.01  # patterns "settled" once the flips per interval stay below this fraction
-    qk_gap: QKGapProtocol | None = None
+    qk_gap: tuple[QKGapProtocol, ...] = ()  # one study per model
 
     def to_dict(self) -> dict:
         return {**asdict(self), "scaling": self.scaling()}
@@ -101,11 +102,10 @@ class Preset:
             + f", settled below {self.fig4_flip_threshold:.1%} flips, validation on "
             f"{self.fig4_eval_samples or 'all'} test samples"
         )
-        if self.qk_gap:
-            g = self.qk_gap
+        for g in self.qk_gap:
             lines.append(
                 f"  qkgap {g.model}: SK from n = {g.sk_samples:,}, N in {list(g.sample_counts)}, one factor at a "
-                f"time: {', '.join(v.name for v in g.variants)}"
+                f"time: {', '.join(f'{v.method} {v.name}' for v in g.variants)}"
             )
         for name, p in self.incremental.items():
             lines.append(
@@ -115,6 +115,19 @@ class Preset:
                 f"seeds {list(p.seeds)}, orders {list(p.orders)}, arms {list(p.arms) or 'all'}"
             )
         return "\n".join(lines)
+
+
+def gap_variants(more_epochs: int) -> tuple[Variant, ...]:
+    """The QK-gap study's factors, one at a time: QK learning rate, frozen pooling, more re-training epochs (for
+    both methods, so the comparison stays fair) and an SK refreshed whenever it goes stale (issue 12's refresh)."""
+    return (
+        Variant("lr0.3x", lr_scale=0.3),
+        Variant("lr3x", lr_scale=3.0),
+        Variant("frozen-pooling", pooling="frozen"),
+        Variant(f"{more_epochs}-epochs", epochs=more_epochs),
+        Variant(f"{more_epochs}-epochs", "traditional", epochs=more_epochs),
+        Variant("sk-refresh", sk_refresh="auto"),
+    )
 
 
 PAPER = Preset(
@@ -158,17 +171,9 @@ CPU = Preset(
         ),  # fmt: skip
     },
     fig4_every_steps=4,
-    qk_gap=QKGapProtocol(
-        "lenet5",
-        4096,
-        (16384,),
-        (
-            Variant("lr0.3x", lr_scale=0.3),
-            Variant("lr3x", lr_scale=3.0),
-            Variant("frozen-pooling", pooling="frozen"),
-            Variant("25-epochs", epochs=25),
-            Variant("25-epochs", "traditional", epochs=25),
-        ),
+    qk_gap=(
+        QKGapProtocol("lenet5", 4096, (16384, 32768), gap_variants(more_epochs=25)),
+        QKGapProtocol("vgg8", 512, (8192,), gap_variants(more_epochs=8)),
     ),
 )
 
@@ -191,8 +196,17 @@ SMOKE = Preset(
         for name in ("lenet5", "vgg8")
     },
     fig4_every_steps=2,
-    qk_gap=QKGapProtocol(
-        "lenet5", 256, (512,), (Variant("lr3x", lr_scale=3.0), Variant("frozen-pooling", pooling="frozen"))
+    qk_gap=(
+        QKGapProtocol(
+            "lenet5",
+            256,
+            (512,),
+            (
+                Variant("lr3x", lr_scale=3.0),
+                Variant("frozen-pooling", pooling="frozen"),
+                Variant("sk-refresh", sk_refresh="auto"),
+            ),
+        ),
     ),
 )
 
