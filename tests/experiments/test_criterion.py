@@ -3,7 +3,7 @@
 import pytest
 
 from skqk.experiments.fig4 import settle_epoch, stabilisation
-from skqk.experiments.report import aggregate, summary_table
+from skqk.experiments.report import aggregate, gap_text, qk_gaps, summary_table
 
 
 def epochs(val_losses):
@@ -45,5 +45,20 @@ def test_aggregate_gives_mean_and_sample_std_per_cell_over_seeds():
     assert qk["val_accuracy_std"] == pytest.approx(0.1) and qk["val_loss_std"] == 0.0
     assert trad["variant"] == "base" and trad["val_accuracy_std"] == 0.0
     table = summary_table({"experiment": "fig5", "cells": cells})
-    assert "| m | 1 | 2 | qk | base | 3 | 0.5000 ± 0.1000 | 1.0000 ± 0.0000 |" in table
-    assert "| m | 1 | 2 | traditional | base | 1 | 0.3000 | 2.0000 |" in table
+    assert "| m | 1 | 2 | qk | base | 3 | 0.5000 ± 0.1000 | 1.0000 ± 0.0000 | +10.00 |" in table
+    assert "| m | 1 | 2 | traditional | base | 1 | 0.3000 | 2.0000 |  |" in table
+
+
+def test_qk_gap_is_paired_by_seed_and_with_the_same_named_traditional_variant():
+    def cell(method, variant, seed, acc):
+        return {"model": "m", "n": 1, "N": 2, "method": method, "variant": variant, "seed": seed, "val_accuracy": acc}
+
+    cells = [cell("traditional", "base", s, a) for s, a in ((0, 0.40), (1, 0.60))]
+    cells += [cell("qk", "base", s, a) for s, a in ((0, 0.38), (1, 0.59))]  # behind on both seeds
+    cells += [cell("traditional", "long", s, a) for s, a in ((0, 0.50), (1, 0.50))]
+    cells += [cell("qk", "long", 0, 0.55), cell("qk", "lr", 1, 0.65)]
+    gaps = qk_gaps(cells)
+    assert gaps[("m", 1, 2, "qk", "base")] == pytest.approx([-2.0, -1.0])  # unpaired stds would be ~14 points
+    assert gaps[("m", 1, 2, "qk", "long")] == pytest.approx([5.0])  # against traditional "long", not base
+    assert gaps[("m", 1, 2, "qk", "lr")] == pytest.approx([5.0])  # no traditional "lr": against base, seed 1
+    assert gap_text(gaps[("m", 1, 2, "qk", "base")]) == "-1.50 ± 0.71 (QK ahead 0/2)"

@@ -27,6 +27,37 @@ def aggregate(cells: list[dict], metrics: tuple[str, ...] = ("val_accuracy", "va
     return rows
 
 
+def qk_gaps(cells: list[dict]) -> dict[tuple, list[float]]:
+    """Per QK-only row (model, n, N, "qk", variant): QK-only minus traditional validation accuracy in points, one
+    value per seed, paired with the traditional cell of the same seed (its same-named variant where there is one,
+    e.g. more epochs, else its base cell). Pairing by seed removes what the seed does to both methods alike."""
+    traditional = {
+        (c["model"], c["n"], c["N"], c.get("variant", "base"), c.get("seed", 0)): c["val_accuracy"]
+        for c in cells
+        if c["method"] == "traditional"
+    }
+    gaps: dict[tuple, list[float]] = {}
+    for c in cells:
+        if c["method"] != "qk":
+            continue
+        variant, seed = c.get("variant", "base"), c.get("seed", 0)
+        at = (c["model"], c["n"], c["N"])
+        baseline = traditional.get((*at, variant, seed), traditional.get((*at, "base", seed)))
+        if baseline is not None:
+            gaps.setdefault((*at, "qk", variant), []).append(100 * (c["val_accuracy"] - baseline))
+    return gaps
+
+
+def gap_text(gaps: list[float]) -> str:
+    """ "−2.4 ± 1.1 (QK ahead 0/3)": mean ± std over seeds, and on how many seeds QK-only was ahead."""
+    if not gaps:
+        return ""
+    mean, std = mean_std(gaps)
+    ahead = f" (QK ahead {sum(g > 0 for g in gaps)}/{len(gaps)})" if len(gaps) > 1 else ""
+    spread = f" ± {std:.2f}" if len(gaps) > 1 else ""
+    return f"{mean:+.2f}{spread}{ahead}"
+
+
 def pm(mean: float, std: float, seeds: int, fmt: str = ".4f") -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}" if seeds > 1 else f"{mean:{fmt}}"
 
@@ -49,14 +80,17 @@ def summary_table(results: dict) -> str:
         return "\n".join(rows)
     if results["experiment"] in ("fig5", "qkgap"):
         rows = [
-            "| model | n (SK) | N | method | variant | seeds | val acc | val CCE |",
-            "|---" * 8 + "|",
+            "| model | n (SK) | N | method | variant | seeds | val acc | val CCE | QK − traditional (points) |",
+            "|---" * 9 + "|",
         ]
+        gaps = qk_gaps(results["cells"])
         for r in aggregate(results["cells"]):
             k = len(r["seeds"])
+            gap = gap_text(gaps.get(tuple(r[key] for key in CELL_KEY), []))
             rows.append(
                 f"| {r['model']} | {r['n']} | {r['N']} | {r['method']} | {r['variant']} | {k} | "
-                f"{pm(r['val_accuracy'], r['val_accuracy_std'], k)} | {pm(r['val_loss'], r['val_loss_std'], k)} |"
+                f"{pm(r['val_accuracy'], r['val_accuracy_std'], k)} | {pm(r['val_loss'], r['val_loss_std'], k)} | "
+                f"{gap} |"
             )
         return "\n".join(rows)
     rows = [
