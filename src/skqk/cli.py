@@ -458,7 +458,25 @@ def parse_int_list(text: str, option: str = "--seeds") -> tuple[int, ...]:
     return values
 
 
+# the experiments that read each `reproduce` option (with its value when not given): given to another, it is refused
+# rather than silently ignored
+REPRODUCE_OPTIONS = {
+    "mode": (("fig5",), "independent"),
+    "precision": (("fig5",), "fp32"),
+    "seeds": (("fig4", "fig5", "qkgap", "incremental"), None),
+    "sk_samples": (("fig5",), None),
+    "max_samples": (("fig5",), None),
+    "epochs": (("fig4",), None),
+    "every_steps": (("fig4",), None),
+    "flip_threshold": (("fig4",), None),
+}
+
+
 def cmd_reproduce(args) -> None:
+    for option, (figures, unset) in REPRODUCE_OPTIONS.items():
+        if getattr(args, option) != unset and args.figure not in figures:
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(f"{flag} applies to {', '.join(figures)}, not to reproduce {args.figure}")
     if args.figure == "federated":
         return reproduce_federated(args)
     from dataclasses import replace

@@ -8,6 +8,7 @@ from pipeline_helpers import assert_one_line_error, data_args, main_in_process, 
 
 import skqk.experiments.fig5 as fig5
 import skqk.experiments.report as report
+from skqk.experiments import PRESETS
 
 
 @pytest.fixture
@@ -52,3 +53,42 @@ def test_continuing_a_results_folder_with_other_data_or_settings_is_refused(
     assert_one_line_error(code, error, "holds results made with other settings", named, "choose another --out")
     assert scaling.startswith("preset ") and "Traceback" not in scaling
     assert json.loads((tmp_path / "results" / "reproduce.json").read_text()) == recorded
+
+
+def test_incremental_and_federated_results_folders_are_claimed_too(monkeypatch, two_datasets, tmp_path):
+    """Their cached cells would mix two datasets just as Fig. 5's would (the runs are stubbed: no model, no cell)."""
+    import skqk.experiments.federated as federated
+    import skqk.experiments.incremental as incremental
+    from skqk.data import load_dataset
+
+    datasets = [load_dataset(args[1], args[3], progress=False) for args in two_datasets]
+    runs = {
+        "incremental": lambda data, out: incremental.run_incremental(PRESETS["smoke"], [], data, out),
+        "federated": lambda data, out: federated.run_federated_experiment(federated.PRESETS["smoke"], [], data, out),
+    }
+    for experiment, run in runs.items():
+        out = tmp_path / experiment
+        run(datasets[0], out)
+        recorded = json.loads((out / "reproduce.json").read_text())
+        assert list(recorded["experiments"]) == [experiment] and recorded["data"] == datasets[0].fingerprint
+        run(datasets[0], out)  # the same data: continues
+        with pytest.raises(ValueError, match="holds results made with other settings: data: "):
+            run(datasets[1], out)
+        assert json.loads((out / "reproduce.json").read_text()) == recorded
+
+
+@pytest.mark.parametrize(
+    "figure, option",
+    [
+        ("federated", ["--seeds", "0,1"]),
+        ("qkgap", ["--max-samples", "1024"]),
+        ("incremental", ["--epochs", "3"]),
+        ("fig4", ["--mode", "successive"]),
+        ("fig5", ["--every-steps", "4"]),
+    ],
+)
+def test_an_option_the_experiment_does_not_read_is_refused(two_datasets, tmp_path, capsys, figure, option):
+    command = ["reproduce", figure, "--preset", "smoke", *option, "--out", tmp_path / "results", *two_datasets[0]]
+    code, _, err = main_in_process(capsys, *command)
+    assert_one_line_error(code, err.strip(), f"{option[0]} applies to", f"not to reproduce {figure}")
+    assert not (tmp_path / "results").exists()

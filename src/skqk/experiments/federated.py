@@ -24,7 +24,7 @@ import torch
 
 from skqk.combine import merge_checkpoints
 from skqk.data import Dataset
-from skqk.experiments.common import write_csv, write_json, write_results
+from skqk.experiments.common import claim_results_folder, write_csv, write_json, write_results
 from skqk.experiments.fig5 import cached_cell
 from skqk.experiments.plots import plot_federated
 from skqk.federated.config import FederatedConfig
@@ -109,6 +109,7 @@ def run_federated_experiment(
     """Run (or pick up) every cell; write results.json, federated.csv and one plot per model and K."""
     out = Path(out)
     started = time.time()
+    claim_results_folder(out, "federated", dataset, preset)
     cells = []
     for name in model_names:
         protocol = preset.models[name]

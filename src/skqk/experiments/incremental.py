@@ -16,7 +16,7 @@ from pathlib import Path
 
 from skqk.atomic import atomic_write_text
 from skqk.data import Dataset
-from skqk.experiments.common import write_csv, write_json, write_results
+from skqk.experiments.common import claim_results_folder, write_csv, write_json, write_results
 from skqk.experiments.fig5 import cached_cell
 from skqk.experiments.plots import plot_incremental
 from skqk.experiments.report import mean_std
@@ -57,6 +57,7 @@ def run_incremental(preset, model_names: list[str], dataset: Dataset, out: Path,
     """Run (or pick up) every cell; write results.json, incremental.csv and one PNG per model and order."""
     out = Path(out)
     started = time.time()
+    claim_results_folder(out, "incremental", dataset, preset)
     streams = []
     for name in model_names:
         protocol = preset.incremental[name]
