@@ -44,9 +44,15 @@ def test_aggregate_gives_mean_and_sample_std_per_cell_over_seeds():
     assert qk["seeds"] == [0, 1, 2] and qk["val_accuracy"] == pytest.approx(0.5)
     assert qk["val_accuracy_std"] == pytest.approx(0.1) and qk["val_loss_std"] == 0.0
     assert trad["variant"] == "base" and trad["val_accuracy_std"] == 0.0
-    table = summary_table({"experiment": "fig5", "cells": cells})
+    table = summary_table({"experiment": "qkgap", "cells": cells})
     assert "| m | 1 | 2 | qk | base | 3 | 0.5000 ± 0.1000 | 1.0000 ± 0.0000 | +10.00 |" in table
     assert "| m | 1 | 2 | traditional | base | 1 | 0.3000 | 2.0000 |  |" in table
+    pretrained = {"model": "m", "n": 1, "N": 1, "method": "pretrain", "seed": 0, "val_accuracy": 0.2, "val_loss": 3.0}
+    table = summary_table({"experiment": "fig5", "cells": [pretrained, *cells]}).splitlines()
+    assert table[2:] == [
+        "| m | 1 | pre-trained | 1 | 0.2000 | | | 3.0000 | |",
+        "| m | 1 | 2 | 3 | 0.5000 ± 0.1000 | 0.3000 | +10.00 | 1.0000 ± 0.0000 | 2.0000 |",
+    ]
 
 
 def test_qk_gap_is_paired_by_seed_and_with_the_same_named_traditional_variant():

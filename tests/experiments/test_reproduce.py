@@ -58,7 +58,7 @@ def test_fig5_smoke_all_models_then_resume_from_cache(cifar10, tmp_path):
     assert all(0.0 <= c["val_accuracy"] <= 1.0 and c["val_loss"] > 0 for c in cells)
     for name in ("lenet5", "alexnet", "vgg8"):
         assert (tmp_path / f"fig5_{name}.png").stat().st_size > 10_000
-    assert "| lenet5 | 256 | 512 | qk |" in done.stdout
+    assert "| lenet5 | 256 | 512 | 1 | " in done.stdout  # both methods side by side
     assert (tmp_path / "fig5.csv").read_text().count("\n") == len(cells) + 1
     # every cell is cached: a second invocation recomputes nothing and reports the same numbers
     again = reproduce("fig5", tmp_path, cifar10)

@@ -63,7 +63,8 @@ def pm(mean: float, std: float, seeds: int, fmt: str = ".4f") -> str:
 
 
 def summary_table(results: dict) -> str:
-    """A markdown table of a results.json: per cell (mean ± std over seeds) for Fig. 5 and the QK-gap study,
+    """A markdown table of a results.json: per cell (mean ± std over seeds; Fig. 5 with both methods side by side) for
+    Fig. 5 and the QK-gap study,
     the stabilisation criterion per model and seed for Fig. 4, and per cell for the federated experiment,
     per arm for the incremental one."""
     if results["experiment"] == "incremental":
@@ -78,7 +79,9 @@ def summary_table(results: dict) -> str:
                 f"{c['wall_seconds']:.0f} |"
             )
         return "\n".join(rows)
-    if results["experiment"] in ("fig5", "qkgap"):
+    if results["experiment"] == "fig5":
+        return fig5_table(results["cells"])
+    if results["experiment"] == "qkgap":
         rows = [
             "| model | n (SK) | N | method | variant | seeds | val acc | val CCE | QK − traditional (points) |",
             "|---" * 9 + "|",
@@ -105,6 +108,30 @@ def summary_table(results: dict) -> str:
             f"| {run['model']} | {run['seed']} | {settle} | {s['val_loss_min_epoch']} | {ratio} | "
             f"{s['val_accuracy_at_min']:.4f} |"
         )
+    return "\n".join(rows)
+
+
+def fig5_table(cells: list[dict]) -> str:
+    """Fig. 5 side by side: per model, SK size n and N, both methods' accuracy and CCE (mean ± std over seeds) and
+    QK-only minus traditional paired by seed; each n starts with its pre-trained network."""
+    rows = [
+        "| model | n (SK) | N | seeds | QK-only acc | traditional acc | QK − traditional (points) | QK-only CCE | "
+        "traditional CCE |",
+        "|---" * 9 + "|",
+    ]
+    found = {(r["model"], r["n"], r["N"], r["method"]): r for r in aggregate(cells) if r["variant"] == "base"}
+    gaps = qk_gaps(cells)
+    for (model, n, N, method), r in found.items():
+        k = len(r["seeds"])
+        acc, cce = pm(r["val_accuracy"], r["val_accuracy_std"], k), pm(r["val_loss"], r["val_loss_std"], k)
+        if method == "pretrain":
+            rows.append(f"| {model} | {n:,} | pre-trained | {k} | {acc} | | | {cce} | |")
+        elif method == "qk":
+            t = found.get((model, n, N, "traditional"))
+            t_acc = pm(t["val_accuracy"], t["val_accuracy_std"], len(t["seeds"])) if t else ""
+            t_cce = pm(t["val_loss"], t["val_loss_std"], len(t["seeds"])) if t else ""
+            gap = gap_text(gaps.get((model, n, N, "qk", "base"), []))
+            rows.append(f"| {model} | {n:,} | {N:,} | {k} | {acc} | {t_acc} | {gap} | {cce} | {t_cce} |")
     return "\n".join(rows)
 
 
