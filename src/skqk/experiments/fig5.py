@@ -160,6 +160,7 @@ class SKRun:
             method=variant.method,
             lr=SGDConfig.lr * variant.lr_scale,
             sk_refresh=variant.sk_refresh,
+            sk_refresh_every=variant.sk_refresh_every,
             **self.common,
         )
 
