@@ -96,27 +96,32 @@ def plot_fig5(cells: list[dict], model: str, path: Path, preset: str) -> None:
 
 
 def plot_qk_gap(cells: list[dict], path: Path, preset: str) -> None:
-    """Accuracy of each re-training variant as mean ± std over seeds (error bars), traditional baseline dashed."""
+    """One panel per N, one horizontal bar per re-training cell (validation accuracy, mean ± std over seeds), the
+    traditional base cell as a dashed line: each factor reads as moving QK-only towards, or past, that line."""
     rows = [r for r in aggregate(cells) if r["method"] != "pretrain"]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    labels = [f"{r['method']} {r['variant']}\nN={r['N']:,}" for r in rows]
-    colors = ["tab:blue" if r["method"] == "traditional" else "tab:red" for r in rows]
-    ax.bar(
-        range(len(rows)),
-        [r["val_accuracy"] for r in rows],
-        yerr=[r["val_accuracy_std"] for r in rows],
-        color=colors,
-        capsize=4,
-    )
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    low = min(r["val_accuracy"] - r["val_accuracy_std"] for r in rows)
-    ax.set_ylim(max(0.0, low - 0.05), None)
-    ax.set_ylabel("validation accuracy")
+    counts = sorted({r["N"] for r in rows})
+    most = max(sum(r["N"] == N for r in rows) for N in counts)
+    fig, axes = plt.subplots(1, len(counts), figsize=(5 * len(counts), 1.2 + 0.35 * most), squeeze=False)
+    for ax, N in zip(axes[0], counts):
+        at = [r for r in rows if r["N"] == N]
+        accuracy, spread = np.array([r["val_accuracy"] for r in at]), np.array([r["val_accuracy_std"] for r in at])
+        colors = ["tab:blue" if r["method"] == "traditional" else "tab:red" for r in at]
+        ax.barh(range(len(at)), accuracy, xerr=spread, color=colors, capsize=3)
+        labels = [f"{r['method']}{'' if r['variant'] == 'base' else ' ' + r['variant']}" for r in at]
+        ax.set_yticks(range(len(at)), labels, fontsize=8)
+        ax.invert_yaxis()
+        for r in at:
+            if r["method"] == "traditional" and r["variant"] == "base":
+                ax.axvline(r["val_accuracy"], linestyle="--", color="tab:blue", linewidth=1)
+        ax.set_xlim(max(0.0, (accuracy - spread).min() - 0.03), (accuracy + spread).max() + 0.01)
+        ax.set_xlabel("validation accuracy (mean ± std over seeds)")
+        ax.set_title(f"N = {N:,}", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
     seeds = sorted({c.get("seed", 0) for c in cells})
-    ax.set_title(
+    fig.suptitle(
         f"QK gap factors, {cells[0]['model']}, SK from n={cells[0]['n']:,}, {DATA_NOTE}, preset {preset}, "
         f"seeds {seeds}",
-        fontsize=8,
+        fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
