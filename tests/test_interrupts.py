@@ -12,6 +12,30 @@ import pytest
 from skqk import cli
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal, also when the tests run as a background job (which
+    starts with SIGINT ignored, and passes that on to the processes it starts)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_the_process_ignores_stays_ignored(monkeypatch, capsys):
+    """A background job (`skqk train ... &` in a script, `nohup`) is started with SIGINT ignored: skqk must not
+    make it interruptible again."""
+
+    def command(args):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setitem(cli.COMMANDS, "train", command)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    assert cli.main(["train", "--out", "x"]) == 0
+    assert capsys.readouterr().err == ""
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 def interrupt_turned_into(error: Exception):
     """A command hit by Ctrl-C inside a library that reports it as another error (seen: a dataclass error, a
     RecursionError in an interrupted import)."""

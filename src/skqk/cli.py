@@ -693,9 +693,13 @@ def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = N
 
 @contextmanager
 def counting_interrupts() -> Iterator[list[int]]:
-    """Let Ctrl-C raise KeyboardInterrupt as usual, and also count it in the yielded list."""
+    """Let Ctrl-C raise KeyboardInterrupt as usual, and also count it in the yielded list. A Ctrl-C the process
+    was started to ignore (a background job of a script, `nohup`) stays ignored."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield received
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield received
         return
 
