@@ -696,10 +696,8 @@ def counting_interrupts() -> Iterator[list[int]]:
     """Let Ctrl-C raise KeyboardInterrupt as usual, and also count it in the yielded list. A Ctrl-C the process
     was started to ignore (a background job of a script, `nohup`) stays ignored."""
     received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
-        yield received
-        return
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only the main thread gets signals
+    if not in_main_thread or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield received
         return
 

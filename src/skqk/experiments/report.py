@@ -50,23 +50,25 @@ def qk_gaps(cells: list[dict]) -> dict[tuple, list[float]]:
 
 def gap_text(gaps: list[float]) -> str:
     """ "−2.4 ± 1.1 (QK ahead 0/3)": mean ± std over seeds, and on how many seeds QK-only was ahead."""
-    if not gaps:
-        return ""
+    if len(gaps) <= 1:
+        return "".join(f"{g:+.2f}" for g in gaps)
     mean, std = mean_std(gaps)
-    ahead = f" (QK ahead {sum(g > 0 for g in gaps)}/{len(gaps)})" if len(gaps) > 1 else ""
-    spread = f" ± {std:.2f}" if len(gaps) > 1 else ""
-    return f"{mean:+.2f}{spread}{ahead}"
+    return f"{mean:+.2f} ± {std:.2f} (QK ahead {sum(g > 0 for g in gaps)}/{len(gaps)})"
 
 
 def pm(mean: float, std: float, seeds: int, fmt: str = ".4f") -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}" if seeds > 1 else f"{mean:{fmt}}"
 
 
+def cell_metric(row: dict | None, metric: str) -> str:
+    """`metric` of an aggregated row as mean ± std over its seeds ("" for a missing row)."""
+    return pm(row[metric], row[f"{metric}_std"], len(row["seeds"])) if row else ""
+
+
 def summary_table(results: dict) -> str:
-    """A markdown table of a results.json: per cell (mean ± std over seeds; Fig. 5 with both methods side by side) for
-    Fig. 5 and the QK-gap study,
-    the stabilisation criterion per model and seed for Fig. 4, and per cell for the federated experiment,
-    per arm for the incremental one."""
+    """A markdown table of a results.json: per cell (mean ± std over seeds; Fig. 5 with both methods side by side)
+    for Fig. 5 and the QK-gap study, the stabilisation criterion per model and seed for Fig. 4, and per cell for
+    the federated experiment, per arm for the incremental one."""
     if results["experiment"] == "incremental":
         return incremental_table(results["summary"])
     if results["experiment"] == "federated":
@@ -88,12 +90,10 @@ def summary_table(results: dict) -> str:
         ]
         gaps = qk_gaps(results["cells"])
         for r in aggregate(results["cells"]):
-            k = len(r["seeds"])
             gap = gap_text(gaps.get(tuple(r[key] for key in CELL_KEY), []))
             rows.append(
-                f"| {r['model']} | {r['n']} | {r['N']} | {r['method']} | {r['variant']} | {k} | "
-                f"{pm(r['val_accuracy'], r['val_accuracy_std'], k)} | {pm(r['val_loss'], r['val_loss_std'], k)} | "
-                f"{gap} |"
+                f"| {r['model']} | {r['n']} | {r['N']} | {r['method']} | {r['variant']} | {len(r['seeds'])} | "
+                f"{cell_metric(r, 'val_accuracy')} | {cell_metric(r, 'val_loss')} | {gap} |"
             )
         return "\n".join(rows)
     rows = [
@@ -122,14 +122,12 @@ def fig5_table(cells: list[dict]) -> str:
     found = {(r["model"], r["n"], r["N"], r["method"]): r for r in aggregate(cells) if r["variant"] == "base"}
     gaps = qk_gaps(cells)
     for (model, n, N, method), r in found.items():
-        k = len(r["seeds"])
-        acc, cce = pm(r["val_accuracy"], r["val_accuracy_std"], k), pm(r["val_loss"], r["val_loss_std"], k)
+        k, acc, cce = len(r["seeds"]), cell_metric(r, "val_accuracy"), cell_metric(r, "val_loss")
         if method == "pretrain":
             rows.append(f"| {model} | {n:,} | pre-trained | {k} | {acc} | | | {cce} | |")
         elif method == "qk":
             t = found.get((model, n, N, "traditional"))
-            t_acc = pm(t["val_accuracy"], t["val_accuracy_std"], len(t["seeds"])) if t else ""
-            t_cce = pm(t["val_loss"], t["val_loss_std"], len(t["seeds"])) if t else ""
+            t_acc, t_cce = cell_metric(t, "val_accuracy"), cell_metric(t, "val_loss")
             gap = gap_text(gaps.get((model, n, N, "qk", "base"), []))
             rows.append(f"| {model} | {n:,} | {N:,} | {k} | {acc} | {t_acc} | {gap} | {cce} | {t_cce} |")
     return "\n".join(rows)
