@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +9,6 @@ from pathlib import Path
 import pytest
 
 from skqk.experiments import PRESETS
-
-
-@pytest.fixture(scope="module")
-def cifar10() -> str:
-    path = os.environ.get("SKQK_DATA")
-    if not path or not Path(path).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but CIFAR-10 is missing: SKQK_DATA={path!r}")
-        pytest.skip("set SKQK_DATA to the CIFAR-10 folder or tar.gz to run the smoke reproduction")
-    return path
 
 
 def reproduce(figure: str, out: Path, data: str, *extra: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 the table; a rerun reads every cell from the cache. Four Flower simulations, so a slow test."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,23 +11,13 @@ import pytest
 from skqk.experiments.federated import METHODS, PRESETS
 
 
-@pytest.fixture(scope="module")
-def cifar10(flower) -> str:
-    path = os.environ.get("SKQK_DATA")
-    if not path or not Path(path).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but CIFAR-10 is missing: SKQK_DATA={path!r}")
-        pytest.skip("set SKQK_DATA to the CIFAR-10 folder or tar.gz to run the smoke reproduction")
-    return path
-
-
 def reproduce(out: Path, data: str, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "skqk.cli", "-q", "reproduce", "federated", "--data-dir", data, "--out", str(out)]
     return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=1200)
 
 
 @pytest.mark.slow
-def test_federated_smoke_then_resume_from_cache(cifar10, tmp_path):
+def test_federated_smoke_then_resume_from_cache(flower, cifar10, tmp_path):
     done = reproduce(tmp_path, cifar10, "--preset", "smoke")
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
