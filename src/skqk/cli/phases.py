@@ -243,7 +243,7 @@ def cmd_evaluate(args) -> None:
 def print_final(result) -> None:
     if not is_main():
         return
-    last = result.history[-1]
+    last = result.saved  # the epoch model.pt holds (the best one with --patience)
     print(
         f"{result.run_dir}/model.pt: epoch {last['epoch']}, val accuracy {last['val_accuracy']:.4f}, "
         f"val loss {last['val_loss']:.4f}"
