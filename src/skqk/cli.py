@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="combine QK checkpoints that share one SK (average, or task arithmetic)")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="model.pt files of QK runs (or merges)")
-    p.add_argument("-o", "--out", required=True, help="the merged checkpoint file")
+    p.add_argument("-o", "--out", required=True, help="the merged checkpoint file (refused if it exists)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--method", choices=["average", "task-arithmetic"], default="average", help="(default average)")
     p.add_argument("--weights", help="comma-separated, one per checkpoint (default: the samples each trained on)")
     p.add_argument("--start", help="task arithmetic: the checkpoint every copy was re-trained from")
@@ -557,6 +558,7 @@ def cmd_merge(args) -> None:
         start=args.start,
         lambdas=lambdas[0] if lambdas is not None and len(lambdas) == 1 else lambdas,
         tune=tune,
+        replace=args.force,
     )
     weights = ", ".join(f"{w:.4g}" for w in record["merge"]["weights"])
     lam = record["merge"].get("lambda")
