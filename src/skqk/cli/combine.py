@@ -16,7 +16,13 @@ def add_merge(sub) -> None:
         metavar="CHECKPOINT",
         help="model.pt files of QK runs (or merges); or `skqk solve` run folders, whose statistics are summed",
     )
-    p.add_argument("-o", "--out", required=True, help="the merged checkpoint file (solve runs: a run folder)")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="the merged checkpoint file, refused if it exists (solve runs: a new run folder)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--method", choices=["average", "task-arithmetic"], default="average", help="(default average)")
     p.add_argument("--weights", help="comma-separated, one per checkpoint (default: the samples each trained on)")
     p.add_argument("--start", help="task arithmetic: the checkpoint every copy was re-trained from")
@@ -54,6 +60,7 @@ def cmd_merge(args) -> None:
         start=args.start,
         lambdas=lambdas[0] if lambdas is not None and len(lambdas) == 1 else lambdas,
         tune=tune,
+        replace=args.force,
     )
     weights = ", ".join(f"{w:.4g}" for w in record["merge"]["weights"])
     lam = record["merge"].get("lambda")
