@@ -82,6 +82,9 @@ def test_one_round_is_fedavg_of_the_clients_local_training(start, tmp_path):
         (["--samples", "30", "--clients", "4", "--partition", "dirichlet"], "10 samples each"),
         (["--clients", "0"], "clients must be positive"),
         (["--method", "traditional", "--strategy", "fedavg", "--alpha", "-1"], "alpha must be positive"),
+        (["--threads", "0"], "threads must be at least 1"),
+        (["--strategy", "fedadam", "--server-lr", "nan"], "server_lr must be positive and finite"),
+        (["--strategy", "fedprox", "--proximal-mu", "-1"], "proximal_mu must be non-negative"),
     ],
 )
 def test_bad_runs_are_refused_in_one_line_before_anything_starts(start, tmp_path, capsys, options, fragment):
