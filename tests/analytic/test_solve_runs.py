@@ -14,7 +14,18 @@ from pipeline_helpers import (
     tiny_models,  # noqa: F401  (fixture: the test models)
 )
 
-from skqk.analytic import BlockError, SolveConfig, StatisticsError, find_block, merge_runs, open_problem, solve, update
+from skqk.analytic import (
+    BlockError,
+    SolveConfig,
+    StatisticsError,
+    find_block,
+    merge_runs,
+    open_problem,
+    solve,
+    solve_ridge,
+    statistics,
+    update,
+)
 from skqk.analytic.run import check_held
 from skqk.pipeline.checkpoint import load_for_evaluation, load_model_checkpoint
 from skqk.pipeline.config import TrainConfig
@@ -139,7 +150,7 @@ def test_live_pooling_another_order_missing_samples_and_unknown_blocks_are_refus
         open_problem(pre, data, setup["root"] / "shuffled", SolveConfig(samples=40))
     problem = open_problem(pre, data, setup["root"] / "shuffled", SolveConfig(samples=40, subset_seed=1))
     with pytest.raises(ValueError, match="lacks 10 of the samples at positions 30:50"):
-        check_held(problem, (30, 50))
+        check_held(problem, torch.arange(30, 50))
     with pytest.raises(BlockError, match="unknown linear or conv layer 'classifier'"):
         find_block(problem.estimator, "classifier")
 
@@ -281,3 +292,32 @@ def test_the_commands_refuse_in_one_line_and_write_nothing(setup, capsys):
     )
     assert_one_line_error(code, err, "frozen max pooling")
     assert not (root / "cli_z").exists()
+
+
+def test_clients_of_a_dirichlet_split_aggregate_to_the_central_solve(setup, flower):
+    from skqk.analytic.stats import aggregate
+    from skqk.federated.analytic import decoupled_problem, shard_positions
+    from skqk.federated.config import FederatedConfig
+
+    ckpt = load_model_checkpoint(setup["pre"])
+    cfg = FederatedConfig(samples=120, clients=3, partition="dirichlet", alpha=0.01, method="analytic")
+
+    def problem():  # float64, so each sample's features do not depend on the batch it is computed in
+        p = decoupled_problem(
+            ckpt["model"], ckpt["model_kwargs"], ckpt["state_dict"], ckpt["state_dict"], setup["data"], cfg
+        )
+        p.decoupled.double()
+        return p
+
+    central_problem = problem()
+    block = find_block(central_problem.estimator)
+    parts = []
+    for client in range(cfg.clients):
+        p = problem()
+        parts.append(statistics(p, find_block(p.estimator), shard_positions(p, cfg, client), BATCH))
+    assert min(int((part.class_counts > 0).sum()) for part in parts) < 3  # a client lacks a class
+    expected = central_problem.source(block, "mse")
+    central = statistics(central_problem, block, torch.arange(120), BATCH)
+    assert_relative(solve_ridge(aggregate(parts, expected)).theta, solve_ridge(central).theta)
+    with pytest.raises(StatisticsError, match="client 1 sent statistics of another fixed QK"):
+        aggregate([parts[0], replace(parts[1], source=replace(parts[1].source, qk="other"))], expected)

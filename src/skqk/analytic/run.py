@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 
 from skqk.analytic.blocks import Block, find_block, fixed_qk_fingerprint
 from skqk.analytic.solve import CrossEntropySums, cross_entropy_sums, newton, solve_ridge
-from skqk.analytic.stats import Source, Statistics, StatisticsError, difference, overlap, ranges_text, union
+from skqk.analytic.stats import Source, Statistics, StatisticsError, difference, overlap, ranges_of, ranges_text
 from skqk.atomic import atomic_write_text
 from skqk.data import Dataset, subset_fingerprint, subset_indices
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import Estimator
+from skqk.patterns import Pattern
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import (
     decoupled_entry,
@@ -78,14 +79,18 @@ class SolveConfig:
     def span(self) -> tuple[int, int]:
         return self.sample_start, self.samples
 
+    @property
+    def positions(self) -> torch.Tensor:
+        return torch.arange(self.sample_start, self.samples)
+
 
 @dataclass
 class Problem:
-    """What a solve reads: the decoupled checkpoint's pair, the store of its patterns, the data and its order."""
+    """What a solve reads: the decoupled checkpoint's pair, where its patterns come from, the data and its order."""
 
     ckpt: dict
     decoupled: DecoupledModel
-    store: PatternStore
+    store: PatternStore | None  # None: the selector computes the patterns (a federated client keeps no store)
     dataset: Dataset
     order: torch.Tensor  # positions -> sample indices
     subset: str
@@ -93,6 +98,10 @@ class Problem:
     @property
     def estimator(self) -> Estimator:
         return self.decoupled.estimator
+
+    def patterns(self, idx: torch.Tensor, x: torch.Tensor) -> Pattern:
+        """The recorded patterns of samples `idx` (images `x`): read from the store, else the selector's."""
+        return self.store.read(idx).to(x.device) if self.store is not None else self.decoupled.selector(x)
 
     def source(self, block: Block, loss: str) -> Source:
         return Source(
@@ -127,43 +136,39 @@ def open_problem(
     return Problem(ckpt, DecoupledModel(selector, estimator), opened, dataset, order, subset)
 
 
-def check_held(problem: Problem, span: tuple[int, int]) -> None:
-    a, b = span
-    missing = (~torch.isin(problem.order[a:b], problem.store.indices)).sum().item()
+def check_held(problem: Problem, positions: torch.Tensor) -> None:
+    if problem.store is None:
+        return
+    missing = (~torch.isin(problem.order[positions], problem.store.indices)).sum().item()
     if missing:
+        where = ranges_text(ranges_of(positions))
         raise ValueError(
-            f"pattern store {problem.store.path} lacks {missing} of the samples at positions {a}:{b}: run "
-            f"`skqk record` with the same checkpoint and --samples {b} first"
+            f"pattern store {problem.store.path} lacks {missing} of the samples at positions {where}: run "
+            f"`skqk record` with the same checkpoint and --samples {int(positions.max()) + 1} first"
         )
 
 
-def rank_span(span: tuple[int, int]) -> tuple[int, int]:
-    """This rank's contiguous share of the positions (all of them in one process)."""
+def block_batches(problem: Problem, block: Block, positions: torch.Tensor, batch_size: int, progress: bool):
+    """(design, out, labels, positions) of every batch of this rank's share of `positions`."""
     ctx = distributed.current()
-    positions = ctx.share(torch.arange(*span))
-    return (int(positions[0]), int(positions[-1]) + 1) if len(positions) else (span[0], span[0])
-
-
-def block_batches(problem: Problem, block: Block, span: tuple[int, int], batch_size: int, progress: bool):
-    """(design, out, labels, positions) of every batch of this rank's share of `span`, patterns from the store."""
-    ctx = distributed.current()
-    a, b = rank_span(span)
     device = ctx.device
     problem.estimator.to(device)
-    starts = range(a, b, batch_size)
-    for start in tqdm(starts, desc=f"statistics of {block.name}", disable=not progress or not ctx.is_main):
-        stop = min(start + batch_size, b)
-        idx = problem.order[start:stop]
-        x = problem.dataset.normalize(problem.dataset.train.images[idx]).to(device)
-        design, out = block.design(problem.estimator, x, problem.store.read(idx).to(device))
-        yield design, out, problem.dataset.train.labels[idx], torch.arange(start, stop)
+    problem.decoupled.selector.to(device)
+    parts = ctx.share(positions).split(batch_size)
+    for part in tqdm(parts, desc=f"statistics of {block.name}", disable=not progress or not ctx.is_main):
+        idx = problem.order[part]
+        x = problem.dataset.normalize(problem.dataset.train.images[idx]).to(device, block.module.weight.dtype)
+        design, out = block.design(problem.estimator, x, problem.patterns(idx, x))
+        yield design, out, problem.dataset.train.labels[idx], part
 
 
 def statistics(
-    problem: Problem, block: Block, span: tuple[int, int], batch_size: int = 1024, progress: bool = False
+    problem: Problem, block: Block, positions: torch.Tensor, batch_size: int = 1024, progress: bool = False
 ) -> Statistics:
-    """The ridge statistics of `block` over the samples at positions `span` (summed over torchrun's ranks)."""
-    check_held(problem, span)
+    """The ridge statistics of `block` over the samples at `positions` of the order (an int64 tensor, e.g.
+    ``torch.arange(a, b)``), summed over torchrun's ranks."""
+    positions = torch.as_tensor(positions, dtype=torch.int64)
+    check_held(problem, positions)
     classes = problem.dataset.num_classes
     stats = Statistics.empty(
         problem.source(block, "mse"),
@@ -174,18 +179,18 @@ def statistics(
         distributed.current().device,
     )
     theta = block.theta().to(stats.gram.device)
-    for design, out, labels, positions in block_batches(problem, block, span, batch_size, progress):
+    for design, out, labels, part in block_batches(problem, block, positions, batch_size, progress):
         onehot = F.one_hot(labels, classes).to(design.device, torch.float64)
         if block.head:
             residual = onehot
         else:  # y − r, with r = out − J θ the output's part that does not move with θ
             residual = onehot - out.double() + (design.double() @ theta)[..., 0]
-        stats = stats.update(design, residual, labels, positions)
-    return sum_over_ranks(stats.to("cpu"), span)
+        stats = stats.update(design, residual, labels, part)
+    return sum_over_ranks(stats.to("cpu"), positions)
 
 
-def sum_over_ranks(stats: Statistics, span: tuple[int, int]) -> Statistics:
-    """One all-reduce: every rank then holds the statistics of the whole span."""
+def sum_over_ranks(stats: Statistics, positions: torch.Tensor) -> Statistics:
+    """One all-reduce: every rank then holds the statistics of all `positions`."""
     ctx = distributed.current()
     if not ctx.is_distributed:
         return stats
@@ -200,17 +205,19 @@ def sum_over_ranks(stats: Statistics, span: tuple[int, int]) -> Statistics:
         target_sq=total[g + m :],
         class_counts=counts[:-1],
         samples=int(counts[-1]),
-        ranges=union(stats.ranges, (span,)),
+        ranges=ranges_of(positions),
     )
 
 
 # -- cross-entropy ---------------------------------------------------------------------------------------------
-def cross_entropy_solve(problem: Problem, block: Block, span, start: torch.Tensor, lam: float, batch_size: int):
+def cross_entropy_solve(
+    problem: Problem, block: Block, positions: torch.Tensor, start: torch.Tensor, lam: float, batch_size: int
+):
     """Newton from the ridge solution on the head's inputs, held in memory for the iterations (this rank's
-    share); each iteration's sums are exact over the samples of `span`, summed over torchrun's ranks."""
+    share); each iteration's sums are exact over the samples at `positions`, summed over torchrun's ranks."""
     if not block.head:
         raise ValueError("the cross-entropy solve is for the head block; use --loss mse for other blocks")
-    cached = [(d, labels) for d, _, labels, _ in block_batches(problem, block, span, batch_size, False)]
+    cached = [(d, labels) for d, _, labels, _ in block_batches(problem, block, positions, batch_size, False)]
 
     def sums(theta: torch.Tensor) -> CrossEntropySums:
         total = None
@@ -252,7 +259,7 @@ def solve_blocks(problem: Problem, cfg: SolveConfig, progress: bool) -> tuple[Bl
     if cfg.loss == "ce" and len(blocks) > 1:
         raise ValueError("the cross-entropy solve takes one block (the head)")
     for block in blocks:
-        stats = statistics(problem, block, cfg.span, cfg.batch_size, progress)
+        stats = statistics(problem, block, cfg.positions, cfg.batch_size, progress)
         solution = solve_statistics(problem, block, stats, cfg)
     cfg.blocks_before = [b.name for b in blocks[:-1]]
     return block, stats, solution
@@ -264,7 +271,7 @@ def solve_statistics(problem: Problem, block: Block, stats: Statistics, cfg: Sol
     block.assign(ridge.theta)
     record = {"ridge": ridge.record()}
     if cfg.loss == "ce":
-        result = cross_entropy_solve(problem, block, cfg.span, ridge.theta, ridge.lam, cfg.batch_size)
+        result = cross_entropy_solve(problem, block, cfg.positions, ridge.theta, ridge.lam, cfg.batch_size)
         block.assign(result.theta)
         record["cross_entropy"] = result.record()
     return record
@@ -319,7 +326,7 @@ def update(
         raise StatisticsError(f"{from_run} {what} samples {clash[0]}:{clash[1]}; a sample is counted once")
     problem = open_problem(Path(from_run) / "model.pt", dataset, store, cfg)
     block = find_block(problem.estimator, held.source.block)
-    part = statistics(problem, block, cfg.span, cfg.batch_size, progress)
+    part = statistics(problem, block, cfg.positions, cfg.batch_size, progress)
     total = held + part if add is not None else held - part
     solution = solve_statistics(problem, block, total, cfg)
     origin = {"from": str(from_run), "add" if add else "forget": list(cfg.span)}

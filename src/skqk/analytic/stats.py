@@ -269,13 +269,23 @@ def ranges_of(positions: Tensor) -> Ranges:
 
 
 def total(parts: Sequence[Statistics]) -> Statistics:
-    """The sum of several clients' or chunks' statistics (what a federated server aggregates)."""
+    """The sum of several clients' or chunks' statistics."""
     if not parts:
         raise StatisticsError("no statistics to add up")
     result = parts[0]
     for part in parts[1:]:
         result = result + part
     return result
+
+
+def aggregate(parts: Sequence[Statistics], expected: Source) -> Statistics:
+    """What a federated server does with its clients' statistics: each must be of the `expected` source (the
+    server's own SK, block, fixed QK, data and order), no two may hold one sample, and they are summed."""
+    for i, part in enumerate(parts):
+        differs = expected.differences(part.source)
+        if differs:
+            raise StatisticsError(f"client {i} sent statistics of another {', '.join(differs)}")
+    return total(parts)
 
 
 def intersection(first: Ranges, second: Ranges) -> Ranges:

@@ -78,7 +78,14 @@ def add_federated(sub) -> None:
     p.add_argument("--partition", choices=["iid", "dirichlet"], help="(default iid)")
     p.add_argument("--alpha", type=float, help="Dirichlet concentration (default 0.1)")
     p.add_argument("--partition-seed", type=int, help="seed of the split (default 0)")
-    p.add_argument("--method", choices=["qk", "traditional"], help="qk: shared SK, QK trained (default)")
+    p.add_argument(
+        "--method",
+        choices=["qk", "traditional", "analytic"],
+        help="qk: shared SK, QK trained (default); analytic: clients send the head's ridge statistics once and the "
+        "server solves, exactly as on all samples (not in the paper)",
+    )
+    p.add_argument("--loss", choices=["mse", "ce"], help="analytic: mse (default) or ce, one Newton round per step")
+    p.add_argument("--ridge", type=float, metavar="LAMBDA", help="analytic: λ (default: chosen by GCV)")
     p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], help="Flower's strategy (default fedavg)")
     p.add_argument("--proximal-mu", type=float, help="FedProx's proximal weight (default 0.01)")
     p.add_argument("--server-lr", type=float, help="FedAdam's server learning rate (default 0.1)")
@@ -96,6 +103,11 @@ def cmd_federated(args) -> None:
     from skqk.pipeline.checkpoint import load_model_checkpoint
 
     cfg = config_from_args(FederatedConfig, args)
+    sgd_only = ("rounds", "epochs", "lr", "momentum", "weight_decay", "strategy", "proximal_mu", "server_lr")
+    given = [name for name in sgd_only if getattr(args, name) is not None]
+    if cfg.method == "analytic" and given:
+        flags = ", ".join("--" + ("local-epochs" if n == "epochs" else n.replace("_", "-")) for n in given)
+        raise ValueError(f"--method analytic trains no SGD and runs as many rounds as its solve needs; drop {flags}")
     if args.model is not None and load_model_checkpoint(args.checkpoint)["model"] != args.model:
         raise ValueError(f"{args.checkpoint} does not hold a {args.model}")
     history = run_federated(
@@ -107,6 +119,11 @@ def cmd_federated(args) -> None:
         f"{args.out}/model.pt: round {last['round']}, val accuracy {last['val_accuracy']:.4f}, val loss "
         f"{last['val_loss']:.4f}; {down:.1f} MiB down, {up:.1f} MiB up"
     )
+    if cfg.method == "analytic":
+        rows = [row for row in history if row.get("clients")]
+        nodes = [c["node"] for c in rows[0]["clients"]]
+        sent = [sum(c["bytes_up"] for row in rows for c in row["clients"] if c["node"] == n) for n in nodes]
+        print(f"upload per client: {', '.join(f'{b / 2**10:.1f} KiB' for b in sent)}")
 
 
 def require_flower() -> None:

@@ -23,6 +23,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from skqk.data import Dataset, load_dataset
+from skqk.federated.analytic import client_reply
 from skqk.federated.config import FederatedConfig
 from skqk.federated.task import (
     batchnorm_of,
@@ -55,6 +56,8 @@ def client_app(data_dir: str | None = None, cache_dir: str | None = None) -> Cli
         refusal = node_refusal(task, cfg, context.node_config, dataset.fingerprint)
         if refusal is not None:
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=refusal), reply_to=msg)
+        if cfg.method == "analytic":
+            return Message(content=client_reply(msg, context, task, cfg, dataset), reply_to=msg)
         partition_id = int(context.node_config["partition-id"])
         if "sk" in msg.content:  # the first round: the shared SK, kept for the rounds to come
             context.state["sk"] = msg.content["sk"]

@@ -26,7 +26,10 @@ class FederatedConfig(SGDConfig):
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = 0.1  # Dirichlet concentration (partition "dirichlet"): 0.1 strongly non-IID, 1.0 mildly
     partition_seed: int = 0  # which split of the N samples
-    method: Literal["qk", "traditional"] = "qk"  # qk: shared frozen SK, clients train the QK; traditional: FedAvg
+    method: Literal["qk", "traditional", "analytic"] = "qk"  # qk: shared frozen SK, clients train the QK;
+    # traditional: FedAvg; analytic: clients send the head's ridge statistics once, the server solves (skqk.analytic)
+    loss: Literal["mse", "ce"] = "mse"  # analytic: ridge (one round); ce: then one Newton round per step
+    ridge: float | None = None  # analytic: λ of the ridge solve; None: chosen by generalised cross-validation
     strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"  # Flower's strategy aggregating the parameters
     proximal_mu: float = 0.01  # FedProx's proximal term weight
     server_lr: float = 0.1  # FedAdam's server learning rate (Flower's default eta)
@@ -42,8 +45,12 @@ class FederatedConfig(SGDConfig):
             raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
         if not 0 < self.alpha < math.inf:  # comparisons with NaN are false, so NaN is refused too
             raise ValueError(f"alpha must be positive and finite, got {self.alpha}")
-        if self.method not in ("qk", "traditional"):
-            raise ValueError(f"method must be 'qk' or 'traditional', got {self.method!r}")
+        if self.method not in ("qk", "traditional", "analytic"):
+            raise ValueError(f"method must be 'qk', 'traditional' or 'analytic', got {self.method!r}")
+        if self.loss not in ("mse", "ce") or (self.loss == "ce" and self.method != "analytic"):
+            raise ValueError(f"loss {self.loss!r}: 'mse' or 'ce', and 'ce' only with method analytic")
+        if self.ridge is not None and not 0 <= self.ridge < math.inf:
+            raise ValueError(f"ridge (λ) must be non-negative and finite, got {self.ridge}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if not 0 <= self.proximal_mu < math.inf:

@@ -267,7 +267,16 @@ def run_from_run_config(grid: Grid, context: Context) -> None:
     dataset = load_dataset(given.get("data_dir") or None, given.get("cache_dir") or None, progress=False)
     start = prepare_start(given["checkpoint"], cfg, dataset)
     source = {"checkpoint_sha256": file_sha256(given["checkpoint"]), "store": None}
-    run_dir = prepare_run_dir(given["out"], False, cfg, source, start["pooling"] if cfg.method == "qk" else None)
+    run_dir = prepare_run_dir(
+        given["out"], False, cfg, source, start["pooling"] if cfg.method != "traditional" else None
+    )
+    if cfg.method == "analytic":
+        from skqk.federated.analytic import run_analytic_server
+
+        run_analytic_server(
+            grid, cfg, start, run_dir, lambda module: evaluate(module, dataset, cfg.eval_samples), dataset
+        )
+        return
     run_server(grid, cfg, start, run_dir, lambda module: evaluate(module, dataset, cfg.eval_samples))
 
 

@@ -66,6 +66,7 @@ def run_federated(
     bind_ray_to_loopback()
     from flwr.simulation import run_simulation
 
+    from skqk.federated.analytic import run_analytic_server
     from skqk.federated.client_app import client_app
     from skqk.federated.server_app import run_server, server_app
 
@@ -76,14 +77,18 @@ def run_federated(
     dataset = load_dataset(data_dir, cache_dir, progress=progress)
     start = prepare_start(checkpoint, cfg, dataset)  # every refusal comes before the run folder exists
     source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
-    run_dir = prepare_run_dir(out, False, cfg, source, start["pooling"] if cfg.method == "qk" else None)
+    run_dir = prepare_run_dir(out, False, cfg, source, start["pooling"] if cfg.method != "traditional" else None)
     outcome: dict = {}
 
     def main(grid, context) -> None:
+        def score(module):
+            return evaluate(module, dataset, cfg.eval_samples)
+
         try:
-            outcome["history"] = run_server(
-                grid, cfg, start, Path(run_dir), lambda module: evaluate(module, dataset, cfg.eval_samples)
-            )
+            if cfg.method == "analytic":
+                outcome["history"] = run_analytic_server(grid, cfg, start, Path(run_dir), score, dataset)
+            else:
+                outcome["history"] = run_server(grid, cfg, start, Path(run_dir), score)
         except BaseException as e:  # the engine only logs a ServerApp's error; re-raised below
             outcome["error"] = e
             raise

@@ -162,7 +162,8 @@ def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset) -> dict:
         raise CheckpointError(
             f"{checkpoint} is a QK (decoupled) checkpoint; traditional federated training needs a network one"
         )
-    pooling = resolve_pooling(ckpt, path=str(checkpoint))
+    frozen = "frozen" if cfg.method == "analytic" else None  # the analytic solve needs the frozen switches
+    pooling = resolve_pooling(ckpt, frozen, path=str(checkpoint))
     load_selector(ckpt, pooling, str(checkpoint))  # refuses weights of another architecture, or a corrupt SK
     sk = ckpt["selector_state"] if ckpt["kind"] == "decoupled" else ckpt["state_dict"]
     shard_sizes = [len(client_shard(dataset, cfg, client)) for client in range(cfg.clients)]
