@@ -48,7 +48,11 @@ class ReadmeState:
     def check(self, args) -> None:
         """Refuse references to what does not exist yet; then record what the command makes."""
         command = args.command
-        for path in [getattr(args, "checkpoint", None), getattr(args, "start", None), *getattr(args, "checkpoints", [])]:
+        for path in [
+            getattr(args, "checkpoint", None),
+            getattr(args, "start", None),
+            *getattr(args, "checkpoints", []),
+        ]:
             if path is not None:
                 self.check_checkpoint(path, command)
         store = getattr(args, "store", None)
@@ -109,3 +113,47 @@ def test_the_readme_check_finds_what_a_fresh_user_would_trip_over(block, message
             except SystemExit:
                 pytest.fail(f"{' '.join(words)!r} does not parse")
             state.check(args)
+
+
+SMOKE = ["--epochs", "1", "--eval-samples", "500"]  # the smoke configuration of every training command
+NOT_RUN = {"reproduce", "bench", "federated"}  # long; their smoke runs are tests/experiments/ and tests/federated/
+
+
+def smoke_version(words: list[str], data: str) -> list[str]:
+    """A README command as written, on the data in $SKQK_DATA, with one epoch for the commands that train."""
+    words = [data if w == "DIR" else w for w in words]
+    if words[1] in ("train", "retrain"):
+        if "--epochs" in words:
+            at = words.index("--epochs")
+            words = words[:at] + words[at + 2 :]
+        words += SMOKE
+    return words
+
+
+@pytest.mark.slow
+def test_readme_command_blocks_run_as_written_in_a_smoke_configuration(tmp_path):
+    """Every `skqk` command of the README's workflow blocks (four phases, chunks, merge), in order, in one folder,
+    on CIFAR-10 from $SKQK_DATA, with one epoch per training command."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline_helpers import cli_env
+
+    data = os.environ.get("SKQK_DATA")
+    if not data or not Path(data).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but CIFAR-10 is missing: SKQK_DATA={data!r}")
+        pytest.skip("set SKQK_DATA to CIFAR-10 to run the README's commands")
+    ran = 0
+    for words in shell_commands(README.read_text()):
+        if words[0] != "skqk" or words[1] in NOT_RUN:
+            continue
+        command = smoke_version(words, data)
+        proc = subprocess.run(
+            [sys.executable, "-m", "skqk.cli", "-q", *command[1:]], cwd=tmp_path, env=cli_env(),
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{' '.join(words)} exited {proc.returncode}: {proc.stderr[-2000:]}"
+        ran += 1
+    assert ran >= 14
