@@ -114,7 +114,7 @@ def retrain(
         on_epoch=monitor if removal is None else RemovalMetrics(monitor, removal),
         epoch_context=removal and removal.epoch,
     )
-    return RunResult(decoupled, history, run_dir)
+    return RunResult(decoupled, history, run_dir, cfg.patience)
 
 
 def training_indices(labels: Tensor, cfg: RetrainConfig) -> Tensor:
@@ -217,6 +217,6 @@ def patterns_from_store(
     if missing:
         raise ValueError(
             f"pattern store {store} lacks {missing} of the {len(indices)} samples: run `skqk record` "
-            f"with the same checkpoint and --samples {len(indices)} first"
+            f"with the same checkpoint and --samples {cfg.samples} first"  # a range A:B and its replay lie in 0:B
         )
     return opened.read
