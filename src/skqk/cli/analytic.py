@@ -119,6 +119,7 @@ def merge_solve_runs(args) -> None:
             "merging solve runs sums their statistics: --method, --weights, --start, --lambda do not apply"
         )
     folders = [str(Path(p) if Path(p).is_dir() else Path(p).parent) for p in args.checkpoints]
+    args.checkpoints = [str(Path(f) / "model.pt") for f in folders]  # what load_data checks first
     dataset = load_data(args) if args.data_dir is not None else None
     print_solved(merge_runs(folders, args.out, dataset))
 
