@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -77,6 +78,7 @@ CONTINUE_HINTS = {  # how each interrupted command continues where it stopped
     "retrain": " (continue the run with --resume)",
     "record": " (rerun the same command to record the samples still missing)",
     "reproduce": " (rerun the same command to continue)",
+    "federated": " (a federated run does not resume: rerun the same command to start it over in the same --out)",
     "solve": " (rerun the same command: a run folder without model.pt is unfinished and is written again)",
 }
 
@@ -84,7 +86,8 @@ CONTINUE_HINTS = {  # how each interrupted command continues where it stopped
 def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = None) -> int:
     """Run the command; errors a user can cause become one line on stderr and exit status 1, Ctrl-C exit 130."""
     try:
-        with counting_interrupts() as interrupts:
+        with counting_interrupts() as interrupts, warnings.catch_warnings():
+            warnings.showwarning = show_warning
             if setup is not None:
                 setup()
             COMMANDS[args.command](args)
@@ -99,6 +102,11 @@ def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = N
         print(f"skqk: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, like an error (not Python's ``file:line: UserWarning`` and the source line)."""
+    print(f"skqk: warning: {one_line(message)}", file=sys.stderr)
 
 
 @contextmanager

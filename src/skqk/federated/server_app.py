@@ -255,9 +255,9 @@ def run_from_run_config(grid: Grid, context: Context) -> None:
     ``checkpoint``, ``out``, optionally ``data-dir`` / ``cache-dir``, and any `FederatedConfig` field with dashes
     (``clients``, ``rounds``, ``local-epochs``, ``samples``, ``partition``, ``alpha``, ``method``, ...)."""
     from skqk.data import load_dataset
-    from skqk.federated.task import prepare_start
+    from skqk.federated.task import prepare_federated_dir, prepare_start
     from skqk.pipeline.loop import evaluate
-    from skqk.pipeline.rundir import file_sha256, prepare_run_dir
+    from skqk.pipeline.rundir import file_sha256
 
     given = {str(k).replace("-", "_"): v for k, v in context.run_config.items()}
     if not given.get("checkpoint") or not given.get("out"):
@@ -267,8 +267,8 @@ def run_from_run_config(grid: Grid, context: Context) -> None:
     dataset = load_dataset(given.get("data_dir") or None, given.get("cache_dir") or None, progress=False)
     start = prepare_start(given["checkpoint"], cfg, dataset)
     source = {"checkpoint_sha256": file_sha256(given["checkpoint"]), "store": None}
-    run_dir = prepare_run_dir(
-        given["out"], False, cfg, source, start["pooling"] if cfg.method != "traditional" else None
+    run_dir = prepare_federated_dir(
+        given["out"], cfg, source, start["pooling"] if cfg.method != "traditional" else None
     )
     if cfg.method == "analytic":
         from skqk.federated.analytic import run_analytic_server
