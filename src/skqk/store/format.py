@@ -392,12 +392,8 @@ def _parse_sites(docs: list, version: int) -> tuple[SiteSpec, ...]:
         if (kind == "switch") != (window is not None) and version >= 2:
             raise ValueError(f"site {name!r}: a window belongs to every switch site and to nothing else")
         if window is not None:
-            window = PoolWindow(
-                *(
-                    _pair_of(window, k, low)
-                    for k, low in (("kernel_size", 1), ("stride", 1), ("padding", 0), ("dilation", 1))
-                )
-            )
+            window = PoolWindow(*(_pair_of(window, k, low) for k, low in (("kernel_size", 1), ("stride", 1),
+                                                                          ("padding", 0), ("dilation", 1))))
             if window.size > 1 << SWITCH_BITS or len(shape) < 2:
                 raise ValueError(f"site {name!r}: window {window.kernel_size} on shape {shape}")
         width = window.switch_bits if window is not None else BITS_PER_UNIT[kind]
