@@ -20,3 +20,8 @@ def broken(**kwargs) -> nn.Module:
 
 def not_a_module(**kwargs):
     return "a string"
+
+
+def gelu_mlp(in_features: int = 4, num_classes: int = 1) -> nn.Module:
+    """Not piecewise linear: `decouple` refuses its GELU."""
+    return nn.Sequential(nn.Linear(in_features, 8), nn.GELU(), nn.Linear(8, num_classes))

@@ -263,7 +263,7 @@ def held_out_samples(paths: Sequence[str | os.PathLike], dataset, count: int) ->
             f"do not fit (use --tune-samples <= {total - max(used)} or pass --lambda)"
         )
     indices = subset_indices(dataset.train.labels, total, seed, balanced)[-count:]
-    return dataset.normalize(dataset.train.images[indices]), dataset.train.labels[indices]
+    return dataset.inputs(dataset.train, indices), dataset.train.labels[indices]
 
 
 def merge_checkpoints(

@@ -1,11 +1,12 @@
-"""Model zoo: the paper's three CIFAR-10 networks, by name, adapting to channels, image size and classes — or
-the user's own network, by import path (``my_pkg.nets:build_net``).
+"""Model zoo: the paper's three CIFAR-10 networks, by name, adapting to channels, image size and classes, and
+`mlp` for tables — or the user's own network, by import path (``my_pkg.nets:build_net``).
 
 Example:
     >>> from skqk import models
     >>> net = models.build("vgg8", in_channels=3, image_size=32, num_classes=10)
     >>> models.list_models()
-    ['alexnet', 'lenet5', 'vgg8']
+    ['alexnet', 'lenet5', 'mlp', 'vgg8']
+    >>> net = models.build("mlp", in_features=12, num_classes=1, widths=[64, 32], dropout=0.1)
     >>> net = models.build("my_pkg.nets:build_net", num_classes=10, width=64)
 """
 
@@ -18,13 +19,16 @@ from torch import nn
 from skqk._errors import one_line
 from skqk.patterns import unknown_name_message
 
-DATA_ARGUMENTS = ("in_channels", "image_size", "num_classes")  # what the data decides, not the user
+# what the data decides, not the user: images give in_channels, image_size and num_classes, tables in_features and
+# num_classes (1 for regression)
+DATA_ARGUMENTS = ("in_channels", "image_size", "in_features", "num_classes")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str):
-    """Decorator adding a builder `fn(in_channels, image_size, num_classes) -> nn.Module` to the zoo."""
+    """Decorator adding a builder `fn(in_channels, image_size, num_classes, **options) -> nn.Module` to the zoo (a
+    builder for tables takes `in_features` instead of, or beside, `in_channels` and `image_size`)."""
 
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = builder
@@ -37,30 +41,46 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10, **options) -> nn.Module:
-    """Build model `name` for images of `in_channels` x `image_size` x `image_size` and `num_classes`.
+def build(name: str, **arguments) -> nn.Module:
+    """Build model `name` for the data `arguments` name (of `DATA_ARGUMENTS`; none: the builder's defaults, CIFAR-10
+    images for the paper's networks) with the other `arguments` as its options.
 
-    `name` is a zoo name or an import path ``package.module:callable``: the callable gets `options` and those of
-    `in_channels`, `image_size`, `num_classes` its signature takes, and must return an `nn.Module`. Failures
-    are one-line `ValueError`s.
+    `name` is a zoo name or an import path ``package.module:callable``: the callable gets the options and those
+    data arguments its signature takes, and must return an `nn.Module`. A zoo network gets every data argument and
+    refuses data it is not built for (an image network a table). Failures are one-line `ValueError`s.
     """
-    data = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+    data = {k: arguments.pop(k) for k in DATA_ARGUMENTS if k in arguments}
     builder = resolve(name)
-    if ":" not in name:
-        if options:
-            raise ValueError(f"zoo model {name!r} takes no model keyword arguments, got {sorted(options)}")
-        return builder(**data)
     parameters = inspect.signature(builder).parameters
+    if ":" not in name:
+        check_options(name, arguments)
+        unfit = sorted(set(data) - set(parameters))
+        if unfit:
+            raise ValueError(
+                f"zoo model {name!r} is not built for data with {', '.join(unfit)}: for a table, use mlp or your "
+                "own model (--model package.module:callable)"
+            )
+        return builder(**data, **arguments)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     data = {k: v for k, v in data.items() if takes_any or k in parameters}
     try:
-        network = builder(**data, **options)
+        network = builder(**data, **arguments)
     except Exception as e:  # the user's code: any error becomes one line naming it
-        called = f"calling it with {data | options}"
+        called = f"calling it with {data | arguments}"
         raise ValueError(f"model {name!r}: {called} failed: {type(e).__name__}: {one_line(e)}") from None
     if not isinstance(network, nn.Module):
         raise ValueError(f"model {name!r} returned a {type(network).__name__}, not a torch.nn.Module")
     return network
+
+
+def check_options(name: str, options: dict) -> None:
+    """A zoo model's options must be parameters of its builder (`mlp`'s widths, ...); the paper's nets take none."""
+    taken = [p for p in inspect.signature(resolve(name)).parameters if p not in DATA_ARGUMENTS]
+    unknown = sorted(set(options) - set(taken))
+    if unknown and not taken:
+        raise ValueError(f"zoo model {name!r} takes no model keyword arguments, got {', '.join(unknown)}")
+    if unknown:
+        raise ValueError(f"zoo model {name!r} has no option {', '.join(unknown)} (its options: {', '.join(taken)})")
 
 
 def resolve(name: str) -> Callable[..., nn.Module]:
@@ -84,6 +104,6 @@ def resolve(name: str) -> Callable[..., nn.Module]:
     return target
 
 
-from skqk.models import paper_nets  # noqa: E402,F401  (registers the paper's networks)
+from skqk.models import paper_nets, tabular  # noqa: E402,F401  (register the paper's networks and mlp)
 
-__all__ = ["DATA_ARGUMENTS", "build", "list_models", "register_model", "resolve"]
+__all__ = ["DATA_ARGUMENTS", "build", "check_options", "list_models", "register_model", "resolve"]

@@ -109,7 +109,7 @@ def open_store(
         opened.remove_strays()  # chunks of an earlier recording killed before its commit
         return opened
     device = next(selector.parameters(), torch.empty(0)).device
-    example = selector(dataset.normalize(dataset.train.images[indices[:1]]).to(device))
+    example = selector(dataset.inputs(dataset.train, indices[:1]).to(device))
     return PatternStore.create(store, selector, example, data=dataset.fingerprint, subset=subset)
 
 
@@ -129,6 +129,7 @@ def record_from_checkpoint(
     """`record` for the first `samples` samples of the run's nested subset (what `skqk record` runs); the store
     gets only those it lacks, so recording n + m after n appends the m new samples' patterns."""
     selector = selector_from_checkpoint(checkpoint, pooling, fits=model_kwargs(dataset))
-    indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced, class_chunks)
-    subset = subset_fingerprint(dataset.train.labels, subset_seed, balanced, class_chunks)
+    ordered = dataset.train.ordered
+    indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced, class_chunks, ordered)
+    subset = subset_fingerprint(dataset.train.labels, subset_seed, balanced, class_chunks, ordered)
     return record(selector, dataset, indices, store, batch_size, progress, subset, wait)

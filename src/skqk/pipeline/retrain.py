@@ -59,7 +59,7 @@ def retrain(
     # everything that can refuse the inputs runs before the run folder is created
     kwargs = model_kwargs(dataset)
     ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
-    indices = training_indices(dataset.train.labels, cfg)
+    indices = training_indices(dataset.train.labels, cfg, dataset.train.ordered)
     source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None, "data": dataset.fingerprint}
     if cfg.method == "traditional":
         if ckpt["kind"] != "network":
@@ -117,11 +117,11 @@ def retrain(
     return RunResult(decoupled, history, run_dir, cfg.patience)
 
 
-def training_indices(labels: Tensor, cfg: RetrainConfig) -> Tensor:
+def training_indices(labels: Tensor, cfg: RetrainConfig, ordered: bool = False) -> Tensor:
     """The samples a re-training visits: the range ``cfg.sample_start`` .. ``cfg.samples - 1`` of the run's
-    permutation (all n + m samples by default, only the new ones for data arriving in chunks), then the
-    class-balanced replay buffer of ``cfg.replay`` samples from before the range."""
-    order = subset_indices(labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    permutation (of the time order when `ordered`; all n + m samples by default, only the new ones for data
+    arriving in chunks), then the class-balanced replay buffer of ``cfg.replay`` samples from before the range."""
+    order = subset_indices(labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks, ordered)
     new = order[cfg.sample_start :]
     if not cfg.replay:
         return new
@@ -211,7 +211,9 @@ def patterns_from_store(
     data and subset order."""
     if store is None:
         raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
-    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    subset = subset_fingerprint(
+        dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks, dataset.train.ordered
+    )
     opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
     missing = (~torch.isin(indices, opened.indices)).sum().item()
     if missing:

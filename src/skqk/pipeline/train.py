@@ -35,7 +35,8 @@ def train(
         >>> result = train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
         >>> result.history[-1]["val_accuracy"]
     """
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    order = (cfg.subset_seed, cfg.balanced, cfg.class_chunks, dataset.train.ordered)
+    indices = subset_indices(dataset.train.labels, cfg.samples, *order)
     kwargs = model_kwargs(dataset) | cfg.model_kwargs  # the checkpoint records both: it rebuilds without flags
     torch.manual_seed(cfg.seed)
     network = models.build(cfg.model, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
