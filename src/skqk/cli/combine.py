@@ -15,9 +15,22 @@ from skqk.federated.config import FederatedConfig
 
 
 def add_merge(sub) -> None:
-    p = add_command(sub, "merge", help="combine QK checkpoints that share one SK (average, or task arithmetic)")
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="model.pt files of QK runs (or merges)")
-    p.add_argument("-o", "--out", required=True, help="the merged checkpoint file")
+    p = add_command(
+        sub, "merge", help="combine QK checkpoints that share one SK (average, task arithmetic; solve runs: exactly)"
+    )
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="model.pt files of QK runs (or merges); or `skqk solve` run folders, whose statistics are summed",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="the merged checkpoint file, refused if it exists (solve runs: a new run folder)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--method", choices=["average", "task-arithmetic"], default="average", help="(default average)")
     p.add_argument("--weights", help="comma-separated, one per checkpoint (default: the samples each trained on)")
     p.add_argument("--start", help="task arithmetic: the checkpoint every copy was re-trained from")
@@ -33,7 +46,14 @@ def add_merge(sub) -> None:
 
 
 def cmd_merge(args) -> None:
+    from skqk.cli.analytic import is_solve_run, merge_solve_runs
     from skqk.combine import held_out_samples, merge_checkpoints
+
+    solve_runs = [is_solve_run(p) for p in args.checkpoints]
+    if all(solve_runs):
+        return merge_solve_runs(args)
+    if any(solve_runs):
+        raise ValueError("solve runs (with stats.pt) merge by their statistics, QK checkpoints by averaging: not both")
 
     lambdas = number_list(args.lambdas, "--lambda")
     tune = None
@@ -49,6 +69,7 @@ def cmd_merge(args) -> None:
         start=args.start,
         lambdas=lambdas[0] if lambdas is not None and len(lambdas) == 1 else lambdas,
         tune=tune,
+        replace=args.force,
     )
     weights = ", ".join(f"{w:.4g}" for w in record["merge"]["weights"])
     lam = record["merge"].get("lambda")
@@ -92,9 +113,15 @@ def cmd_federated(args) -> None:
     )
     last = history[-1]
     down, up = (sum(row.get(key, 0) for row in history) / 2**20 for key in ("bytes_down", "bytes_up"))
+    unchanged = sum(not row["kept"] for row in history[1:])
+    kept = (
+        f"; {unchanged} of {last['round']} rounds had too few valid replies (metrics.jsonl says why)"
+        if unchanged
+        else ""
+    )
     print(
         f"{args.out}/model.pt: round {last['round']}, val accuracy {last['val_accuracy']:.4f}, val loss "
-        f"{last['val_loss']:.4f}; {down:.1f} MiB down, {up:.1f} MiB up"
+        f"{last['val_loss']:.4f}; {down:.1f} MiB down, {up:.1f} MiB up{kept if unchanged else ''}"
     )
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from skqk.cli.options import (
     add_command,
@@ -227,10 +228,12 @@ def cmd_evaluate(args) -> None:
     module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset))
     metrics = evaluate(module, dataset, progress=not args.quiet)
     result = {"checkpoint": args.checkpoint, "kind": ckpt["kind"], "model": ckpt["model"]}
-    result |= {name.removeprefix("val_").replace("_", " "): value for name, value in metrics.items()}
-    result |= {"samples": len(dataset.test), "data": dataset.source}
+    finite = math.isfinite(metrics["val_loss"])  # false: the outputs are NaN or infinite
+    # JSON has no NaN or infinity: such a metric is null
+    result |= {name.removeprefix("val_"): value if math.isfinite(value) else None for name, value in metrics.items()}
+    result |= {"finite": finite, "samples": len(dataset.test), "data": dataset.source}
     print(
-        json.dumps(result)
+        json.dumps(result, allow_nan=False)
         if args.json
         else f"{ckpt['model']} ({ckpt['kind']}): {metrics_text(metrics)} on {result['samples']} test samples of "
         f"{dataset.source}"

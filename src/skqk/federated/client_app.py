@@ -7,7 +7,9 @@ estimator for E epochs and replies with the QK parameters, the BatchNorm statist
 
 Which shard is the node's comes from its node config (``partition-id``, ``num-partitions``; the simulation
 engine sets them, a SuperNode gets them from ``--node-config``), and so does where its data lies
-(``data-dir``, ``cache-dir``; default ``$SKQK_DATA`` and the cache). Everything else arrives in the message.
+(``data-dir``, ``cache-dir``; default ``$SKQK_DATA`` and the cache). Everything else arrives in the message,
+which also names the run's data fingerprint: a node whose data is other data replies with an error instead of
+training (`node_refusal`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,21 @@ import functools
 import json
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from skqk.data import Dataset, load_dataset
 from skqk.federated.config import FederatedConfig
-from skqk.federated.task import batchnorm_of, client_model, client_shard, local_train, round_seed, split_state
+from skqk.federated.task import (
+    batchnorm_of,
+    client_model,
+    client_shard,
+    local_train,
+    node_refusal,
+    round_seed,
+    split_state,
+)
 
 
 @functools.lru_cache(maxsize=2)
@@ -38,16 +49,17 @@ def client_app(data_dir: str | None = None, cache_dir: str | None = None) -> Cli
     def train(msg: Message, context: Context) -> Message:
         task = json.loads(str(msg.content["config"]["skqk"]))
         cfg = FederatedConfig.from_dict(task["config"])
+        dataset = node_dataset(
+            context.node_config.get("data-dir", data_dir), context.node_config.get("cache-dir", cache_dir)
+        )
+        refusal = node_refusal(task, cfg, context.node_config, dataset.fingerprint)
+        if refusal is not None:
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=refusal), reply_to=msg)
         partition_id = int(context.node_config["partition-id"])
-        if int(context.node_config["num-partitions"]) != cfg.clients:
-            raise ValueError(f"this node is one of {context.node_config['num-partitions']}, the run has {cfg.clients}")
         if "sk" in msg.content:  # the first round: the shared SK, kept for the rounds to come
             context.state["sk"] = msg.content["sk"]
         sk = context.state["sk"].to_torch_state_dict() if "sk" in context.state else None
         qk = {**msg.content["arrays"].to_torch_state_dict(), **msg.content["statistics"].to_torch_state_dict()}
-        dataset = node_dataset(
-            context.node_config.get("data-dir", data_dir), context.node_config.get("cache-dir", cache_dir)
-        )
         shard = client_shard(dataset, cfg, partition_id)
         model = client_model(task["model"], task["model_kwargs"], cfg.method, task["pooling"], qk, sk)
         server_round = int(msg.content["config"]["server-round"])

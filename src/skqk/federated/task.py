@@ -9,7 +9,9 @@ traditional client holds the whole network and trains it with its ReLUs live (th
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ from skqk.pipeline.checkpoint import (
     resolve_pooling,
 )
 from skqk.pipeline.loop import make_optimizer, sgd_step
+from skqk.pipeline.rundir import RunDirError, prepare_run_dir
 
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -86,6 +89,21 @@ def client_shard(dataset: Dataset, cfg: FederatedConfig, partition_id: int) -> T
     return shards[partition_id]
 
 
+def node_refusal(task: dict, cfg: FederatedConfig, node_config: Mapping, fingerprint: str) -> str | None:
+    """Why a node must not train the round `task` describes, or None. Its shard is drawn from its own data by the
+    run's seeds, so it must be one of the run's K nodes and hold the run's data (the same content fingerprint):
+    with other data, or other data in another order, it would train on other samples than the run's and reply
+    as if nothing were wrong."""
+    if int(node_config["num-partitions"]) != cfg.clients:
+        return f"this node is one of {node_config['num-partitions']} partitions, the run has {cfg.clients}"
+    if task.get("data") != fingerprint:
+        return (
+            f"this node's data (fingerprint {fingerprint[:12]}...) is not the run's ({str(task.get('data'))[:12]}...); "
+            "point its node config's data-dir at the run's dataset"
+        )
+    return None
+
+
 def round_seed(seed: int, partition_id: int, server_round: int) -> int:
     """Seed of a client's dropout in one round: the same in simulation and deployment, different per client."""
     digest = hashlib.blake2b(f"{seed}:{partition_id}:{server_round}".encode(), digest_size=8).digest()
@@ -133,9 +151,21 @@ def proximal_term(params: list[Tensor], received: list[Tensor], mu: float) -> Te
     return mu / 2 * sum((p - r).square().sum() for p, r in zip(params, received))
 
 
+def prepare_federated_dir(out, cfg: FederatedConfig, source: dict, pooling: str | None) -> Path:
+    """The run folder of a federated run, which does not resume: a folder holding a finished run (model.pt) is
+    refused; one holding an interrupted run (config.json and metrics.jsonl, no model.pt) is started over, its rows
+    removed, so the command that was interrupted can simply be run again."""
+    if (Path(out) / "model.pt").exists():
+        raise RunDirError(f"{out} already holds a finished federated run (model.pt); choose another --out")
+    run_dir = prepare_run_dir(out, False, cfg, source, pooling)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return run_dir
+
+
 def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset) -> dict:
     """The pre-trained start of a run, checked before anything starts: its SK and QK state dicts, pooling and
-    BatchNorm layers; also checks that every client's shard can be drawn.
+    BatchNorm layers, every client's shard size (drawing each shard checks it can be drawn) and the data's
+    fingerprint, which every node compares with its own data's before it trains.
 
     A network checkpoint (Phase 1) is the usual start: its weights are both the SK and the first QK. A QK
     checkpoint continues with its own selector (method "qk" only).
@@ -148,8 +178,7 @@ def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset) -> dict:
     pooling = resolve_pooling(ckpt, path=str(checkpoint))
     load_selector(ckpt, pooling, str(checkpoint))  # refuses weights of another architecture, or a corrupt SK
     sk = ckpt["selector_state"] if ckpt["kind"] == "decoupled" else ckpt["state_dict"]
-    for client in range(cfg.clients):
-        client_shard(dataset, cfg, client)
+    shard_sizes = [len(client_shard(dataset, cfg, client)) for client in range(cfg.clients)]
     return {
         "model": ckpt["model"],
         "model_kwargs": ckpt["model_kwargs"],
@@ -157,4 +186,6 @@ def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset) -> dict:
         "sk": sk,
         "qk": ckpt["state_dict"],
         "batchnorm": batchnorm_of(ckpt["model"], ckpt["model_kwargs"]),
+        "shard_sizes": shard_sizes,
+        "data": dataset.fingerprint,
     }
