@@ -83,7 +83,7 @@ def test_incremental_and_federated_results_folders_are_claimed_too(monkeypatch, 
     [
         ("federated", ["--seeds", "0,1"]),
         ("qkgap", ["--max-samples", "1024"]),
-        ("incremental", ["--epochs", "3"]),
+        ("incremental", ["--samples", "1024"]),
         ("fig4", ["--mode", "successive"]),
         ("fig5", ["--every-steps", "4"]),
     ],

@@ -24,8 +24,8 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--models",
-        help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5, lenet5 for qkgap, "
-        "lenet5,vgg8 for federated and incremental)",
+        help="comma-separated (default: the preset's; paper and cpu: alexnet for fig4, lenet5,alexnet,vgg8 for "
+        "fig5, lenet5 for qkgap, lenet5,vgg8 for federated and incremental; smoke: lenet5 only)",
     )
     p.add_argument(
         "--mode",
@@ -103,9 +103,12 @@ def cmd_reproduce(args) -> None:
     else:  # the changes are part of the preset written into results.json and printed with its scaling
         preset = customised(preset, protocol_changes(args))
     seeds = parse_int_list(args.seeds or "0")
-    default = {"fig4": "alexnet", "incremental": "lenet5,vgg8", "qkgap": "lenet5"}.get(
-        args.figure, "lenet5,alexnet,vgg8"
-    )
+    default = ",".join(preset.default_models) or {  # else every model of the study
+        "fig4": preset.fig4_model,
+        "fig5": ",".join(preset.fig5),
+        "qkgap": ",".join(g.model for g in preset.qk_gap[:1]),
+        "incremental": ",".join(preset.incremental),
+    }[args.figure]
     if args.model_kwargs is not None and args.model is None:
         raise ValueError("--model-kwargs are the options of --model; give the model too")
     if args.model is not None and args.models is not None:

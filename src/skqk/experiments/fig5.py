@@ -18,6 +18,7 @@ from skqk.experiments.common import check_before_training, claim_results_folder,
 from skqk.experiments.plots import plot_fig5, plot_qk_gap
 from skqk.experiments.presets import BASE, Fig5Protocol, Preset, Variant
 from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
+from skqk.pipeline.loop import progress_label
 from skqk.pipeline.record import record, selector_from_checkpoint
 from skqk.pipeline.retrain import retrain
 from skqk.pipeline.train import train
@@ -213,7 +214,9 @@ def cached_cell(cell_dir: Path, run, key: dict, cfg) -> dict:
         if "config" not in cell or not cfg.matches(cell["config"]):
             raise ValueError(f"{cell_dir} holds a result of another configuration; use another --out")
         return cell
-    outcome = run(cell_dir)
+    named = [f"{k}={v}" for k, v in key.items() if k != "model" and v not in ("base", "live")]  # not the defaults
+    with progress_label(" ".join([str(key["model"]), *named])):
+        outcome = run(cell_dir)
     result, extra = outcome if isinstance(outcome, tuple) else (outcome, {})
     last = result.history[-1]
     cell = {

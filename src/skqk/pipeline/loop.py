@@ -8,6 +8,7 @@ so a QK run and a traditional run from one checkpoint are a controlled compariso
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import time
@@ -32,6 +33,21 @@ StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> 
 EpochHook = Callable[[int, nn.Module], dict]
 StepHook = Callable[[int, nn.Module], dict | None]  # (SGD steps so far, trained module) -> metrics at that step
 EpochContext = Callable[[torch.optim.Optimizer], contextlib.AbstractContextManager]  # wraps an epoch's steps
+
+
+# what the progress bar of a run calls it (default: its folder's name); an experiment names its cells, e.g.
+# "lenet5 seed=0 n=1024 N=4096 qk", so a reproduction's bars say where it is
+PROGRESS_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("progress_label", default=None)
+
+
+@contextlib.contextmanager
+def progress_label(label: str):
+    """Runs inside this block name their progress bars `label`."""
+    token = PROGRESS_LABEL.set(label)
+    try:
+        yield
+    finally:
+        PROGRESS_LABEL.reset(token)
 
 
 class TrainingDiverged(RuntimeError):
@@ -201,7 +217,7 @@ def fit(
     regression = dataset.task == "regression"
     epochs = tqdm(
         range(len(history), cfg.epochs),
-        desc=run_dir.name,
+        desc=PROGRESS_LABEL.get() or run_dir.name,
         disable=not progress or not ctx.is_main,
         unit="epoch",
         initial=len(history),

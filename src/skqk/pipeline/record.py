@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import load_model_checkpoint, load_selector, model_kwargs, resolve_pooling
+from skqk.pipeline.loop import PROGRESS_LABEL
 from skqk.selector import PathSelector
 from skqk.store import PatternStore
 
@@ -74,7 +75,7 @@ def record(
         todo = indices[~torch.isin(indices, opened.indices)]
         rounds = todo.split(commit_every * batch_size * ctx.world_size) if len(todo) else ()
         bar = tqdm(
-            desc="record patterns",
+            desc=" ".join(filter(None, ["record patterns", PROGRESS_LABEL.get()])),
             total=sum(-(-len(ctx.share(part)) // batch_size) for part in rounds),
             disable=not progress or not ctx.is_main,
             unit="batch",
