@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import load_model_checkpoint, load_selector, model_kwargs, resolve_pooling
 from skqk.selector import PathSelector
 from skqk.store import PatternStore
+from skqk.store.sizing import size_notice
 
 
 def selector_from_checkpoint(
@@ -72,6 +74,8 @@ def record(
         ctx.on_main(lambda: prepared.update(store=open_store(selector, dataset, indices, store, subset)))
         opened = prepared["store"] if ctx.is_main else PatternStore.open(store, selector, verify=False)
         todo = indices[~torch.isin(indices, opened.indices)]
+        if progress and ctx.is_main:  # before the work: the user can still stop and choose patterns on the fly
+            print(size_notice(opened.bytes_per_sample, len(opened) + len(todo), store), file=sys.stderr)
         rounds = todo.split(commit_every * batch_size * ctx.world_size) if len(todo) else ()
         bar = tqdm(
             desc="record patterns",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from skqk.pipeline.refresh import SKMonitor
 from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 from skqk.pipeline.train import fit_network
 from skqk.store import PatternStore
+from skqk.store.sizing import bytes_per_sample, size_notice
 
 
 def retrain(
@@ -91,6 +93,8 @@ def retrain(
         return lambda x, idx: model(x, selector(x))
 
     make_step(selector, store)  # refuses a store that lacks samples before the run folder is created
+    if progress and distributed.current().is_main:
+        print(patterns_notice(selector, dataset, indices, store if cfg.patterns == "store" else None), file=sys.stderr)
     read = patterns_from_store(selector, store, indices, dataset, cfg) if cfg.patterns == "store" else None
     removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
@@ -195,6 +199,18 @@ def dead_unit_removal(cfg, estimator, selector, read, dataset: Dataset, indices:
             patterns = (selector(x.to(device)) for x, _, _ in batches(dataset.train, dataset, indices, 1024))
         active = {site: a.cpu() for site, a in active_units(patterns).items()}
     return DeadUnitRemoval(estimator, active, removal_report(estimator, active))
+
+
+def patterns_notice(selector, dataset: Dataset, indices: Tensor, store) -> str:
+    """What a QK run says before it starts: the size of the store it reads (`store`), or of the one it could read
+    instead of computing patterns on the fly (`store` None), and the measured trade-off."""
+    if store is not None:
+        per_sample = PatternStore.open(store, verify=False).bytes_per_sample
+    else:
+        device = next(selector.parameters(), torch.empty(0)).device
+        example = selector(dataset.normalize(dataset.train.images[indices[:1]]).to(device))
+        per_sample = bytes_per_sample(selector, example)
+    return size_notice(per_sample, len(indices), store, reading=True)
 
 
 def in_layout(pattern: Pattern, layout: torch.memory_format) -> Pattern:
