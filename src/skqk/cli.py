@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -102,6 +101,21 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_trust_option(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    p.add_argument(
+        "--model",
+        metavar="PKG.MOD:CALLABLE",
+        help=help
+        or "your own model the checkpoint names by import path: skqk imports and runs that code only when you pass "
+        "the same path here (a checkpoint holds names, not code); zoo models need no flag",
+    )
+
+
+def trust_of(args) -> tuple[str, ...]:
+    """The import paths the user trusts in this invocation: what --model names (skqk.models.resolve)."""
+    return (args.model,) if getattr(args, "model", None) else ()
+
+
 def json_object(text: str, option: str) -> dict:
     """The JSON object an option such as --model-kwargs holds; anything else is a one-line error."""
     try:
@@ -150,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("record", help="Phases 2-3: the selector's activation patterns of n+m samples into a store")
     p.add_argument("--checkpoint", required=True, help="model.pt of a run")
+    add_trust_option(p)
     p.add_argument("--samples", type=int, required=True, help="n+m: record the first this many samples")
     p.add_argument("--store", required=True, help="pattern store folder (created, or appended to)")
     p.add_argument(
@@ -169,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retrain", help="Phase 4 (--method qk) or the traditional baseline on n+m samples")
     p.add_argument("--checkpoint", required=True, help="model.pt of the pre-trained run")
+    add_trust_option(p)
     p.add_argument("--samples", type=int, help="n+m (default 4096)")
     p.add_argument(
         "--sample-range",
@@ -220,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "refresh", help="SK refresh: the selector becomes a QK run's current network; its patterns into a new store"
     )
     p.add_argument("--checkpoint", required=True, help="model.pt of a QK run (or of any run)")
+    add_trust_option(p)
     p.add_argument("--samples", type=int, required=True, help="record the patterns of the first this many samples")
     p.add_argument("--store", required=True, help="new pattern store folder for the refreshed SK")
     p.add_argument("--out", required=True, help="run folder: model.pt (a QK checkpoint) and refresh.json")
@@ -231,12 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy and CCE loss of a checkpoint on the test split")
     p.add_argument("--checkpoint", required=True)
+    add_trust_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_options(p)
 
     p = sub.add_parser("merge", help="combine QK checkpoints that share one SK (average, or task arithmetic)")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="model.pt files of QK runs (or merges)")
     p.add_argument("-o", "--out", required=True, help="the merged checkpoint file")
+    add_trust_option(p)
     p.add_argument("--method", choices=["average", "task-arithmetic"], default="average", help="(default average)")
     p.add_argument("--weights", help="comma-separated, one per checkpoint (default: the samples each trained on)")
     p.add_argument("--start", help="task arithmetic: the checkpoint every copy was re-trained from")
@@ -252,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("federated", help="federated re-training on Flower's simulation engine (needs '.[federated]')")
     p.add_argument("--checkpoint", required=True, help="model.pt of the pre-trained start")
-    p.add_argument("--model", help="refuse a checkpoint of another zoo model")
+    add_trust_option(
+        p,
+        "refuse a checkpoint of another model; your own model by import path is built (by the server and the "
+        "simulated nodes) only when named here",
+    )
     p.add_argument("--clients", type=int, help="K (default 4)")
     p.add_argument("--rounds", type=int, help="R (default 20)")
     p.add_argument("--samples", type=int, help="N, split among the clients (default 8192)")
@@ -363,6 +386,7 @@ def cmd_retrain(args) -> None:
         pooling=args.pooling,
         resume=args.resume,
         progress=not args.quiet,
+        trust=trust_of(args),
     )
     print_final(result)
 
@@ -393,6 +417,7 @@ def cmd_record(args) -> None:
         progress=not args.quiet,
         wait=not args.no_wait,
         class_chunks=class_chunks_of(args),
+        trust=trust_of(args),
     )
     if is_main():
         print(f"{args.store}: {len(store)} samples, {store.bytes_per_sample} bytes per sample")
@@ -414,6 +439,7 @@ def cmd_refresh(args) -> None:
         args.pooling,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        trust=trust_of(args),
     )
     before = summary["sk_staleness_before"]
     stale = f"sk_staleness before {before:.4f}, " if before is not None else ""
@@ -428,7 +454,7 @@ def cmd_evaluate(args) -> None:
     from skqk.pipeline.loop import evaluate
 
     dataset = load_data(args)
-    module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset))
+    module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset), trust=trust_of(args))
     metrics = evaluate(module, dataset)
     result = {
         "checkpoint": args.checkpoint,
@@ -557,6 +583,7 @@ def cmd_merge(args) -> None:
         start=args.start,
         lambdas=lambdas[0] if lambdas is not None and len(lambdas) == 1 else lambdas,
         tune=tune,
+        trust=trust_of(args),
     )
     weights = ", ".join(f"{w:.4g}" for w in record["merge"]["weights"])
     lam = record["merge"].get("lambda")
@@ -573,7 +600,14 @@ def cmd_federated(args) -> None:
     if args.model is not None and load_model_checkpoint(args.checkpoint)["model"] != args.model:
         raise ValueError(f"{args.checkpoint} does not hold a {args.model}")
     history = run_federated(
-        cfg, args.checkpoint, args.out, args.data_dir, args.cache_dir, args.threads, progress=not args.quiet
+        cfg,
+        args.checkpoint,
+        args.out,
+        args.data_dir,
+        args.cache_dir,
+        args.threads,
+        progress=not args.quiet,
+        trust=trust_of(args),
     )
     last = history[-1]
     down, up = (sum(row.get(key, 0) for row in history) / 2**20 for key in ("bytes_down", "bytes_up"))
@@ -641,8 +675,6 @@ DISTRIBUTED_COMMANDS = ("train", "record", "retrain")  # run unchanged under tor
 
 
 def main(argv: list[str] | None = None) -> int:
-    if os.getcwd() not in sys.path:  # --model package.module:callable (or a checkpoint naming one) imports from
-        sys.path.append(os.getcwd())  # the current directory too, as `python -m skqk` would
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:

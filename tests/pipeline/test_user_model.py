@@ -1,5 +1,6 @@
 """`--model package.module:callable` with `--model-kwargs`: trained, then recorded, re-trained and evaluated from
-the checkpoint alone (no --model flag), with one-line errors when the import or the call fails."""
+the checkpoint with the same --model (its code runs only when the user names it; the kwargs come from the
+checkpoint), with one-line errors when the import or the call fails."""
 
 import pytest
 from pipeline_helpers import assert_one_line_error, data_args, main_in_process, make_dataset, snapshot
@@ -16,7 +17,7 @@ def setup(tmp_path_factory):
     return root, data_args(data_dir, cache_dir)
 
 
-def test_an_imported_model_runs_every_phase_without_the_flag_after_training(setup, capsys):
+def test_an_imported_model_runs_every_phase_when_the_user_names_it_again(setup, capsys):
     root, data = setup
     code, _, err = main_in_process(capsys, "train", "--model", "user_nets:build_net", "--model-kwargs",
                                    '{"width": 6}', "--samples", "60", *SGD, "--out", root / "pre", *data)  # fmt: skip
@@ -32,7 +33,11 @@ def test_an_imported_model_runs_every_phase_without_the_flag_after_training(setu
         ["patterns", "info", root / "st"],
     ]  # fmt: skip
     for step in steps:
-        code, out, err = main_in_process(capsys, *step, *(data if step[0] != "patterns" else []))
+        if step[0] != "patterns":
+            code, _, err = main_in_process(capsys, *step, *data)  # without --model: refused, nothing imported
+            assert_one_line_error(code, err, "pass --model user_nets:build_net")
+        trust = ["--model", "user_nets:build_net"] if step[0] != "patterns" else []
+        code, out, err = main_in_process(capsys, *step, *trust, *(data if step[0] != "patterns" else []))
         assert code == 0, (step[0], err)
     assert "three-piece gate" in out  # the ReLU6 site, stored at 2 bits per unit
     qk = load_checkpoint(root / "qk/model.pt")

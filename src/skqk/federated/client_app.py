@@ -7,13 +7,16 @@ estimator for E epochs and replies with the QK parameters, the BatchNorm statist
 
 Which shard is the node's comes from its node config (``partition-id``, ``num-partitions``; the simulation
 engine sets them, a SuperNode gets them from ``--node-config``), and so does where its data lies
-(``data-dir``, ``cache-dir``; default ``$SKQK_DATA`` and the cache). Everything else arrives in the message.
+(``data-dir``, ``cache-dir``; default ``$SKQK_DATA`` and the cache) and which user models it may build
+(``trust-model``: comma-separated import paths). Everything else arrives in the message, and a message is data:
+a node builds a zoo model or an import path its own operator trusts, never one only the server names.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Collection
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -21,7 +24,16 @@ from flwr.clientapp import ClientApp
 
 from skqk.data import Dataset, load_dataset
 from skqk.federated.config import FederatedConfig
-from skqk.federated.task import batchnorm_of, client_model, client_shard, local_train, round_seed, split_state
+from skqk.federated.task import (
+    batchnorm_of,
+    client_model,
+    client_shard,
+    local_train,
+    round_seed,
+    split_state,
+    trusted_models,
+)
+from skqk.models import UntrustedModelError
 
 
 @functools.lru_cache(maxsize=2)
@@ -30,8 +42,10 @@ def node_dataset(data_dir: str | None, cache_dir: str | None) -> Dataset:
     return load_dataset(data_dir, cache_dir, progress=False)
 
 
-def client_app(data_dir: str | None = None, cache_dir: str | None = None) -> ClientApp:
-    """A ClientApp whose nodes read their data from `data_dir` unless their node config names another."""
+def client_app(data_dir: str | None = None, cache_dir: str | None = None, trust: Collection[str] = ()) -> ClientApp:
+    """A ClientApp whose nodes read their data from `data_dir` unless their node config names another, and build
+    the user models `trust` and their node config's ``trust-model`` name (the operator's consent, not the
+    server's)."""
     app = ClientApp()
 
     @app.train()
@@ -45,17 +59,24 @@ def client_app(data_dir: str | None = None, cache_dir: str | None = None) -> Cli
             context.state["sk"] = msg.content["sk"]
         sk = context.state["sk"].to_torch_state_dict() if "sk" in context.state else None
         qk = {**msg.content["arrays"].to_torch_state_dict(), **msg.content["statistics"].to_torch_state_dict()}
+        trusted = (*trust, *trusted_models(context.node_config.get("trust-model")))
+        try:
+            model = client_model(task["model"], task["model_kwargs"], cfg.method, task["pooling"], qk, sk, trusted)
+        except UntrustedModelError:
+            raise UntrustedModelError(
+                f"the server asks this node to build {task['model']!r}, an import path (code) its operator did not "
+                f"allow: start the SuperNode with --node-config \"trust-model='{task['model']}'\" if you trust it"
+            ) from None
         dataset = node_dataset(
             context.node_config.get("data-dir", data_dir), context.node_config.get("cache-dir", cache_dir)
         )
         shard = client_shard(dataset, cfg, partition_id)
-        model = client_model(task["model"], task["model_kwargs"], cfg.method, task["pooling"], qk, sk)
         server_round = int(msg.content["config"]["server-round"])
         torch.manual_seed(round_seed(cfg.seed, partition_id, server_round))
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
         metrics = local_train(model, dataset, shard, cfg, (server_round - 1) * cfg.epochs, cfg.epochs, mu)
         params, statistics = split_state(
-            model.trainable.state_dict(), batchnorm_of(task["model"], task["model_kwargs"])
+            model.trainable.state_dict(), batchnorm_of(task["model"], task["model_kwargs"], trusted)
         )
         reply = RecordDict(
             {
