@@ -3,6 +3,7 @@ BatchNorm statistics pooled exactly, one-line refusals that write nothing, and m
 re-train and merge again."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -17,12 +18,12 @@ from pipeline_helpers import (
 from torch import nn
 
 from skqk import decouple
-from skqk.combine import MergeError, merge, merge_checkpoints, task_arithmetic, tune_lambda
+from skqk.combine import MergeError, held_out_indices, merge, merge_checkpoints, task_arithmetic, tune_lambda
 from skqk.decoupled import DecoupledModel
-from skqk.pipeline.checkpoint import load_for_evaluation, load_model_checkpoint
+from skqk.pipeline.checkpoint import load_for_evaluation, load_model_checkpoint, save_checkpoint
 from skqk.pipeline.config import RetrainConfig, TrainConfig
 from skqk.pipeline.loop import evaluate
-from skqk.pipeline.retrain import retrain
+from skqk.pipeline.retrain import retrain, training_indices
 from skqk.pipeline.train import train
 
 
@@ -130,8 +131,10 @@ def runs(tmp_path_factory):
     for name, model, seed in (("pre", "tiny", 0), ("pre_other", "tiny", 1), ("pre_dropout", "tiny_dropout", 0)):
         train(TrainConfig(model=model, samples=60, seed=seed, **sgd), data, root / name, progress=False)
 
-    def qk(out, pre="pre", samples=90, subset_seed=0, pooling="live", method="qk"):
-        cfg = RetrainConfig(samples=samples, subset_seed=subset_seed, method=method, patterns="on-the-fly", **sgd)
+    def qk(out, pre="pre", samples=90, subset_seed=0, pooling="live", method="qk", **order):
+        cfg = RetrainConfig(
+            samples=samples, subset_seed=subset_seed, method=method, patterns="on-the-fly", **order, **sgd
+        )
         retrain(cfg, root / pre / "model.pt", data, root / out, pooling=pooling, progress=False)
         return root / out / "model.pt"
 
@@ -143,6 +146,10 @@ def runs(tmp_path_factory):
         "frozen": qk("frozen", pooling="frozen"),
         "traditional": qk("traditional", method="traditional"),
         "dropout": qk("dropout", pre="pre_dropout"),
+        "range": qk("range", samples=90, subset_seed=1, sample_start=60, replay=6),  # 36 samples
+        # two chunks of the class-incremental order: one class each
+        "chunk0": qk("chunk0", samples=30, class_incremental=1, chunk_samples=30),
+        "chunk1": qk("chunk1", samples=60, sample_start=30, replay=3, class_incremental=1, chunk_samples=30),
         "pre": root / "pre" / "model.pt",
     }
     return {"root": root, "data": data, "paths": paths, "data_args": data_args(data_dir, cache_dir)}
@@ -284,3 +291,117 @@ def test_cli_task_arithmetic_tunes_lambda_on_unseen_samples(runs, tmp_path, caps
     assert [s["lambda"] for s in info["tuning"]] == [0.0, 0.5, 1.0]
     assert info["lambda"] == max(info["tuning"], key=lambda s: (s["accuracy"], -s["loss"]))["lambda"]
     assert f"{info['lambda']:g}" in out
+
+
+# --- what a merge may not do silently ---------------------------------------------------------------------------
+
+
+def test_default_weights_are_the_samples_each_copy_trained_on(runs, tmp_path):
+    """A --sample-range 60:90 run with 6 replayed samples trained on 36 samples, not 90."""
+    p = runs["paths"]
+    record = merge_checkpoints([p["a"], p["range"]], tmp_path / "m.pt")
+
+    assert record["merge"]["weights"] == [90 / 126, 36 / 126]
+    assert record["samples"] == 126
+
+
+@pytest.mark.parametrize("spelling", ["same path", "symlink", "hardlink", "copy"])
+def test_one_checkpoint_given_twice_is_refused(runs, tmp_path, spelling):
+    a = runs["paths"]["a"]
+    twin = {
+        "same path": lambda t: a,
+        "symlink": lambda t: t.symlink_to(a) or t,
+        "hardlink": lambda t: t.hardlink_to(a) or t,
+    }
+    twin["copy"] = lambda t: t.write_bytes(a.read_bytes()) and t
+    other = twin[spelling](tmp_path / "twin.pt")
+
+    with pytest.raises(MergeError, match="same checkpoint"):
+        merge_checkpoints([a, other], tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def qk_with(checkpoint, tmp_path, name, key, value) -> os.PathLike:
+    """A copy of the QK checkpoint with one value of its QK replaced."""
+    ckpt = load_model_checkpoint(checkpoint)
+    ckpt["state_dict"][key].view(-1)[0] = value
+    save_checkpoint(tmp_path / name, ckpt)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_copy_with_non_finite_weights_is_refused(runs, tmp_path, value):
+    bad = qk_with(runs["paths"]["b"], tmp_path, "bad.pt", "0.weight", value)
+
+    with pytest.raises(MergeError, match="non-finite values in 0.weight"):
+        merge_checkpoints([runs["paths"]["a"], bad], tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_negative_batchnorm_variance_is_refused():
+    pair = decouple(tiny_bn_net())
+    a = copy_with(pair, [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0], [1.0, 1.0])
+    b = copy_with(pair, [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0], [1.0, -0.5])
+
+    with pytest.raises(MergeError, match="negative BatchNorm variance"):
+        merge([a, b])
+    with pytest.raises(MergeError, match="negative BatchNorm variance"):
+        task_arithmetic(a, [a, b], 0.5)
+
+
+@pytest.mark.parametrize("lam", [float("nan"), float("inf"), [0.5, float("nan")]])
+def test_a_non_finite_lambda_is_refused(lam):
+    pair = decouple(tiny_bn_net())
+    a = copy_with(pair, [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0], [1.0, 1.0])
+
+    with pytest.raises(MergeError, match="finite"):
+        task_arithmetic(a, [a, a], lam)
+    with pytest.raises(MergeError, match="not finite"):  # finite, but the result overflows
+        task_arithmetic(a, [copy_with(pair, [[3e38, 0.0], [0.0, 1.0]], [0.0, 0.0], [1.0, 1.0])] * 2, 1e30)
+
+
+@pytest.mark.parametrize("copies", [("a", "c"), ("chunk0", "chunk1")])
+def test_lambda_is_tuned_on_samples_no_copy_trained_on(runs, copies):
+    """Also in the class-incremental order, whose permutation is not the random one."""
+    p, labels = runs["paths"], runs["data"].train.labels
+    seen = set()
+    for name in copies:
+        cfg = RetrainConfig(**load_model_checkpoint(p[name])["config"])
+        seen |= set(training_indices(labels, cfg).tolist())
+
+    held_out = held_out_indices([p[c] for c in copies], labels, 20)
+
+    assert len(set(held_out.tolist())) == 20 and not seen & set(held_out.tolist())
+
+
+def test_an_existing_output_is_not_replaced_without_force(runs, tmp_path, capsys):
+    p = runs["paths"]
+    (tmp_path / "run").mkdir()
+    other_run = tmp_path / "run" / "model.pt"
+    other_run.write_bytes(b"another run's model")
+
+    code, _, err = main_in_process(capsys, "merge", p["a"], p["b"], "-o", other_run)
+    assert_one_line_error(code, err, "already exists", "--force")
+    assert other_run.read_bytes() == b"another run's model"
+
+    code, _, err = main_in_process(capsys, "merge", p["a"], p["b"], "-o", other_run, "--force")
+    assert code == 0, err
+    assert load_model_checkpoint(other_run)["samples"] == 120
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (["--method", "task-arithmetic", "--start", "{pre}", "--lambda", "nan"], "lambda must be finite"),
+        (["--weights", "nan,1"], "finite"),
+        (["--weights", "inf,1"], "finite"),
+    ],
+)
+def test_cli_non_finite_numbers_are_one_line_refusals(runs, tmp_path, capsys, options, fragment):
+    p = runs["paths"]
+    options = [o.format(pre=p["pre"]) for o in options]
+
+    code, _, err = main_in_process(capsys, "merge", p["a"], p["b"], "-o", tmp_path / "m.pt", *options)
+
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "m.pt").exists()

@@ -3,7 +3,8 @@
 The paper's objects are the top-level modules: `patterns` (the `Pattern` type), `gates`, `sites`, `selector` (the
 SK), `estimator` (the QK) and `decoupled` (Phase 2: `decouple`). Around them: `pipeline` (configuration,
 checkpoints, Phases 1, 3 and 4), `store` (the pattern store), `bench`, `models`, `data` and `experiments`;
-`refresh` (SK staleness and refresh) and `incremental` (data arriving in chunks).
+`refresh` (SK staleness and refresh), `incremental` (data arriving in chunks) and `analytic` (exact re-training of
+one block from statistics that add up over samples; not in the paper).
 """
 
 import importlib
@@ -22,6 +23,7 @@ _PUBLIC = {
     "Pattern": "skqk.patterns",
     "PatternStore": "skqk.store",
     "StoreError": "skqk.store",
+    "analytic": "skqk.analytic",
     "decouple": "skqk.decoupled",
     "data": "skqk.data",
     "incremental": "skqk.incremental",

@@ -17,6 +17,7 @@ Two ways to combine:
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -84,6 +85,8 @@ def task_arithmetic(
     lam = [float(lambdas)] * len(copies) if isinstance(lambdas, (int, float)) else [float(x) for x in lambdas]
     if len(lam) != len(copies):
         raise MergeError(f"{len(lam)} lambdas for {len(copies)} copies")
+    if not all(math.isfinite(x) for x in lam):
+        raise MergeError(f"lambda must be finite, got {lam}")
     base = start.estimator.net.state_dict()
     states = [c.estimator.net.state_dict() for c in copies]
     batchnorm = batchnorm_layers(start.estimator.net)
@@ -150,6 +153,19 @@ def check_compatible(copies: Sequence[DecoupledModel], names: Sequence[str] | No
                 f"{name} has another SK than {names[0]} (selector fingerprint {other.selector.fingerprint[:12]} "
                 f"vs {first.selector.fingerprint[:12]}): only copies re-trained from one selector can be merged"
             )
+    for name, c in zip(names, copies):
+        check_valid_qk(c.estimator.net, name)
+
+
+def check_valid_qk(network: nn.Module, name: str) -> None:
+    """Refuse a QK that would make the combination NaN: a non-finite value, or a negative BatchNorm variance
+    (its normalisation takes the square root)."""
+    for key, value in network.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise MergeError(f"{name} holds non-finite values in {key}: it cannot be combined")
+    for layer in batchnorm_layers(network):
+        if (network.get_buffer(f"{layer}.running_var") < 0).any():
+            raise MergeError(f"{name} holds a negative BatchNorm variance ({layer}.running_var): it cannot be combined")
 
 
 def normalized_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -158,8 +174,8 @@ def normalized_weights(weights: Sequence[float] | None, count: int) -> list[floa
     w = [float(x) for x in weights]
     if len(w) != count:
         raise MergeError(f"{len(w)} weights for {count} copies")
-    if any(not x >= 0 for x in w) or sum(w) <= 0:
-        raise MergeError(f"weights must be non-negative with a positive sum, got {w}")
+    if any(not 0 <= x < math.inf for x in w) or sum(w) <= 0:
+        raise MergeError(f"weights must be non-negative and finite with a positive sum, got {w}")
     return [x / sum(w) for x in w]
 
 
@@ -200,6 +216,9 @@ def average_states(states: Sequence[dict[str, Tensor]], weights: Sequence[float]
 
 def with_estimator_state(source: DecoupledModel, state: dict[str, Tensor]) -> DecoupledModel:
     """A new pair: `source`'s selector (frozen, shared) and a copy of its estimator holding `state`."""
+    bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:  # finite copies combined with a huge λ or weight overflow
+        raise MergeError(f"the combined QK is not finite (in {bad[0]}): choose a smaller --lambda")
     estimator = copy.deepcopy(source.estimator)
     estimator.net.load_state_dict(state)
     return DecoupledModel(source.selector, estimator)
@@ -211,8 +230,15 @@ def with_estimator_state(source: DecoupledModel, state: dict[str, Tensor]) -> De
 def load_copies(
     paths: Sequence[str | os.PathLike], trust: Collection[str] = ()
 ) -> tuple[list[dict], list[DecoupledModel]]:
-    """The QK checkpoints to merge, refused in one line when one cannot be merged with the first."""
+    """The QK checkpoints to merge, refused in one line when one cannot be merged with the first or is given
+    twice (as another path, a link or a copy: it would count twice)."""
     ckpts = [load_model_checkpoint(p) for p in paths]
+    seen: dict[object, str] = {}
+    for path in paths:
+        for key in (Path(path).resolve(), file_sha256(path)):
+            if key in seen:
+                raise MergeError(f"{path} and {seen[key]} are the same checkpoint: give each copy once")
+            seen[key] = str(path)
     for path, ckpt in zip(paths, ckpts):
         if ckpt["kind"] != "decoupled":
             raise MergeError(
@@ -230,8 +256,14 @@ def load_copies(
 
 
 def trained_samples(ckpt: dict, path: str | os.PathLike) -> int:
-    """How many samples a QK checkpoint was trained on (a merged one: the sum over its copies)."""
-    samples = ckpt.get("samples", (ckpt.get("config") or {}).get("samples"))
+    """How many samples a QK checkpoint was trained on: a run's range ``sample_start .. samples - 1`` plus its
+    replay buffer (`skqk.pipeline.retrain.training_indices`); what a merged one or a federated client records."""
+    if "samples" in ckpt:
+        samples = ckpt["samples"]
+    else:
+        config = ckpt.get("config") or {}
+        counts = [config.get(k, 0) for k in ("samples", "sample_start", "replay")]
+        samples = counts[0] - counts[1] + counts[2] if all(isinstance(c, int) for c in counts) else None
     if not isinstance(samples, int) or samples <= 0:
         raise MergeError(f"{path} records no number of training samples; pass --weights")
     return samples
@@ -244,28 +276,38 @@ def load_start(path: str | os.PathLike, pooling: str, trust: Collection[str] = (
     return DecoupledModel(load_selector(ckpt, pooling, path, trust), load_estimator(ckpt, pooling, path, trust))
 
 
-def held_out_samples(paths: Sequence[str | os.PathLike], dataset, count: int) -> tuple[Tensor, Tensor]:
-    """`count` training samples none of the copies was trained on, to tune λ on: the last `count` samples of the
-    seeded permutation whose first `samples` each copy's configuration says it trained on.
+ORDER_FIELDS = ("subset_seed", "balanced", "class_incremental", "chunk_samples")  # a run's sample permutation
 
-    Refused when the copies do not record one permutation (subset seed and balancing) or when the samples they
-    used leave fewer than `count` unseen.
+
+def held_out_indices(paths: Sequence[str | os.PathLike], labels: Tensor, count: int) -> Tensor:
+    """`count` training samples none of the copies was trained on, to tune λ on: the last `count` samples of the
+    permutation (random, class-balanced or class-incremental) whose first `samples` each copy's configuration
+    says it drew its range and replay buffer from.
+
+    Refused when the copies do not record one permutation or when the samples they used leave fewer than `count`
+    unseen.
     """
     from skqk.data import subset_indices
 
     configs = [load_model_checkpoint(p).get("config") or {} for p in paths]
-    orders = {(c.get("subset_seed"), c.get("balanced")) for c in configs}
+    defaults = {"class_incremental": 0, "chunk_samples": 0}  # configurations saved before class-incremental order
+    orders = {tuple({**defaults, **c}.get(k) for k in ORDER_FIELDS) for c in configs}
     used = [c.get("samples") for c in configs]
     if len(orders) != 1 or None in next(iter(orders)) or not all(isinstance(u, int) for u in used):
         raise MergeError("tuning λ needs copies whose configuration records one sample order; pass --lambda instead")
-    seed, balanced = orders.pop()
-    total = len(dataset.train)
+    seed, balanced, classes, chunk = orders.pop()
+    total = len(labels)
     if not 0 < count <= total - max(used):
         raise MergeError(
             f"the copies were trained on up to {max(used)} of {total} samples; {count} held-out samples for tuning λ "
             f"do not fit (use --tune-samples <= {total - max(used)} or pass --lambda)"
         )
-    indices = subset_indices(dataset.train.labels, total, seed, balanced)[-count:]
+    return subset_indices(labels, total, seed, balanced, (classes, chunk) if classes else None)[-count:]
+
+
+def held_out_samples(paths: Sequence[str | os.PathLike], dataset, count: int) -> tuple[Tensor, Tensor]:
+    """The images (normalised) and labels of `held_out_indices`."""
+    indices = held_out_indices(paths, dataset.train.labels, count)
     return dataset.normalize(dataset.train.images[indices]), dataset.train.labels[indices]
 
 
@@ -277,6 +319,7 @@ def merge_checkpoints(
     start: str | os.PathLike | None = None,
     lambdas: float | Sequence[float] | None = None,
     tune: tuple[Tensor, Tensor, Sequence[float]] | None = None,
+    replace: bool = False,
     trust: Collection[str] = (),
 ) -> dict:
     """`merge` or `task_arithmetic` of QK checkpoint files into a new QK checkpoint at `out` (written atomically,
@@ -284,12 +327,13 @@ def merge_checkpoints(
 
     Args:
         paths: model.pt files of QK runs re-trained with one SK (or earlier merges).
-        out: the merged checkpoint file; must not be one of `paths`.
+        out: the merged checkpoint file; must not be one of `paths`, nor exist unless `replace`.
         weights: per copy; None weighs by the samples each was trained on.
         method: "average" or "task-arithmetic".
         start: task arithmetic: the checkpoint every copy was re-trained from.
         lambdas: task arithmetic: one λ, or one per copy.
         tune: task arithmetic without `lambdas`: held-out ``(x, y, grid)`` to choose λ from `grid`.
+        replace: overwrite an existing `out` (never one of `paths`).
         trust: import paths of models that may be built (`skqk.models.resolve`); zoo names need none.
 
     Returns:
@@ -298,6 +342,8 @@ def merge_checkpoints(
     out = Path(out)
     if any(out.resolve() == Path(p).resolve() for p in paths):
         raise MergeError(f"the output {out} is one of the inputs; choose another -o")
+    if out.exists() and not replace:
+        raise MergeError(f"{out} already exists; choose another -o, or pass --force to replace it")
     if method not in ("average", "task-arithmetic"):
         raise MergeError(f"method must be 'average' or 'task-arithmetic', got {method!r}")
     ckpts, copies = load_copies(paths, trust)
@@ -318,9 +364,12 @@ def merge_checkpoints(
             info["lambda"], merged, info["tuning"] = tune_lambda(pre, copies, *tune, weights=w)
         else:
             raise MergeError("task arithmetic needs --lambda, or held-out samples to tune it on")
-    samples = [c.get("samples", (c.get("config") or {}).get("samples")) for c in ckpts]
+    try:
+        samples = sum(trained_samples(c, p) for c, p in zip(ckpts, paths))
+    except MergeError:  # weighted by --weights: the copies need not record their samples
+        samples = None
     record = {
-        "samples": sum(samples) if all(isinstance(s, int) for s in samples) else None,
+        "samples": samples,
         "merged_from": [{"path": str(p), "sha256": file_sha256(p)} for p in paths],
         "merge": info,
     }

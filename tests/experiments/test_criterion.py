@@ -1,8 +1,12 @@
 """Fig. 4's stated criterion and the mean ± std over seeds, on hand-written numbers."""
 
-import pytest
+import math
 
-from skqk.experiments.fig4 import settle_epoch, stabilisation
+import pytest
+import torch
+from torch import nn
+
+from skqk.experiments.fig4 import UpdateTracker, decay_rate, decay_yardstick, settle_epoch, stabilisation
 from skqk.experiments.report import aggregate, gap_text, qk_gaps, summary_table
 
 
@@ -33,6 +37,46 @@ def test_without_step_measurements_the_epochs_are_used_and_a_falling_val_loss_is
     s = stabilisation(rows, [], 0.01, steps_per_epoch=8)
     assert s["measured_every"] == "epoch" and s["settle_epoch"] == 3 and s["val_loss_still_falling"]
     assert s["settle_epoch_at"]["0.02"] == 3 and s["settle_epoch_at"]["0.005"] == 3
+
+
+def test_decay_yardstick_compares_when_flips_and_weight_updates_fall_below_a_fraction_of_their_first_epoch():
+    # flips fall 10x by epoch 1.5, the updates only by epoch 3: the patterns stop changing 2x earlier
+    flips = [0.2, 0.2, 0.019, 0.01, 0.005, 0.004]
+    updates = [0.01, 0.01, 0.005, 0.004, 0.002, 0.0009]
+    points = [
+        {"step": 4 * (i + 1), "epoch": (i + 1) / 2, "flips": f, "update": u}
+        for i, (f, u) in enumerate(zip(flips, updates))
+    ]
+    d = decay_yardstick(points)
+    assert d["patterns"]["first_epoch_mean"] == pytest.approx(0.2) and d["weights"]["first_epoch_mean"] == 0.01
+    assert d["patterns"]["decay_epoch"]["0.1"] == 1.5 and d["weights"]["decay_epoch"]["0.1"] == 3.0
+    assert d["ratio"]["0.1"] == 2.0
+    assert d["patterns"]["decay_epoch"]["0.01"] is None and d["ratio"]["0.01"] is None  # never that low: no ratio
+    rate_patterns, rate_weights = d["patterns"]["decay_rate_per_epoch"], d["weights"]["decay_rate_per_epoch"]
+    assert rate_patterns > rate_weights > 0 and d["rate_ratio"] == pytest.approx(rate_patterns / rate_weights)
+    s = stabilisation(epochs([2.0, 1.5, 1.2]), points, 0.01, steps_per_epoch=8)
+    assert s["decay"] == d
+
+
+def test_decay_rate_of_an_exponential_is_its_rate_and_skips_zeros():
+    values = [(x / 2, 3.0 * math.exp(-0.7 * x / 2)) for x in range(8)] + [(4.0, 0.0)]
+    assert decay_rate(values) == pytest.approx(0.7)
+    assert decay_rate([(1.0, 0.5), (2.0, 0.0)]) is None  # one positive point: no fit
+
+
+def test_update_tracker_measures_the_relative_weight_change_since_its_previous_call_overall_and_per_layer():
+    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    tracker = UpdateTracker(None)
+    assert tracker(net) is None  # nothing to compare with yet
+    with torch.no_grad():
+        net[2].weight.fill_(2.0)  # 2 of the 9 parameters move by 1
+    update = tracker(net)
+    assert update["overall"] == pytest.approx(math.sqrt(2 / 9))
+    assert update["per_layer"] == {"0": 0.0, "2": pytest.approx(math.sqrt(2 / 3))}
+    assert tracker(net)["overall"] == 0.0  # compared with the previous call, not the first
 
 
 def test_aggregate_gives_mean_and_sample_std_per_cell_over_seeds():

@@ -71,13 +71,23 @@ def test_fig4_smoke_records_flips_every_k_steps_per_seed_and_applies_the_criteri
         assert [s["step"] for s in run["steps"]] == [2, 4, 6, 8, 10, 12]
         assert [s["epoch"] for s in run["steps"]] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
         assert all(0.0 < s["flips"] < 1.0 for s in run["steps"])
+        # the follow-up yardstick at the same measurements: SGD moves every layer's weights a little
+        assert all(0.0 < s["update"] < 1.0 and all(s["update_per_layer"].values()) for s in run["steps"])
+        assert set(run["steps"][0]["update_per_layer"]) == {
+            "features.0",
+            "features.3",
+            "classifier.0",
+            "classifier.2",
+            "classifier.4",
+        }
         criterion = run["stabilisation"]
+        assert set(criterion["decay"]) == {"patterns", "weights", "ratio", "rate_ratio"}
         assert criterion["measured_every"] == "2 steps" and criterion["flip_threshold"] == 0.01
         assert criterion["val_loss_min_epoch"] == min(run["epochs"], key=lambda e: e["val_loss"])["epoch"]
     # the seed changes the initialisation, the samples and the batch order: the two runs differ
     assert runs[0]["steps"] != runs[1]["steps"]
     assert "| lenet5 | 1 |" in done.stdout
-    for suffix in ("png", "csv", "steps.csv", "per_site.csv"):
+    for suffix in ("png", "csv", "steps.csv", "per_site.csv", "steps_update_per_layer.csv"):
         assert (
             tmp_path / f"fig4_lenet5.{suffix}" if suffix in ("png", "csv") else tmp_path / f"fig4_lenet5_{suffix}"
         ).exists()

@@ -16,6 +16,7 @@ from pipeline_helpers import (
 from skqk.data import subset_indices
 from skqk.pipeline.checkpoint import build_network, load_decoupled, load_for_evaluation, load_model_checkpoint
 from skqk.pipeline.config import RetrainConfig, TrainConfig
+from skqk.pipeline.loop import evaluate
 from skqk.pipeline.record import record_from_checkpoint, selector_from_checkpoint
 from skqk.pipeline.refresh import refresh_checkpoint, validation_images
 from skqk.pipeline.retrain import retrain, training_indices
@@ -172,3 +173,27 @@ def test_a_saved_training_configuration_without_a_factory_field_still_matches():
     saved = {k: v for k, v in cfg.to_dict().items() if k not in ("model_kwargs", "class_incremental")}
 
     assert cfg.matches(saved)
+
+
+@pytest.mark.parametrize("patience", [0, 5])
+def test_an_auto_refreshed_run_reports_what_its_model_pt_holds(pretrained, data, tmp_path, patience):
+    """The last epoch refreshes the SK: its val accuracy and loss (the final line, metrics.jsonl, the best epoch of
+    --patience) are those of the refreshed pair model.pt holds, not of the pair before the refresh."""
+    store, run = tmp_path / "store", tmp_path / "run"
+    record_from_checkpoint(pretrained, data, TRAIN_SAMPLES, store, progress=False)
+    cfg = RetrainConfig(
+        samples=TRAIN_SAMPLES, sample_start=CHUNK, epochs=3, sk_refresh="auto", sk_refresh_threshold=0.0,
+        patience=patience, **SGD,
+    )  # fmt: skip
+
+    result = retrain(cfg, pretrained, data, run, store=store, progress=False)
+
+    metrics = read_metrics(run)
+    assert [m["epoch"] for m in metrics if "sk_refresh" in m] == [1, 2, 3]
+    module, ckpt = load_for_evaluation(run / "model.pt")
+    saved = evaluate(module, data)
+    best = max(metrics, key=lambda m: m["val_accuracy"]) if patience else metrics[-1]
+    assert ckpt.get("epoch", 3) == best["epoch"]
+    assert saved["val_accuracy"] == best["val_accuracy"]
+    assert saved["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)  # the same sums, up to rounding
+    assert result.history == metrics and result.saved == best  # what the final line prints

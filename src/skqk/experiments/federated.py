@@ -200,7 +200,7 @@ def merge_once_cell(cfg, start, dataset, cell_dir, data_dir, cache_dir, progress
         save_checkpoint(path, {**entry, "samples": len(shard), "config": cfg.to_dict()})
         paths.append(path)
         alone.append(evaluate(model.deployed, dataset, cfg.eval_samples)["val_accuracy"])
-    merge_checkpoints(paths, cell_dir / "model.pt")
+    merge_checkpoints(paths, cell_dir / "model.pt", replace=True)  # the cell's own folder, rerun after a kill
     metrics = evaluate(load_for_evaluation(cell_dir / "model.pt")[0], dataset, cfg.eval_samples)
     size = sum(t.numel() * t.element_size() for t in begin["qk"].values())
     return {

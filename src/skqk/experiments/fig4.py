@@ -8,6 +8,11 @@ The paper's claim, that "the activation pattern stabilizes much earlier than the
 with one stated criterion: the patterns have *settled* at the first measurement from which every later
 comparison flips fewer than `threshold` of the gate states, and the validation loss has *stabilised* at the
 epoch of its minimum. Their ratio (val-loss epoch / settle epoch) is reported per model and seed.
+
+Beside it, the authors' follow-up yardstick (the Regime Change Hypothesis): at the same measurements the relative
+size of the weight update since the previous one, ‖Δθ‖/‖θ‖ (overall and per layer), and for both series the epoch
+from which they stay below a fraction of their first-epoch mean (`DECAY_FRACTIONS`) and an exponential decay rate
+fitted to them; the ratio weight epoch / pattern epoch is > 1 when the patterns stop changing first.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from skqk.pipeline.train import train
 from skqk.selector import build_selector
 
 SENSITIVITY = (0.005, 0.01, 0.02)  # thresholds the settle epoch is also reported at
+DECAY_FRACTIONS = (0.1, 0.01)  # the follow-up yardstick: a series has decayed below this fraction of its first epoch
 
 
 def run_fig4(
@@ -55,14 +61,7 @@ def run_fig4(
     results = write_results(out, "fig4", preset, model_names, dataset, started, seeds=list(seeds), runs=runs)
     for name in model_names:
         mine = [r for r in runs if r["model"] == name]
-        write_csv(
-            out / f"fig4_{name}.csv",
-            [
-                {"seed": r["seed"], **{k: v for k, v in e.items() if k != "flips_per_site"}}
-                for r in mine
-                for e in r["epochs"]
-            ],
-        )
+        write_csv(out / f"fig4_{name}.csv", [scalars(e, r["seed"]) for r in mine for e in r["epochs"]])
         write_csv(
             out / f"fig4_{name}_per_site.csv",
             [
@@ -72,9 +71,22 @@ def run_fig4(
             ],
         )
         if any(r["steps"] for r in mine):
-            write_csv(out / f"fig4_{name}_steps.csv", [{"seed": r["seed"], **s} for r in mine for s in r["steps"]])
+            write_csv(out / f"fig4_{name}_steps.csv", [scalars(m, r["seed"]) for r in mine for m in r["steps"]])
+            write_csv(
+                out / f"fig4_{name}_steps_update_per_layer.csv",
+                [
+                    {"seed": r["seed"], "step": m["step"], "epoch": m["epoch"], **(m.get("update_per_layer") or {})}
+                    for r in mine
+                    for m in r["steps"]
+                ],
+            )
         plot_fig4(mine, name, out / f"fig4_{name}.png", preset.name)
     return results
+
+
+def scalars(row: dict, seed: int) -> dict:
+    """A measurement as a CSV row: its scalar columns (per-site flips and per-layer updates have CSVs of their own)."""
+    return {"seed": seed, **{k: v for k, v in row.items() if not isinstance(v, dict)}}
 
 
 def stabilisation_run(
@@ -83,7 +95,7 @@ def stabilisation_run(
     """Per-epoch rows, per-k-steps rows and the steps per epoch of one training run (resumable)."""
     cfg = TrainConfig(
         model=name,
-        samples=preset.fig4_samples,
+        samples=preset.fig4_samples_for(name),
         epochs=preset.fig4_epochs,
         eval_samples=preset.fig4_eval_samples,
         seed=seed,
@@ -93,24 +105,35 @@ def stabilisation_run(
     val_x = dataset.normalize(dataset.test.images[validation_indices(dataset, preset.fig4_val_samples)])
     fresh = not (run_dir / "resume.pt").exists()  # a fresh run compares its first patterns with the initial weights
     first = pattern_of(initial_network(cfg, dataset), val_x) if fresh else None
+    first_weights = UpdateTracker.snapshot(initial_network(cfg, dataset)) if fresh else None
     per_epoch, per_steps = FlipTracker(val_x, first), FlipTracker(val_x, first)
+    epoch_updates, step_updates = UpdateTracker(first_weights), UpdateTracker(first_weights)
     every = preset.fig4_every_steps
 
     def on_epoch(epoch: int, network: nn.Module) -> dict:
-        flips = per_epoch(network)
-        return {"flips": flips.overall if flips else None, "flips_per_site": flips.per_site if flips else None}
+        flips, update = per_epoch(network), epoch_updates(network)
+        return {
+            "flips": flips.overall if flips else None,
+            "flips_per_site": flips.per_site if flips else None,
+            "update": update["overall"] if update else None,
+            "update_per_layer": update["per_layer"] if update else None,
+        }
 
     def on_step(step: int, network: nn.Module) -> dict | None:
         if step % every:
             return None
-        flips = per_steps(network)
-        return {"flips": flips.overall if flips else None}
+        flips, update = per_steps(network), step_updates(network)
+        return {
+            "flips": flips.overall if flips else None,
+            "update": update["overall"] if update else None,
+            "update_per_layer": update["per_layer"] if update else None,
+        }
 
     result = train(
         cfg, dataset, run_dir, resume=True, progress=progress, on_epoch=on_epoch, on_step=on_step if every else None
     )
     steps_per_epoch = math.ceil(cfg.samples / cfg.batch_size)
-    keys = ("epoch", "flips", "train_loss", "val_loss", "val_accuracy", "flips_per_site")
+    keys = ("epoch", "flips", "update", "train_loss", "val_loss", "val_accuracy", "flips_per_site", "update_per_layer")
     epochs = [{k: h.get(k) for k in keys} for h in result.history]
     steps = [{**s, "epoch": s["step"] / steps_per_epoch} for h in result.history for s in h.get("steps", [])]
     return epochs, steps, steps_per_epoch
@@ -127,6 +150,34 @@ class FlipTracker:
         flips = pattern.flips(self.previous) if self.previous is not None else None
         self.previous = pattern
         return flips
+
+
+class UpdateTracker:
+    """The relative size of the weight update between the network it is called with and its previous call,
+    ‖θ − θ_prev‖ / ‖θ_prev‖ over all parameters and per layer (float64): the follow-up's weight-update magnitude."""
+
+    def __init__(self, first: dict[str, torch.Tensor] | None):
+        self.previous = first
+
+    @staticmethod
+    def snapshot(network: nn.Module) -> dict[str, torch.Tensor]:
+        return {name: p.detach().to(torch.float64, copy=True) for name, p in network.named_parameters()}
+
+    def __call__(self, network: nn.Module) -> dict | None:
+        current = self.snapshot(network)
+        previous, self.previous = self.previous, current
+        if previous is None:
+            return None
+        layers: dict[str, list[float]] = {}
+        for name, value in current.items():
+            layer = layers.setdefault(name.rpartition(".")[0] or name, [0.0, 0.0])
+            layer[0] += float((value - previous[name]).square().sum())
+            layer[1] += float(previous[name].square().sum())
+        change, size = sum(c for c, _ in layers.values()), sum(s for _, s in layers.values())
+        return {
+            "overall": math.sqrt(change / size) if size else None,
+            "per_layer": {layer: math.sqrt(c / s) if s else None for layer, (c, s) in layers.items()},
+        }
 
 
 def stabilisation(epochs: list[dict], steps: list[dict], threshold: float, steps_per_epoch: int) -> dict:
@@ -151,7 +202,50 @@ def stabilisation(epochs: list[dict], steps: list[dict], threshold: float, steps
         "val_accuracy_at_min": best["val_accuracy"],
         "val_loss_still_falling": best["epoch"] == epochs[-1]["epoch"],
         "ratio": best["epoch"] / settle if settle else None,
+        "decay": decay_yardstick(steps or epochs),
     }
+
+
+def decay_yardstick(points: list[dict]) -> dict:
+    """The follow-up's quantity on one time axis: for the pattern flips and the relative weight updates, the epoch
+    from which each stays below each of `DECAY_FRACTIONS` of its first-epoch mean and a fitted exponential decay
+    rate (per epoch), and the ratios weights / patterns (> 1: the patterns stop changing first)."""
+    series = {
+        kind: [(p["epoch"], p[key]) for p in points if p.get(key) is not None]
+        for kind, key in (("patterns", "flips"), ("weights", "update"))
+    }
+    out: dict = {}
+    for kind, values in series.items():
+        early = [v for x, v in values if x <= 1] or [v for _, v in values[:1]]
+        reference = sum(early) / len(early) if early else None
+        out[kind] = {
+            "first_epoch_mean": reference,
+            "decay_epoch": {
+                str(f): settle_epoch(values, f * reference) if reference else None for f in DECAY_FRACTIONS
+            },
+            "decay_rate_per_epoch": decay_rate(values),
+        }
+    out["ratio"] = {
+        str(f): ratio(out["weights"]["decay_epoch"][str(f)], out["patterns"]["decay_epoch"][str(f)])
+        for f in DECAY_FRACTIONS
+    }
+    out["rate_ratio"] = ratio(out["patterns"]["decay_rate_per_epoch"], out["weights"]["decay_rate_per_epoch"])
+    return out
+
+
+def decay_rate(values: list[tuple[float, float]]) -> float | None:
+    """The least-squares slope of −log(value) against epoch (points with value > 0): an exponential decay
+    e^(−rate·epoch) has this rate; None with fewer than two such points."""
+    points = [(x, math.log(v)) for x, v in values if v > 0]
+    if len(points) < 2:
+        return None
+    mx, my = sum(x for x, _ in points) / len(points), sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return -sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
 
 
 def settle_epoch(points: list[tuple[float, float]], threshold: float) -> float | None:

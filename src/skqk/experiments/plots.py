@@ -40,6 +40,9 @@ def plot_fig4(runs: list[dict], model: str, path: Path, preset: str) -> None:
     flips = [[100 * p["flips"] if p["flips"] is not None else np.nan for p in rows] for rows in points]
     every = runs[0]["stabilisation"]["measured_every"]
     band(left, x, flips, "-", "tab:red", f"gate states changed, every {every} (%), band: range", spread="range")
+    if all(p.get("update") is not None for rows in points for p in rows[1:]):
+        updates = [[100 * p["update"] if p.get("update") is not None else np.nan for p in rows] for rows in points]
+        band(left, x, updates, "-", "tab:purple", "relative weight update ‖Δθ‖/‖θ‖ (%), band: range", spread="range")
     left.axhline(100 * runs[0]["stabilisation"]["flip_threshold"], color="tab:red", ls=":", lw=1, label="threshold")
     for r in runs:
         s = r["stabilisation"]
@@ -47,7 +50,7 @@ def plot_fig4(runs: list[dict], model: str, path: Path, preset: str) -> None:
             left.axvline(s["settle_epoch"], color="tab:red", ls="--", lw=0.8, alpha=0.6)
         left.axvline(s["val_loss_min_epoch"], color="tab:green", ls="--", lw=0.8, alpha=0.6)
     left.set_xlabel("epoch (dashed: patterns settle / validation loss minimum, per seed)")
-    left.set_ylabel("activation pattern change (%)", color="tab:red")
+    left.set_ylabel("pattern change / weight update (%)")
     left.set_yscale("log")
     right = left.twinx()
     epochs = [e["epoch"] for e in runs[0]["epochs"]]

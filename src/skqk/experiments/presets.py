@@ -76,13 +76,18 @@ class Preset:
     description: str
     fig5: dict[str, Fig5Protocol] = field(default_factory=dict)
     fig4_epochs: int = 200
-    fig4_samples: int = 1024
+    fig4_samples: int = 1024  # paper: 1,024 for LeNet-5 and AlexNet ...
+    fig4_model_samples: dict[str, int] = field(default_factory=lambda: {"vgg8": 512})  # ... and 512 for VGG8
     fig4_val_samples: int = 1000  # validation samples whose patterns are compared epoch to epoch
     fig4_eval_samples: int = 0
     incremental: dict[str, IncrementalProtocol] = field(default_factory=dict)
     fig4_every_steps: int = 0  # also compare patterns every this many SGD steps (0 = per epoch only)
     fig4_flip_threshold: float = 0.01  # patterns "settled" once the flips per interval stay below this fraction
     qk_gap: tuple[QKGapProtocol, ...] = ()  # one study per model
+
+    def fig4_samples_for(self, model: str) -> int:
+        """The training samples of `model`'s Fig. 4 run (the paper's per-model n)."""
+        return self.fig4_model_samples.get(model, self.fig4_samples)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "scaling": self.scaling()}
@@ -97,7 +102,9 @@ class Preset:
                 f"validation on {p.eval_samples or 'all'} test samples"
             )
         lines.append(
-            f"  fig4: {self.fig4_epochs} epochs on {self.fig4_samples:,} samples, pattern flips on "
+            f"  fig4: {self.fig4_epochs} epochs on {self.fig4_samples:,} samples"
+            + "".join(f" ({m}: {k:,})" for m, k in self.fig4_model_samples.items())
+            + f", pattern flips and weight updates on "
             f"{self.fig4_val_samples:,} validation samples"
             + (f" every {self.fig4_every_steps} steps" if self.fig4_every_steps else " every epoch")
             + f", settled below {self.fig4_flip_threshold:.1%} flips, validation on "
@@ -183,13 +190,14 @@ CPU = Preset(
 SMOKE = Preset(
     "smoke",
     "a few minutes, for CI: n = 256, N = 256 and 512, 2 pre-training and 1 re-training epochs, 500 validation "
-    "samples; Fig. 4 trains 3 epochs on 256 samples",
+    "samples; Fig. 4 trains 3 epochs on 256 samples (every model)",
     fig5={
         name: Fig5Protocol((256,), 512, 256, pretrain_epochs=2, retrain_epochs=1, eval_samples=500)
         for name in ("lenet5", "alexnet", "vgg8")
     },
     fig4_epochs=3,
     fig4_samples=256,
+    fig4_model_samples={},
     fig4_val_samples=200,
     fig4_eval_samples=500,
     incremental={

@@ -97,18 +97,34 @@ def summary_table(results: dict) -> str:
             )
         return "\n".join(rows)
     rows = [
-        "| model | seed | flips settle (epoch) | val CCE minimum (epoch) | ratio | val acc at minimum |",
-        "|---" * 6 + "|",
+        "| model | seed | flips settle (epoch) | val CCE minimum (epoch) | ratio | val acc at minimum | "
+        "flips < 10% of epoch 1 | updates < 10% of epoch 1 | weights / patterns | decay-rate ratio |",
+        "|---" * 10 + "|",
     ]
     for run in results["runs"]:
         s = run["stabilisation"]
-        settle = f"{s['settle_epoch']:.2f}" if s["settle_epoch"] is not None else "never"
-        ratio = f"{s['ratio']:.2f}" if s["ratio"] is not None else "n/a"
+        decay = s.get("decay")  # results written before the follow-up yardstick have none
+        follow_up = (
+            [
+                number(decay["patterns"]["decay_epoch"]["0.1"], ".2f", "never"),
+                number(decay["weights"]["decay_epoch"]["0.1"], ".2f", "never"),
+                number(decay["ratio"]["0.1"], ".2f", "n/a"),
+                number(decay["rate_ratio"], ".2f", "n/a"),
+            ]
+            if decay
+            else [""] * 4
+        )
         rows.append(
-            f"| {run['model']} | {run['seed']} | {settle} | {s['val_loss_min_epoch']} | {ratio} | "
-            f"{s['val_accuracy_at_min']:.4f} |"
+            f"| {run['model']} | {run['seed']} | {number(s['settle_epoch'], '.2f', 'never')} | "
+            f"{s['val_loss_min_epoch']} | {number(s['ratio'], '.2f', 'n/a')} | {s['val_accuracy_at_min']:.4f} | "
+            + " | ".join(follow_up)
+            + " |"
         )
     return "\n".join(rows)
+
+
+def number(value: float | None, fmt: str, missing: str) -> str:
+    return missing if value is None else f"{value:{fmt}}"
 
 
 def fig5_table(cells: list[dict]) -> str:

@@ -40,9 +40,15 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class RunResult:
-    module: nn.Module  # the trained network, or the DecoupledModel of a QK run
+    module: nn.Module  # the trained network, or the DecoupledModel of a QK run, after its last epoch
     history: list[dict]  # per-epoch metrics
     run_dir: Path
+    patience: int = 0  # the run's early stopping: model.pt then holds its best epoch
+
+    @property
+    def saved(self) -> dict:
+        """The metrics of the epoch ``model.pt`` holds: the best one with patience, else the last."""
+        return self.history[-1 - epochs_since_best(self.history)] if self.patience else self.history[-1]
 
 
 @torch.no_grad()
@@ -104,7 +110,8 @@ def fit(
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
     to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
 
-    `on_epoch` adds its metrics to the epoch's; what `on_step` returns after an SGD step (numbered from 1 over the
+    `on_epoch` adds its metrics to the epoch's (and replaces ``val_accuracy`` and ``val_loss`` when it changed what
+    `eval_module` computes); what `on_step` returns after an SGD step (numbered from 1 over the
     whole run) is kept, with the step number, in the epoch's ``steps`` (Fig. 4's "every k steps").
     `epoch_context(optimizer)` wraps the training steps of every epoch (dead-unit removal: `skqk.pipeline.prune`),
     so evaluation, checkpoints and resume see the full-size module. Inputs follow the layout the trainable's
@@ -179,10 +186,10 @@ def fit(
             "seconds": time.perf_counter() - start,
             **({"steps": steps} if on_step is not None else {}),
         }
-        if not math.isfinite(metrics["val_loss"]):  # never save a state whose outputs are already NaN/inf
-            raise diverged(metrics["val_loss"], epoch, cfg, state_path)
-        if on_epoch is not None:
+        check_finite(metrics, epoch, cfg, state_path)
+        if on_epoch is not None:  # it may change what is saved (an SK refresh) and then measures it again
             metrics.update(on_epoch(epoch + 1, trainable))
+            check_finite(metrics, epoch, cfg, state_path)
         history.append(metrics)
         epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_accuracy']:.3f}")
         if patience and epochs_since_best(history) == 0:  # before resume.pt: a resumed run never lacks it
@@ -261,6 +268,12 @@ def diverged(loss: float, epoch: int, cfg: SGDConfig, state_path: Path) -> Train
     return TrainingDiverged(
         f"loss became {loss} in epoch {epoch + 1}; try a lower learning rate (--lr, now {cfg.lr}); {kept}"
     )
+
+
+def check_finite(metrics: dict, epoch: int, cfg: SGDConfig, state_path: Path) -> None:
+    """Never save a state whose outputs are already NaN/inf."""
+    if not math.isfinite(metrics["val_loss"]):
+        raise diverged(metrics["val_loss"], epoch, cfg, state_path)
 
 
 def write_epoch(run_dir: Path, history: list[dict], state: dict) -> None:

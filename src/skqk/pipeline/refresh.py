@@ -30,7 +30,7 @@ from skqk.pipeline.checkpoint import (
     save_checkpoint,
 )
 from skqk.pipeline.config import RetrainConfig
-from skqk.pipeline.loop import StepForward, validation_indices
+from skqk.pipeline.loop import StepForward, evaluate, validation_indices
 from skqk.pipeline.record import record
 from skqk.pipeline.rundir import RunDirError, code_version, file_sha256
 from skqk.refresh import network_with_qk, network_with_state, sk_staleness, staleness_probe
@@ -51,7 +51,8 @@ class SKMonitor:
     samples. With ``cfg.sk_refresh == "auto"`` it refreshes the SK when staleness passes
     ``cfg.sk_refresh_threshold``, at most every ``cfg.sk_refresh_every`` epochs: the selector becomes the current
     estimator's network, the patterns of the run's samples are recorded into ``RUN/patterns-skE`` (E: the epoch)
-    and the following steps read them there; the epoch's metrics get ``sk_refresh`` with its cause and cost.
+    and the following steps read them there; the epoch's metrics get ``sk_refresh`` with its cause and cost, and
+    its ``val_accuracy`` and ``val_loss`` are measured again on the refreshed pair, the one its checkpoint holds.
     Its state (the SK in use) goes into the run's resume state, so a resumed run continues with the same SK.
     """
 
@@ -89,6 +90,8 @@ class SKMonitor:
         if self.cfg.sk_refresh == "auto" and stale.overall > self.cfg.sk_refresh_threshold and due:
             cause = f"sk_staleness {stale.overall:.4f} > threshold {self.cfg.sk_refresh_threshold}"
             metrics["sk_refresh"] = {"cause": cause, **self.refresh(epoch, estimator)}
+            # the epoch reports what its checkpoint holds: the refreshed pair, measured again
+            metrics.update(evaluate(self.decoupled, self.dataset, self.cfg.eval_samples, sharded=True))
         return metrics
 
     @property

@@ -118,7 +118,7 @@ def retrain(
         on_epoch=monitor if removal is None else RemovalMetrics(monitor, removal),
         epoch_context=removal and removal.epoch,
     )
-    return RunResult(decoupled, history, run_dir)
+    return RunResult(decoupled, history, run_dir, cfg.patience)
 
 
 def training_indices(labels: Tensor, cfg: RetrainConfig) -> Tensor:

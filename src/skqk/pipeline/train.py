@@ -62,4 +62,4 @@ def fit_network(
     entry = lambda: network_entry(name, kwargs, network)  # noqa: E731
     forward = lambda x, idx: model(x)  # noqa: E731
     history = fit(run_dir, network, forward, network, dataset, indices, cfg, entry, resume, progress, on_epoch, on_step)
-    return RunResult(network, history, run_dir)
+    return RunResult(network, history, run_dir, getattr(cfg, "patience", 0))

@@ -1,0 +1,397 @@
+"""Solve runs: statistics of a block over samples of a pattern store, the solve, and the run folder they leave.
+
+A run folder holds ``model.pt`` (an ordinary decoupled checkpoint: the checkpoint's SK and QK with the block
+solved) and ``stats.pt`` (the block's `Statistics`, with what they are statistics of), so a later run adds
+samples, forgets some or merges with another run from the statistics alone, never reading the other samples.
+Under torchrun each rank sums the statistics of its share of the samples and one all-reduce adds them up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from skqk.analytic.blocks import Block, find_block, fixed_qk_fingerprint
+from skqk.analytic.solve import CrossEntropySums, cross_entropy_sums, newton, solve_ridge
+from skqk.analytic.stats import Source, Statistics, StatisticsError, ranges_text, union
+from skqk.atomic import atomic_write_text
+from skqk.data import Dataset, subset_fingerprint, subset_indices
+from skqk.decoupled import DecoupledModel
+from skqk.estimator import Estimator
+from skqk.pipeline import distributed
+from skqk.pipeline.checkpoint import (
+    decoupled_entry,
+    load_estimator,
+    load_model_checkpoint,
+    load_selector,
+    model_kwargs,
+    resolve_pooling,
+    save_checkpoint,
+)
+from skqk.pipeline.provenance import code_version
+from skqk.store import PatternStore
+
+Loss = Literal["mse", "ce"]
+
+
+@dataclass
+class SolveConfig:
+    """An analytic solve of one block of the QK (an extension; not in the paper)."""
+
+    samples: int = 4096  # the samples at positions sample_start .. samples - 1 of the subset order
+    sample_start: int = 0
+    block: str = "head"  # "head", or layer names solved one after the other ("features.3,classifier.4")
+    loss: Loss = "mse"  # "mse": ridge on one-hot targets (additive); "ce": Newton on cross-entropy from the ridge
+    ridge: float | None = None  # λ; None: chosen by generalised cross-validation
+    subset_seed: int = 0  # the subset order, as for record / retrain
+    balanced: bool = False
+    class_incremental: int = 0
+    chunk_samples: int = 0
+    batch_size: int = 1024  # samples per forward pass (memory only; the result does not depend on it)
+    blocks_before: list[str] = field(default_factory=list)  # filled in: layers solved before the last block
+
+    def __post_init__(self):
+        if not 0 <= self.sample_start < self.samples:
+            raise ValueError(f"the sample range {self.sample_start}:{self.samples} is empty or negative")
+        if self.loss not in ("mse", "ce"):
+            raise ValueError(f"loss must be 'mse' or 'ce', got {self.loss!r}")
+        if self.ridge is not None and not 0 <= self.ridge < math.inf:
+            raise ValueError(f"λ (--ridge) must be non-negative and finite, got {self.ridge}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+    @property
+    def class_chunks(self) -> tuple[int, int] | None:
+        return (self.class_incremental, self.chunk_samples) if self.class_incremental else None
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.sample_start, self.samples
+
+
+@dataclass
+class Problem:
+    """What a solve reads: the decoupled checkpoint's pair, the store of its patterns, the data and its order."""
+
+    ckpt: dict
+    decoupled: DecoupledModel
+    store: PatternStore
+    dataset: Dataset
+    order: torch.Tensor  # positions -> sample indices
+    subset: str
+
+    @property
+    def estimator(self) -> Estimator:
+        return self.decoupled.estimator
+
+    def source(self, block: Block, loss: str) -> Source:
+        return Source(
+            self.decoupled.selector.fingerprint,
+            block.name,
+            loss,
+            fixed_qk_fingerprint(self.estimator, block),
+            self.dataset.fingerprint,
+            self.subset,
+        )
+
+
+def open_problem(
+    checkpoint: str | os.PathLike, dataset: Dataset, store: str | os.PathLike, cfg: SolveConfig
+) -> Problem:
+    """Load and check everything a solve reads before anything is computed or written."""
+    ckpt = load_model_checkpoint(checkpoint, fits=model_kwargs(dataset))
+    pooling = resolve_pooling(ckpt, None, PatternStore.open(store, verify=False).pooling, str(checkpoint))
+    selector = load_selector(ckpt, pooling, str(checkpoint))
+    estimator = load_estimator(ckpt, pooling, str(checkpoint)).eval()  # BatchNorm and dropout as deployed
+    if estimator.live_pooling:
+        raise ValueError(
+            f"an analytic solve needs frozen max pooling (live pooling is not linear): record the store with "
+            f"`skqk record --pooling frozen` from the checkpoint {checkpoint}"
+        )
+    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
+    total = len(dataset.train.labels)
+    if cfg.samples > total:
+        raise ValueError(f"sample range {cfg.sample_start}:{cfg.samples} exceeds the {total} training samples")
+    order = subset_indices(dataset.train.labels, total, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    return Problem(ckpt, DecoupledModel(selector, estimator), opened, dataset, order, subset)
+
+
+def check_held(problem: Problem, span: tuple[int, int]) -> None:
+    a, b = span
+    missing = (~torch.isin(problem.order[a:b], problem.store.indices)).sum().item()
+    if missing:
+        raise ValueError(
+            f"pattern store {problem.store.path} lacks {missing} of the samples at positions {a}:{b}: run "
+            f"`skqk record` with the same checkpoint and --samples {b} first"
+        )
+
+
+def rank_span(span: tuple[int, int]) -> tuple[int, int]:
+    """This rank's contiguous share of the positions (all of them in one process)."""
+    ctx = distributed.current()
+    positions = ctx.share(torch.arange(*span))
+    return (int(positions[0]), int(positions[-1]) + 1) if len(positions) else (span[0], span[0])
+
+
+def block_batches(problem: Problem, block: Block, span: tuple[int, int], batch_size: int, progress: bool):
+    """(design, out, labels, positions) of every batch of this rank's share of `span`, patterns from the store."""
+    ctx = distributed.current()
+    a, b = rank_span(span)
+    device = ctx.device
+    problem.estimator.to(device)
+    starts = range(a, b, batch_size)
+    for start in tqdm(starts, desc=f"statistics of {block.name}", disable=not progress or not ctx.is_main):
+        stop = min(start + batch_size, b)
+        idx = problem.order[start:stop]
+        x = problem.dataset.normalize(problem.dataset.train.images[idx]).to(device)
+        design, out = block.design(problem.estimator, x, problem.store.read(idx).to(device))
+        yield design, out, problem.dataset.train.labels[idx], torch.arange(start, stop)
+
+
+def statistics(
+    problem: Problem, block: Block, span: tuple[int, int], batch_size: int = 1024, progress: bool = False
+) -> Statistics:
+    """The ridge statistics of `block` over the samples at positions `span` (summed over torchrun's ranks)."""
+    check_held(problem, span)
+    classes = problem.dataset.num_classes
+    stats = Statistics.empty(
+        problem.source(block, "mse"),
+        block.penalised,
+        classes if block.head else 1,
+        classes,
+        1 if block.head else classes,
+        distributed.current().device,
+    )
+    theta = block.theta().to(stats.gram.device)
+    for design, out, labels, positions in block_batches(problem, block, span, batch_size, progress):
+        onehot = F.one_hot(labels, classes).to(design.device, torch.float64)
+        if block.head:
+            residual = onehot
+        else:  # y − r, with r = out − J θ the output's part that does not move with θ
+            residual = onehot - out.double() + (design.double() @ theta)[..., 0]
+        stats = stats.update(design, residual, labels, positions)
+    return sum_over_ranks(stats.to("cpu"), span)
+
+
+def sum_over_ranks(stats: Statistics, span: tuple[int, int]) -> Statistics:
+    """One all-reduce: every rank then holds the statistics of the whole span."""
+    ctx = distributed.current()
+    if not ctx.is_distributed:
+        return stats
+    flat = torch.cat([stats.gram.reshape(-1), stats.moment.reshape(-1), stats.target_sq])
+    total = ctx.sum_over_ranks(flat).cpu()
+    counts = ctx.sum_over_ranks(torch.cat([stats.class_counts, torch.tensor([stats.samples])])).cpu()
+    g, m = stats.gram.numel(), stats.moment.numel()
+    return replace(
+        stats,
+        gram=total[:g].reshape(stats.gram.shape),
+        moment=total[g : g + m].reshape(stats.moment.shape),
+        target_sq=total[g + m :],
+        class_counts=counts[:-1],
+        samples=int(counts[-1]),
+        ranges=union(stats.ranges, (span,)),
+    )
+
+
+# -- cross-entropy ---------------------------------------------------------------------------------------------
+def cross_entropy_solve(problem: Problem, block: Block, span, start: torch.Tensor, lam: float, batch_size: int):
+    """Newton from the ridge solution on the head's inputs, held in memory for the iterations (this rank's
+    share); each iteration's sums are exact over the samples of `span`, summed over torchrun's ranks."""
+    if not block.head:
+        raise ValueError("the cross-entropy solve is for the head block; use --loss mse for other blocks")
+    cached = [(d, labels) for d, _, labels, _ in block_batches(problem, block, span, batch_size, False)]
+
+    def sums(theta: torch.Tensor) -> CrossEntropySums:
+        total = None
+        for design, labels in cached:
+            s = cross_entropy_sums(design, labels, theta)
+            total = s if total is None else total + s
+        return all_reduce_sums(total, theta)
+
+    return newton(sums, start, block.penalised, lam)
+
+
+def all_reduce_sums(sums: CrossEntropySums | None, theta: torch.Tensor) -> CrossEntropySums:
+    """A rank's sums (None: it had no samples) added over all ranks."""
+    size = theta.numel()
+    ctx = distributed.current()
+    if sums is None:
+        zero = torch.zeros((), dtype=torch.float64)
+        sums = CrossEntropySums(zero, torch.zeros(size).double(), torch.zeros(size, size).double(), 0)
+    if not ctx.is_distributed:
+        return sums
+    flat = torch.cat([sums.loss.reshape(1).cpu(), sums.gradient.cpu(), sums.hessian.reshape(-1).cpu()])
+    total = ctx.sum_over_ranks(flat).cpu()
+    return CrossEntropySums(total[0], total[1 : size + 1], total[size + 1 :].reshape(size, size), sums.samples)
+
+
+# -- runs ------------------------------------------------------------------------------------------------------
+@dataclass
+class SolveResult:
+    decoupled: DecoupledModel
+    stats: Statistics
+    solution: dict  # what model.pt and stats.pt record about the solve (λ and how it was chosen)
+    run_dir: Path
+
+
+def solve_blocks(problem: Problem, cfg: SolveConfig, progress: bool) -> tuple[Block, Statistics, dict]:
+    """Solve the configured blocks one after the other on the samples of `cfg.span`; the last one's statistics."""
+    names = [n.strip() for n in cfg.block.split(",")]
+    blocks = [find_block(problem.estimator, n) for n in names]  # all refused before any is solved
+    if cfg.loss == "ce" and len(blocks) > 1:
+        raise ValueError("the cross-entropy solve takes one block (the head)")
+    for block in blocks:
+        stats = statistics(problem, block, cfg.span, cfg.batch_size, progress)
+        solution = solve_statistics(problem, block, stats, cfg)
+    cfg.blocks_before = [b.name for b in blocks[:-1]]
+    return block, stats, solution
+
+
+def solve_statistics(problem: Problem, block: Block, stats: Statistics, cfg: SolveConfig) -> dict:
+    """Ridge (and, for ``loss="ce"``, Newton from it) on `stats`, written into the block; what was chosen."""
+    ridge = solve_ridge(stats, cfg.ridge)
+    block.assign(ridge.theta)
+    record = {"ridge": ridge.record()}
+    if cfg.loss == "ce":
+        result = cross_entropy_solve(problem, block, cfg.span, ridge.theta, ridge.lam, cfg.batch_size)
+        block.assign(result.theta)
+        record["cross_entropy"] = result.record()
+    return record
+
+
+def solve(
+    cfg: SolveConfig,
+    checkpoint: str | os.PathLike,
+    dataset: Dataset,
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    progress: bool = True,
+) -> SolveResult:
+    """Solve `cfg.block` of the checkpoint's QK on the samples of `cfg.span` and write the run folder `out`.
+
+    Example:
+        >>> solve(SolveConfig(samples=4096), "runs/pre/model.pt", dataset, "runs/patterns", "runs/solve")
+    """
+    run_dir = check_out(out)
+    problem = open_problem(checkpoint, dataset, store, cfg)
+    block, stats, solution = solve_blocks(problem, cfg, progress)
+    stats = replace(stats, source=replace(stats.source, loss=cfg.loss))
+    return write_run(run_dir, problem.ckpt, problem.decoupled, cfg, stats, solution, {"checkpoint": str(checkpoint)})
+
+
+def update(
+    from_run: str | os.PathLike,
+    dataset: Dataset,
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    add: tuple[int, int] | None = None,
+    forget: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> SolveResult:
+    """A solve run's statistics plus the samples at positions `add`, or minus those at `forget` (an exact
+    downdate), solved again: reads only those samples (and the run's own files)."""
+    if (add is None) == (forget is None):
+        raise ValueError("give the samples to add (--sample-range A:B) or to forget (--forget A:B), one of them")
+    run_dir = check_out(out)
+    held, extra = Statistics.load(Path(from_run) / "stats.pt")
+    cfg = SolveConfig(**{**extra.get("config", {}), "sample_start": (add or forget)[0], "samples": (add or forget)[1]})
+    if held.source.loss != "mse":
+        raise StatisticsError(
+            f"{from_run} is a cross-entropy solve: its Newton iterations need every sample again, so it cannot be "
+            "updated from statistics; solve with --loss mse"
+        )
+    problem = open_problem(Path(from_run) / "model.pt", dataset, store, cfg)
+    block = find_block(problem.estimator, held.source.block)
+    part = statistics(problem, block, cfg.span, cfg.batch_size, progress)
+    total = held + part if add is not None else held - part
+    solution = solve_statistics(problem, block, total, cfg)
+    origin = {"from": str(from_run), "add" if add else "forget": list(cfg.span)}
+    return write_run(run_dir, problem.ckpt, problem.decoupled, cfg, total, solution, origin)
+
+
+def merge_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> SolveResult:
+    """The solve runs' statistics summed (exact) and solved again; refused, writing nothing, when they hold
+    overlapping samples or are statistics of another SK, block, loss, fixed QK, dataset or subset order."""
+    if len(runs) < 2:
+        raise ValueError(f"merging needs at least two solve runs, got {len(runs)}")
+    run_dir = check_out(out)
+    loaded = [Statistics.load(Path(r) / "stats.pt") for r in runs]
+    total = loaded[0][0]
+    for path, (stats, _) in zip(runs[1:], loaded[1:]):
+        try:
+            total = total + stats
+        except StatisticsError as e:
+            raise StatisticsError(
+                f"{path} cannot be merged with {', '.join(map(str, runs[: runs.index(path)]))}: {e}"
+            ) from None
+    if total.source.loss != "mse":
+        raise StatisticsError("cross-entropy solves do not add up; merge ridge (--loss mse) solve runs")
+    ckpt = load_model_checkpoint(Path(runs[0]) / "model.pt")
+    pooling = resolve_pooling(ckpt, path=str(runs[0]))
+    decoupled = DecoupledModel(load_selector(ckpt, pooling), load_estimator(ckpt, pooling).eval())
+    block = find_block(decoupled.estimator, total.source.block)
+    cfg = SolveConfig(**loaded[0][1].get("config", {}))
+    ridge = solve_ridge(total, cfg.ridge)
+    block.assign(ridge.theta)
+    return write_run(
+        run_dir, ckpt, decoupled, cfg, total, {"ridge": ridge.record()}, {"merged": [str(r) for r in runs]}
+    )
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    run_dir = Path(out)
+    if (run_dir / "model.pt").exists():
+        raise ValueError(f"{run_dir} already holds a solve run; choose another --out")
+    return run_dir
+
+
+def write_run(
+    run_dir: Path,
+    ckpt: dict,
+    decoupled: DecoupledModel,
+    cfg: SolveConfig,
+    stats: Statistics,
+    solution: dict,
+    origin: dict,
+) -> SolveResult:
+    """stats.pt, config.json, then model.pt (last: a folder with model.pt is complete), all atomic, rank 0 only."""
+    analytic = {
+        "block": stats.source.block,
+        "blocks_before": cfg.blocks_before,
+        "loss": stats.source.loss,
+        "samples": stats.samples,
+        "ranges": [list(r) for r in stats.ranges],
+        **solution,
+    }
+
+    def write() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stats.save(run_dir / "stats.pt", {"config": asdict(cfg), "analytic": analytic})
+        record = {
+            "kind": "SolveConfig",
+            "config": asdict(cfg),
+            "source": origin,
+            "analytic": analytic,
+            "code_version": code_version(),
+        }
+        atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2))
+        sk = ckpt["selector_state"] if ckpt["kind"] == "decoupled" else ckpt["state_dict"]
+        entry = decoupled_entry(ckpt["model"], ckpt["model_kwargs"], sk, decoupled)
+        save_checkpoint(run_dir / "model.pt", {**entry, "samples": stats.samples, "analytic": analytic})
+
+    distributed.current().on_main(write)
+    return SolveResult(decoupled, stats, analytic, run_dir)
+
+
+def held_text(stats: Statistics) -> str:
+    return f"{stats.samples} samples ({ranges_text(stats.ranges)})"

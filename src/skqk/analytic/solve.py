@@ -1,0 +1,251 @@
+"""Pure solves from statistics: ridge with λ by generalised cross-validation, and cross-entropy by Newton.
+
+Ridge minimises ``Σ ‖y − r − J θ‖² + λ ‖w‖²`` over the block's parameters θ = (w, bias), the bias unpenalised.
+The bias is eliminated exactly first (for the head this is centring the inputs and targets), then one
+eigendecomposition of the reduced Gram gives the solution, the residual sum of squares and the effective degrees
+of freedom for every λ at once, so λ is chosen by generalised cross-validation (Golub, Heath & Wahba 1979, as
+scikit-learn's ``RidgeCV`` does) without a validation set. Exact leave-one-out would need each sample's leverage,
+i.e. the samples themselves; GCV needs only the sums the statistics keep.
+
+Cross-entropy has no closed form: `newton` iterates exact Newton steps whose loss, gradient and Hessian are sums
+over samples (`cross_entropy_sums`), so each iteration is exact over the data it sees, wherever the sums are
+computed (one process, torchrun ranks, federated clients); its result depends on the weights it starts from
+and the data of every iteration, so it does not add up over chunks as the ridge statistics do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from skqk.analytic.stats import Statistics, StatisticsError
+
+GCV_GRID = torch.logspace(-8, 4, 49, dtype=torch.float64)  # λ / (mean eigenvalue of the reduced Gram)
+
+
+@dataclass(frozen=True)
+class RidgeSolution:
+    """The block's parameters (P, m) in the statistics' layout and how λ was chosen."""
+
+    theta: Tensor
+    lam: float
+    chosen_by: str  # "gcv" or "given"
+    gcv: float  # the GCV score at λ (mean squared residual / (1 − df/N)²)
+    df: float  # effective degrees of freedom per column, bias included
+    at_grid_edge: bool  # GCV kept falling beyond the searched λ range
+
+    def record(self) -> dict:
+        return {
+            "lambda": self.lam,
+            "chosen_by": self.chosen_by,
+            "gcv": self.gcv,
+            "df": self.df,
+            "at_grid_edge": self.at_grid_edge,
+        }
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """The ridge problem with the unpenalised parameters eliminated, in the eigenbasis of its Gram."""
+
+    eigenvalues: Tensor  # (p,) of the reduced Gram
+    vectors: Tensor  # (p, p)
+    projected: Tensor  # (p, m): Vᵀ C_reduced
+    rss_floor: float  # Σ ‖y − r‖² left after fitting the unpenalised parameters alone
+    free_df: float  # rank of the unpenalised part (1 for the head's bias)
+    observations: int  # N: rows per column
+
+
+def reduce(stats: Statistics) -> Reduced:
+    """Eliminate the unpenalised parameters (their normal equations solved for given w, then substituted)."""
+    if stats.samples < 2:
+        raise StatisticsError(f"a ridge solve needs at least 2 samples, the statistics hold {stats.samples}")
+    pen, free = stats.penalised, ~stats.penalised
+    G, C = stats.gram.cpu(), stats.moment.cpu()
+    Gff_inv = torch.linalg.pinv(G[free][:, free], hermitian=True) if free.any() else torch.zeros(0, 0).double()
+    Gpf = G[pen][:, free]
+    gram = G[pen][:, pen] - Gpf @ Gff_inv @ Gpf.T
+    moment = C[pen] - Gpf @ Gff_inv @ C[free]
+    floor = stats.target_sq.cpu().sum() - (C[free] * (Gff_inv @ C[free])).sum()
+    s, V = torch.linalg.eigh((gram + gram.T) / 2)
+    free_df = float(torch.linalg.matrix_rank(G[free][:, free], hermitian=True)) if free.any() else 0.0
+    return Reduced(s.clamp_min(0), V, V.T @ moment, float(floor), free_df, stats.samples * stats.rows)
+
+
+def gcv(reduced: Reduced, lam: float) -> tuple[float, float]:
+    """(GCV score, degrees of freedom per column) at λ; the score is inf where df reaches N."""
+    s, q2 = reduced.eigenvalues, reduced.projected.square().sum(1)
+    rss = reduced.rss_floor - (q2 * (s + 2 * lam) / (s + lam).square()).sum().item()
+    df = reduced.free_df + (s / (s + lam)).sum().item()
+    n, columns = reduced.observations, reduced.projected.shape[1]
+    if df >= n - 1e-9:
+        return math.inf, df
+    return max(rss, 0.0) / (n * columns) / (1 - df / n) ** 2, df
+
+
+def choose_lambda(reduced: Reduced) -> tuple[float, bool]:
+    """The λ of least GCV: on a log grid scaled by the mean eigenvalue, refined by golden section between the
+    grid neighbours of the best point. Also whether it lies at the grid's edge."""
+    scale = reduced.eigenvalues.mean().item() if len(reduced.eigenvalues) else 1.0
+    scale = scale if scale > 0 else 1.0
+    logs = (GCV_GRID * scale).log().tolist()
+    scores = [gcv(reduced, math.exp(t))[0] for t in logs]
+    best = min(range(len(logs)), key=lambda i: scores[i])
+    if math.isinf(scores[best]):
+        raise StatisticsError(
+            f"{reduced.observations} regression rows cannot fit {reduced.free_df:.0f} unpenalised parameters and "
+            "choose λ: add samples or give λ"
+        )
+    lo, hi = logs[max(best - 1, 0)], logs[min(best + 1, len(logs) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(40):  # golden section on log λ
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if gcv(reduced, math.exp(a))[0] <= gcv(reduced, math.exp(b))[0]:
+            hi = b
+        else:
+            lo = a
+    return math.exp((lo + hi) / 2), best in (0, len(logs) - 1)
+
+
+def solve_ridge(stats: Statistics, lam: float | None = None) -> RidgeSolution:
+    """The ridge solution of the statistics' block (a pure function of `stats`).
+
+    Args:
+        stats: the sums of the samples to fit.
+        lam: the penalty on the weights; None chooses it by GCV.
+
+    Returns:
+        θ of shape (P, m) and the λ used, recorded with how it was chosen.
+
+    Example:
+        >>> solution = skqk.analytic.solve_ridge(stats)
+        >>> solution.lam, solution.theta.shape
+    """
+    if lam is not None and not 0 <= lam < math.inf:
+        raise StatisticsError(f"λ must be non-negative and finite, got {lam}")
+    reduced = reduce(stats)
+    chosen_by, edge = ("given", False) if lam is not None else ("gcv", None)
+    if lam is None:
+        lam, edge = choose_lambda(reduced)
+    s, V = reduced.eigenvalues, reduced.vectors
+    inverse = torch.where(s + lam > 0, 1 / (s + lam), torch.zeros_like(s))  # λ = 0: the minimum-norm solution
+    theta = torch.zeros(stats.moment.shape, dtype=torch.float64)
+    pen, free = stats.penalised, ~stats.penalised
+    theta[pen] = V @ (inverse[:, None] * reduced.projected)
+    if free.any():
+        G, C = stats.gram.cpu(), stats.moment.cpu()
+        theta[free] = torch.linalg.pinv(G[free][:, free], hermitian=True) @ (C[free] - G[free][:, pen] @ theta[pen])
+    score, df = gcv(reduced, lam)
+    return RidgeSolution(theta, float(lam), chosen_by, score, df, bool(edge))
+
+
+# -- cross-entropy -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CrossEntropySums:
+    """Σ over samples at one θ of the head: loss, gradient (P·K) and Hessian (P·K)², float64."""
+
+    loss: Tensor
+    gradient: Tensor
+    hessian: Tensor
+    samples: int
+
+    def __add__(self, other: CrossEntropySums) -> CrossEntropySums:
+        return CrossEntropySums(
+            self.loss + other.loss,
+            self.gradient + other.gradient,
+            self.hessian + other.hessian,
+            self.samples + other.samples,
+        )
+
+
+MAX_NEWTON_PARAMETERS = 20_000  # the Hessian is its square in float64 (3.2 GB)
+
+
+def cross_entropy_sums(design: Tensor, labels: Tensor, theta: Tensor) -> CrossEntropySums:
+    """The sums of one batch for the head's inputs ``[z 1]`` (B, P) and θ (P, K), θ flattened row-major."""
+    z = design.double()
+    logits = z @ theta.to(z.device)
+    p = logits.softmax(1)
+    loss = torch.nn.functional.cross_entropy(logits, labels.to(z.device), reduction="sum")
+    residual = p.clone()
+    residual[torch.arange(len(z)), labels.to(z.device)] -= 1
+    gradient = (z.T @ residual).reshape(-1)
+    weights = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (B, K, K)
+    hessian = torch.einsum("ia,ikl,ib->akbl", z, weights, z).reshape(len(gradient), len(gradient))
+    return CrossEntropySums(loss, gradient, hessian, len(z))
+
+
+@dataclass(frozen=True)
+class NewtonResult:
+    theta: Tensor
+    lam: float
+    iterations: int  # evaluations of the sums (one pass over the data, or one federated round, each)
+    decrement: float  # the Newton decrement ½ gᵀ H⁻¹ g at the end: the objective's distance to its minimum
+    objective: float
+
+    def record(self) -> dict:
+        return {
+            "lambda": self.lam,
+            "chosen_by": "ridge gcv",
+            "iterations": self.iterations,
+            "newton_decrement": self.decrement,
+            "objective": self.objective,
+        }
+
+
+def newton(
+    sums: Callable[[Tensor], CrossEntropySums],
+    start: Tensor,
+    penalised: Tensor,
+    lam: float,
+    tolerance: float = 1e-10,
+    max_evaluations: int = 60,
+) -> NewtonResult:
+    """Minimise ``Σ CE(z̃ θ, y) + λ ‖w‖²`` (the bias unpenalised) by Newton's method with step halving.
+
+    `sums(θ)` returns the data's sums at θ; each call is one pass (or round). The softmax does not change when
+    every class's bias moves by the same amount, so ``½ (Σ_k b_k)²`` is added: it changes nothing else and makes
+    the Hessian definite, picking the minimiser whose biases sum to zero.
+
+    Args:
+        sums: the loss, gradient and Hessian summed over all samples at θ.
+        start: θ (P, K) to start from (the ridge solution).
+        penalised: (P,) bool, the rows of θ under the penalty (the weights; the bias row is not).
+        lam: the penalty.
+    """
+    P, K = start.shape
+    if P * K > MAX_NEWTON_PARAMETERS:
+        raise StatisticsError(
+            f"a Newton solve of {P * K} parameters needs a {P * K}² Hessian ({(P * K) ** 2 * 8 / 2**30:.1f} GiB in "
+            f"float64); use the ridge solve (--loss mse) for this block"
+        )
+    pen = penalised[:, None].expand(P, K).reshape(-1).double() * lam
+    bias = (~penalised)[:, None].expand(P, K).reshape(-1).double()
+
+    def objective(theta: Tensor, s: CrossEntropySums) -> float:
+        flat = theta.reshape(-1)
+        return s.loss.item() + (pen * flat.square()).sum().item() + 0.5 * (bias * flat).sum().item() ** 2
+
+    theta = start.double().clone()
+    best: tuple[Tensor, float] | None = None
+    decrement = math.inf
+    for evaluation in range(1, max_evaluations + 1):
+        s = sums(theta)
+        value = objective(theta, s)
+        if best is not None and not value < best[1]:  # no decrease: halve the step back towards the best point
+            theta = (best[0] + theta) / 2
+            continue
+        flat = theta.reshape(-1)
+        gradient = s.gradient.cpu() + 2 * pen * flat + bias * (bias * flat).sum()
+        hessian = s.hessian.cpu() + torch.diag(2 * pen) + bias[:, None] * bias[None, :]
+        step = torch.linalg.solve(hessian, gradient)
+        decrement = 0.5 * (gradient @ step).item()
+        best = (theta, value)
+        if decrement <= tolerance * max(1.0, abs(value)):  # within the quadratic model's accuracy: a last step
+            return NewtonResult(theta - step.reshape(P, K), lam, evaluation, decrement, value)
+        theta = theta - step.reshape(P, K)
+    return NewtonResult(best[0], lam, max_evaluations, decrement, best[1])

@@ -1,0 +1,145 @@
+"""`skqk reproduce`: the paper's experiments and the studies built on them, cells cached in the results folder."""
+
+from __future__ import annotations
+
+import sys
+
+from skqk.cli.combine import require_flower
+from skqk.cli.options import add_command, add_data_options, load_data, parse_int_list
+
+
+def add_parsers(sub) -> None:
+    p = add_command(
+        sub,
+        "reproduce",
+        help="the experiments: fig4 (SK stabilisation), fig5 (re-training), qkgap (what closes the QK gap), "
+        "federated (QK-FedAvg vs FedAvg, docs/federated.md), incremental (data arriving in chunks)",
+    )
+    p.add_argument("figure", choices=["fig4", "fig5", "qkgap", "federated", "incremental"])
+    p.add_argument(
+        "--preset",
+        choices=["paper", "cpu", "smoke"],
+        default="cpu",
+        help="paper: exact protocol; cpu: scaled for a 2-core CPU; smoke: minutes (default cpu)",
+    )
+    p.add_argument(
+        "--models",
+        help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5, lenet5 for qkgap, "
+        "lenet5,vgg8 for federated and incremental)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["independent", "successive"],
+        default="independent",
+        help="fig5: each N from the pre-trained net (default) or from the previous N's result",
+    )
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fig5: every run in this precision")
+    p.add_argument(
+        "--seeds",
+        help="comma-separated seeds; each changes initialisation, sample choice and batch order (default 0; "
+        "incremental: the preset's)",
+    )
+    p.add_argument("--sk-samples", help="fig5: comma-separated SK sizes n (overrides the preset's)")
+    p.add_argument("--max-samples", type=int, help="fig5: largest N (overrides the preset's)")
+    p.add_argument("--epochs", type=int, help="fig4: training epochs (overrides the preset's)")
+    p.add_argument("--every-steps", type=int, help="fig4: also compare patterns every K SGD steps (0 = per epoch)")
+    p.add_argument("--flip-threshold", type=float, help="fig4: flip fraction below which patterns count as settled")
+    p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
+    add_data_options(p)
+
+
+# the experiments that read each `reproduce` option (with its value when not given): given to another, it is refused
+# rather than silently ignored
+REPRODUCE_OPTIONS = {
+    "mode": (("fig5",), "independent"),
+    "precision": (("fig5",), "fp32"),
+    "seeds": (("fig4", "fig5", "qkgap", "incremental"), None),
+    "sk_samples": (("fig5",), None),
+    "max_samples": (("fig5",), None),
+    "epochs": (("fig4",), None),
+    "every_steps": (("fig4",), None),
+    "flip_threshold": (("fig4",), None),
+}
+
+
+def cmd_reproduce(args) -> None:
+    for option, (figures, unset) in REPRODUCE_OPTIONS.items():
+        if getattr(args, option) != unset and args.figure not in figures:
+            flag = "--" + option.replace("_", "-")
+            raise ValueError(f"{flag} applies to {', '.join(figures)}, not to reproduce {args.figure}")
+    if args.figure == "federated":
+        return reproduce_federated(args)
+    from dataclasses import replace
+
+    from skqk import models
+    from skqk.experiments import PRESETS, run_fig4, run_fig5, run_qk_gap
+    from skqk.experiments.report import summary_table
+
+    overrides = {"fig4_epochs": args.epochs, "fig4_every_steps": args.every_steps}
+    overrides["fig4_flip_threshold"] = args.flip_threshold
+    if any(v is not None and v < 0 for v in overrides.values()) or args.epochs == 0:
+        raise ValueError("--epochs must be positive; --every-steps and --flip-threshold non-negative")
+    preset = replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+    protocol = {}
+    if args.sk_samples:
+        protocol["sk_samples"] = parse_int_list(args.sk_samples, "--sk-samples")
+        if 0 in protocol["sk_samples"]:
+            raise ValueError(f"--sk-samples must be positive, got {args.sk_samples!r}")
+    if args.max_samples is not None:
+        if args.max_samples <= 0:
+            raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
+        protocol["max_samples"] = args.max_samples
+    if protocol:  # the overrides are part of the preset written into results.json and printed with its scaling
+        preset = replace(preset, fig5={name: replace(p, **protocol) for name, p in preset.fig5.items()})
+    seeds = parse_int_list(args.seeds or "0")
+    if args.seeds:
+        preset = replace(preset, incremental={n: replace(p, seeds=seeds) for n, p in preset.incremental.items()})
+    default = {"fig4": "alexnet", "incremental": "lenet5,vgg8", "qkgap": "lenet5"}.get(
+        args.figure, "lenet5,alexnet,vgg8"
+    )
+    names = (args.models or default).split(",")
+    studies = {"fig5": preset.fig5, "incremental": preset.incremental, "qkgap": [g.model for g in preset.qk_gap]}
+    protocols = studies.get(args.figure, models.list_models())
+    for name in names:
+        if name not in models.list_models() or name not in protocols:
+            raise ValueError(
+                f"unknown model {name!r} for {args.figure} in preset {preset.name}; choose from "
+                f"{', '.join(protocols) or 'none (the preset has no such study)'}"
+            )
+    print(preset.scaling(), file=sys.stderr)
+    dataset = load_data(args)
+    if args.figure == "fig4":
+        results = run_fig4(preset, names, dataset, args.out, not args.quiet, seeds)
+    elif args.figure == "qkgap":
+        results = run_qk_gap(preset, names, dataset, args.out, not args.quiet, seeds)
+    elif args.figure == "incremental":
+        from skqk.experiments.incremental import run_incremental
+
+        results = run_incremental(preset, names, dataset, args.out, progress=not args.quiet)
+    else:
+        results = run_fig5(preset, names, dataset, args.out, args.mode, not args.quiet, args.precision, seeds)
+    print(summary_table(results))
+    print(f"results in {args.out}/{'qkgap-' if args.figure == 'qkgap' else ''}results.json")
+
+
+def reproduce_federated(args) -> None:
+    from skqk.experiments.federated import PRESETS
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"reproduce federated has the presets {', '.join(PRESETS)}, not {args.preset!r}")
+    require_flower()
+    from skqk.experiments.federated import run_federated_experiment as run
+    from skqk.experiments.report import summary_table
+
+    preset = PRESETS[args.preset]
+    names = (args.models or ",".join(preset.models)).split(",")
+    for name in names:
+        if name not in preset.models:
+            raise ValueError(f"unknown model {name!r} for federated; choose from {', '.join(preset.models)}")
+    print(preset.scaling(), file=sys.stderr)
+    results = run(preset, names, load_data(args), args.out, args.data_dir, args.cache_dir, progress=not args.quiet)
+    print(summary_table(results))
+    print(f"results in {args.out}/results.json")
+
+
+COMMANDS = {"reproduce": cmd_reproduce}

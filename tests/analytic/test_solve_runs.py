@@ -1,0 +1,151 @@
+"""Solve runs on a tiny trained net and its frozen-pooling pattern store: the run folder is an ordinary decoupled
+checkpoint; adding chunks, forgetting a range and merging runs equal one solve of the same samples; the block's
+design is the estimator's exact linear map; what cannot be solved exactly is refused."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from pipeline_helpers import make_dataset, tiny_models  # noqa: F401  (fixture: the test models)
+
+from skqk.analytic import BlockError, SolveConfig, StatisticsError, find_block, merge_runs, open_problem, solve, update
+from skqk.analytic.run import check_held
+from skqk.pipeline.checkpoint import load_for_evaluation, load_model_checkpoint
+from skqk.pipeline.config import TrainConfig
+from skqk.pipeline.loop import evaluate
+from skqk.pipeline.record import record_from_checkpoint
+from skqk.pipeline.train import train
+from skqk.store import StoreError
+
+BATCH = 10  # every solve cuts the samples at the same positions, so each sample's features are bit-identical
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analytic")
+    _, _, data = make_dataset(root)
+    train(TrainConfig(model="tiny", samples=60, epochs=2, batch_size=20, lr=0.05), data, root / "pre", progress=False)
+    pre = root / "pre" / "model.pt"
+    record_from_checkpoint(pre, data, 120, root / "frozen", pooling="frozen", progress=False)
+    record_from_checkpoint(pre, data, 40, root / "live", progress=False)
+    record_from_checkpoint(pre, data, 40, root / "shuffled", pooling="frozen", subset_seed=1, progress=False)
+    return {"data": data, "pre": pre, "store": root / "frozen", "root": root}
+
+
+def run(setup, out, samples=120, start=0, **cfg):
+    config = SolveConfig(samples=samples, sample_start=start, batch_size=BATCH, **cfg)
+    return solve(config, setup["pre"], setup["data"], setup["store"], setup["root"] / out, progress=False)
+
+
+def head_weights(run_dir) -> torch.Tensor:
+    state = load_model_checkpoint(run_dir / "model.pt")["state_dict"]
+    return torch.cat([state["6.weight"].double().flatten(), state["6.bias"].double()])
+
+
+def assert_relative(a, b, tolerance=1e-6):
+    assert ((a - b).norm() / b.norm()).item() < tolerance
+
+
+def test_a_solve_run_is_a_decoupled_checkpoint_that_evaluates_and_records_its_solve(setup):
+    result = run(setup, "joint")
+    ckpt = load_model_checkpoint(result.run_dir / "model.pt")
+    assert ckpt["kind"] == "decoupled" and ckpt["pooling"] == "frozen" and ckpt["samples"] == 120
+    assert ckpt["analytic"]["block"] == "6" and ckpt["analytic"]["ridge"]["chosen_by"] == "gcv"
+    assert ckpt["analytic"]["ranges"] == [[0, 120]]
+    module, _ = load_for_evaluation(result.run_dir / "model.pt")
+    accuracy = evaluate(module, setup["data"])["val_accuracy"]
+    assert accuracy > 0.9  # three colour classes: the least-squares head separates them
+
+
+def test_chunks_added_to_a_run_equal_one_solve_of_all_samples(setup):
+    joint = run(setup, "all")
+    first = run(setup, "chunk0", samples=50)
+    second = update(first.run_dir, setup["data"], setup["store"], setup["root"] / "chunk1", add=(50, 90))
+    third = update(second.run_dir, setup["data"], setup["store"], setup["root"] / "chunk2", add=(90, 120))
+    assert third.stats.ranges == ((0, 120),)
+    assert_relative(head_weights(third.run_dir), head_weights(joint.run_dir))
+
+
+def test_forgetting_a_range_equals_a_solve_without_it(setup):
+    everything = run(setup, "forget_all")
+    forgotten = update(everything.run_dir, setup["data"], setup["store"], setup["root"] / "forgot", forget=(30, 60))
+    without = merge_runs(
+        [run(setup, "head30", samples=30).run_dir, run(setup, "tail", 120, 60).run_dir], setup["root"] / "without"
+    )
+    assert forgotten.stats.ranges == ((0, 30), (60, 120))
+    assert_relative(head_weights(forgotten.run_dir), head_weights(without.run_dir))
+
+
+def test_merging_runs_of_overlapping_samples_is_refused_writing_nothing(setup):
+    a, b = run(setup, "overlap_a", samples=60), run(setup, "overlap_b", samples=90, start=40)
+    with pytest.raises(StatisticsError, match="both hold samples 40:60"):
+        merge_runs([a.run_dir, b.run_dir], setup["root"] / "overlap")
+    assert not (setup["root"] / "overlap").exists()
+
+
+def test_merging_runs_of_another_block_or_loss_is_refused(setup):
+    head = run(setup, "block_head", samples=60)
+    other = run(setup, "block_conv", samples=120, start=60, block="0")
+    with pytest.raises(StatisticsError, match="another block"):
+        merge_runs([head.run_dir, other.run_dir], setup["root"] / "mixed")
+    ce = run(setup, "ce", samples=120, start=60, loss="ce")
+    with pytest.raises(StatisticsError, match="another loss"):
+        merge_runs([head.run_dir, ce.run_dir], setup["root"] / "mixed")
+    with pytest.raises(StatisticsError, match="cross-entropy solve"):
+        update(ce.run_dir, setup["data"], setup["store"], setup["root"] / "ce_more", add=(0, 60))
+
+
+def test_cross_entropy_refines_the_ridge_head(setup):
+    ce = run(setup, "ce_all", loss="ce")
+    record = ce.solution["cross_entropy"]
+    assert record["newton_decrement"] <= 1e-10 * record["objective"]
+    module, _ = load_for_evaluation(ce.run_dir / "model.pt")
+    assert evaluate(module, setup["data"])["val_accuracy"] > 0.9
+
+
+def test_a_conv_block_design_is_the_estimators_exact_linear_map(setup):
+    problem = open_problem(setup["pre"], setup["data"], setup["store"], SolveConfig(samples=20))
+    estimator = problem.estimator.double()
+    block = find_block(estimator, "0")
+    idx = problem.order[:5]
+    x = problem.dataset.normalize(problem.dataset.train.images[idx]).double()
+    pattern = problem.store.read(idx)
+    jacobian, out = block.design(estimator, x, pattern)
+    theta = block.theta()
+    moved = theta + torch.randn_like(theta)
+    block.assign(moved)
+    predicted = out + ((jacobian @ (moved - theta))[..., 0])
+    torch.testing.assert_close(estimator(x, pattern), predicted, rtol=1e-10, atol=1e-10)
+
+
+def test_a_solve_with_the_conv_block_then_the_head_keeps_the_head_statistics(setup):
+    result = run(setup, "two_blocks", block="0,6")
+    assert result.stats.source.block == "6" and result.solution["blocks_before"] == ["0"]
+    module, _ = load_for_evaluation(result.run_dir / "model.pt")
+    assert evaluate(module, setup["data"])["val_accuracy"] > 0.9
+
+
+def test_live_pooling_another_order_missing_samples_and_unknown_blocks_are_refused(setup):
+    data, pre = setup["data"], setup["pre"]
+    with pytest.raises(ValueError, match="needs frozen max pooling"):
+        open_problem(pre, data, setup["root"] / "live", SolveConfig(samples=40))
+    with pytest.raises(StoreError, match="subset"):
+        open_problem(pre, data, setup["root"] / "shuffled", SolveConfig(samples=40))
+    problem = open_problem(pre, data, setup["root"] / "shuffled", SolveConfig(samples=40, subset_seed=1))
+    with pytest.raises(ValueError, match="lacks 10 of the samples at positions 30:50"):
+        check_held(problem, (30, 50))
+    with pytest.raises(BlockError, match="unknown linear or conv layer 'classifier'"):
+        find_block(problem.estimator, "classifier")
+
+
+def test_an_existing_run_folder_is_not_overwritten(setup):
+    run(setup, "once", samples=20)
+    with pytest.raises(ValueError, match="already holds a solve run"):
+        run(setup, "once", samples=20)
+
+
+def test_a_config_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="empty or negative"):
+        SolveConfig(samples=10, sample_start=10)
+    with pytest.raises(ValueError, match="loss must be"):
+        replace(SolveConfig(), loss="hinge")
