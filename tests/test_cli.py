@@ -31,7 +31,7 @@ from pipeline_helpers import (
 )
 
 from skqk import __version__, cli
-from skqk.pipeline.checkpoint import load_checkpoint
+from skqk.pipeline.checkpoint import load_checkpoint, save_checkpoint
 from skqk.pipeline.config import RetrainConfig, TrainConfig
 from skqk.pipeline.record import selector_from_checkpoint
 
@@ -139,6 +139,47 @@ def test_evaluate_json_and_errors_in_a_real_process(setup, tmp_path, capsys):
     assert proc.stdout == ""
 
 
+def test_evaluate_json_of_a_network_with_nan_outputs_is_valid_json(pipeline, setup, tmp_path, capsys):
+    ckpt = load_checkpoint(setup["root"] / "pre" / "model.pt")
+    next(iter(ckpt["state_dict"].values())).fill_(float("nan"))
+    save_checkpoint(tmp_path / "nan.pt", ckpt)
+
+    code, out, err = main_in_process(capsys, "evaluate", "--json", "--checkpoint", tmp_path / "nan.pt", *setup["args"])
+
+    assert code == 0, err
+    result = json.loads(out, parse_constant=lambda name: pytest.fail(f"bare {name} in {out}"))
+    assert result["loss"] is None and result["finite"] is False
+    assert pipeline["evaluate pre"][0] == 0 and json.loads(pipeline["evaluate pre"][1])["finite"] is True
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "--checkpoint", "{missing}"],
+        ["record", "--checkpoint", "{missing}", "--samples", "10", "--store", "{tmp}/store"],
+        ["retrain", "--checkpoint", "{missing}", "--out", "{tmp}/run"],
+        ["refresh", "--checkpoint", "{missing}", "--samples", "10", "--store", "{tmp}/s", "--out", "{tmp}/r"],
+        ["merge", "{pre}", "{missing}", "-o", "{tmp}/m.pt", "--method", "task-arithmetic", "--start", "{pre}"],
+        ["merge", "{qk}", "{qk2}", "-o", "{tmp}/m.pt", "--method", "task-arithmetic", "--start", "{missing}"],
+    ],
+)
+def test_a_mistyped_checkpoint_is_reported_before_any_data_is_fetched(
+    pipeline, setup, tmp_path, capsys, monkeypatch, command
+):
+    """Without --data-dir a command would fetch CIFAR-10 first; the missing file is what it must report."""
+    import skqk.data
+
+    monkeypatch.setattr(skqk.data, "load_dataset", lambda *a, **k: pytest.fail("data fetched before the check"))
+    root = setup["root"]
+    names = {"missing": tmp_path / "mdoel.pt", "tmp": tmp_path, "pre": root / "pre/model.pt"}
+    names |= {"qk": root / "qk/model.pt", "qk2": root / "traditional/model.pt"}
+    command = [part.format(**names) for part in command]
+
+    code, _, err = main_in_process(capsys, *command)
+
+    assert_one_line_error(code, err, f"checkpoint {tmp_path / 'mdoel.pt'} does not exist")
+
+
 # -- bad input ----------------------------------------------------------------------------------------------------
 def bad_inputs(root, args):
     """{case: (command line without --out, fragment of the expected message)}."""
@@ -160,6 +201,10 @@ def bad_inputs(root, args):
         "nan weight decay": ([*retrain, "--weight-decay", "nan", *args], "weight_decay must be non-negative"),
         "negative weight decay": (["train", "--weight-decay", "-1", *args], "weight_decay must be non-negative"),
         "zero retrain samples": ([*retrain[:-1], "0", *args], "samples must be positive"),
+        "more new classes than the data has": (
+            ["train", "--model", "tiny", "--samples", "30", "--class-incremental", "4", "--chunk-samples", "30", *args],
+            "chunks of 4 new classes: the data has 3",
+        ),
     }
 
 

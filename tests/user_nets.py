@@ -20,3 +20,10 @@ def broken(**kwargs) -> nn.Module:
 
 def not_a_module(**kwargs):
     return "a string"
+
+
+def gelu_net(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    """Trainable, but not piecewise linear: Phase 2 refuses it."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes)
+    )

@@ -16,6 +16,7 @@ DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 @contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a temporary file in `path`'s folder that replaces `path` once written and fsynced; removed on error.
+    The file gets the permissions `open` would give it (0666 less the umask).
 
     A full disk (or quota) becomes an OSError that says so and names `path`. A process killed midway leaves
     its temporary file, ``.<name>.<random>.part``; `remove_partial_writes` clears them.
@@ -24,6 +25,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600 would make results readable by their owner only
         with os.fdopen(handle, "wb") as file:
             yield file
             file.flush()
@@ -35,6 +37,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             raise OSError(error.errno, f"disk full: cannot write {path} (an earlier version of it is intact)") from None
         raise
     fsync_dir(path.parent)
+
+
+def current_umask() -> int:
+    """The process's umask, the permission bits a plainly created file leaves out (`os.umask` only reads it by
+    setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

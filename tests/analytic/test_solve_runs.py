@@ -6,7 +6,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from pipeline_helpers import make_dataset, tiny_models  # noqa: F401  (fixture: the test models)
+from pipeline_helpers import (
+    assert_one_line_error,
+    data_args,
+    main_in_process,
+    make_dataset,
+    tiny_models,  # noqa: F401  (fixture: the test models)
+)
 
 from skqk.analytic import BlockError, SolveConfig, StatisticsError, find_block, merge_runs, open_problem, solve, update
 from skqk.analytic.run import check_held
@@ -23,13 +29,13 @@ BATCH = 10  # every solve cuts the samples at the same positions, so each sample
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("analytic")
-    _, _, data = make_dataset(root)
+    data_dir, cache_dir, data = make_dataset(root)
     train(TrainConfig(model="tiny", samples=60, epochs=2, batch_size=20, lr=0.05), data, root / "pre", progress=False)
     pre = root / "pre" / "model.pt"
     record_from_checkpoint(pre, data, 120, root / "frozen", pooling="frozen", progress=False)
     record_from_checkpoint(pre, data, 40, root / "live", progress=False)
     record_from_checkpoint(pre, data, 40, root / "shuffled", pooling="frozen", subset_seed=1, progress=False)
-    return {"data": data, "pre": pre, "store": root / "frozen", "root": root}
+    return {"data": data, "pre": pre, "store": root / "frozen", "root": root, "args": data_args(data_dir, cache_dir)}
 
 
 def run(setup, out, samples=120, start=0, **cfg):
@@ -149,3 +155,129 @@ def test_a_config_out_of_range_is_refused():
         SolveConfig(samples=10, sample_start=10)
     with pytest.raises(ValueError, match="loss must be"):
         replace(SolveConfig(), loss="hinge")
+
+
+def skqk(capsys, setup, *args):
+    batch = ["--batch-size", BATCH] if args[0] == "solve" else []
+    return main_in_process(capsys, *args, *batch, *setup["args"])
+
+
+def test_the_commands_solve_add_forget_merge_and_their_runs_evaluate_and_retrain(setup, capsys):
+    root, store = setup["root"], setup["store"]
+    code, out, err = skqk(
+        capsys, setup, "solve", "--checkpoint", setup["pre"], "--store", store, "--samples", 60, "--out", root / "cli_a"
+    )
+    assert code == 0, err
+    assert "block 6 solved on 60 samples (0:60), λ" in out and "(gcv)" in out and "val accuracy" in out
+    code, out, err = skqk(
+        capsys,
+        setup,
+        "solve",
+        "--from",
+        root / "cli_a",
+        "--store",
+        store,
+        "--sample-range",
+        "60:120",
+        "--out",
+        root / "cli_ab",
+    )
+    assert code == 0 and "120 samples (0:120)" in out, err
+    code, out, err = skqk(
+        capsys, setup, "solve", "--from", root / "cli_ab", "--store", store, "--forget", "0:60", "--out", root / "cli_b"
+    )
+    assert code == 0 and "60 samples (60:120)" in out, err
+    code, out, err = skqk(capsys, setup, "merge", root / "cli_a", root / "cli_b" / "model.pt", "-o", root / "cli_m")
+    assert code == 0 and "120 samples (0:120)" in out, err
+    assert_relative(head_weights(root / "cli_m"), head_weights(root / "cli_ab"))
+    code, out, err = main_in_process(capsys, "evaluate", "--checkpoint", root / "cli_m" / "model.pt", *setup["args"])
+    assert code == 0 and "(decoupled)" in out, err
+    code, out, err = main_in_process(
+        capsys,
+        "retrain",
+        "--checkpoint",
+        root / "cli_m" / "model.pt",
+        "--store",
+        store,
+        "--samples",
+        120,
+        "--epochs",
+        1,
+        "--out",
+        root / "cli_sgd",
+        *setup["args"],
+    )
+    assert code == 0, err
+
+
+def test_the_commands_refuse_in_one_line_and_write_nothing(setup, capsys):
+    root, store = setup["root"], setup["store"]
+    for name, samples in (("cli_x", "0:60"), ("cli_y", "40:100")):
+        code, _, err = skqk(
+            capsys,
+            setup,
+            "solve",
+            "--checkpoint",
+            setup["pre"],
+            "--store",
+            store,
+            "--sample-range",
+            samples,
+            "--out",
+            root / name,
+        )
+        assert code == 0, err
+    code, _, err = skqk(capsys, setup, "merge", root / "cli_x", root / "cli_y", "-o", root / "cli_xy")
+    assert_one_line_error(code, err, "both hold samples 40:60")
+    assert not (root / "cli_xy").exists()
+    code, _, err = skqk(capsys, setup, "merge", root / "cli_x", setup["pre"], "-o", root / "cli_xp")
+    assert_one_line_error(code, err, "not both")
+    code, _, err = skqk(
+        capsys,
+        setup,
+        "solve",
+        "--from",
+        root / "cli_x",
+        "--store",
+        store,
+        "--sample-range",
+        "50:70",
+        "--out",
+        root / "cli_z",
+    )
+    assert_one_line_error(code, err, "already holds samples 50:60")
+    code, _, err = skqk(
+        capsys, setup, "solve", "--from", root / "cli_x", "--store", store, "--forget", "50:70", "--out", root / "cli_z"
+    )
+    assert_one_line_error(code, err, "does not hold samples 60:70")
+    code, _, err = skqk(
+        capsys,
+        setup,
+        "solve",
+        "--from",
+        root / "cli_x",
+        "--block",
+        "0",
+        "--store",
+        store,
+        "--forget",
+        "0:10",
+        "--out",
+        root / "cli_z",
+    )
+    assert_one_line_error(code, err, "drop --block")
+    code, _, err = skqk(
+        capsys,
+        setup,
+        "solve",
+        "--checkpoint",
+        setup["pre"],
+        "--store",
+        root / "live",
+        "--samples",
+        40,
+        "--out",
+        root / "cli_z",
+    )
+    assert_one_line_error(code, err, "frozen max pooling")
+    assert not (root / "cli_z").exists()

@@ -132,6 +132,11 @@ def test_class_incremental_chunk_larger_than_its_classes_is_refused():
         subset_indices(torch.arange(300) % 6, 10, class_chunks=(2, 101))
 
 
+def test_class_incremental_chunks_of_more_classes_than_the_data_has_are_refused():
+    with pytest.raises(DataError, match="chunks of 7 new classes: the data has 6"):
+        subset_indices(torch.arange(300) % 6, 10, class_chunks=(7, 30))
+
+
 def test_replay_buffer_is_a_reproducible_class_balanced_subset_of_earlier_samples():
     earlier = subset_indices(LABELS, 60, seed=1)
 

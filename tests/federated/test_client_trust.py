@@ -1,5 +1,5 @@
 """A federated message is data: the ClientApp builds a zoo model, or an import path its own node config trusts
-(``trust-model``), never one only the server's task names; the refusal comes before anything is imported."""
+(``trust-model``), never one only the server's task names; it replies with an error before importing anything."""
 
 import importlib.util
 import json
@@ -14,8 +14,8 @@ if importlib.util.find_spec("flwr") is None and os.environ.get("CI") != "true": 
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+from pipeline_helpers import make_dataset  # noqa: E402
 
-from skqk import models  # noqa: E402
 from skqk.federated.client_app import client_app  # noqa: E402
 from skqk.federated.config import FederatedConfig  # noqa: E402
 from skqk.pipeline.checkpoint import CheckpointError  # noqa: E402
@@ -41,9 +41,15 @@ def planted(tmp_path, monkeypatch):
     sys.modules.pop("skqk_planted_net", None)
 
 
-def task(model: str) -> Message:
-    """A first-round task naming `model`, as a ServerApp sends it."""
-    config = {"config": FederatedConfig(clients=2).to_dict(), "model": model, "model_kwargs": {}, "pooling": "live"}
+def task(model: str, data: str = "") -> Message:
+    """A first-round task naming `model` (for the data of fingerprint `data`), as a ServerApp sends it."""
+    config = {
+        "config": FederatedConfig(clients=2, samples=60).to_dict(),
+        "model": model,
+        "model_kwargs": {},
+        "pooling": "live",
+        "data": data,
+    }
     content = RecordDict(
         {
             "config": ConfigRecord({"skqk": json.dumps(config), "server-round": 1}),
@@ -62,14 +68,15 @@ def node(**config) -> Context:
 @pytest.mark.parametrize("allowed", [None, "skqk_planted_net:other", "os:system"])
 def test_a_node_refuses_an_import_path_its_operator_did_not_allow_without_importing_it(planted, allowed):
     config = {"trust-model": allowed} if allowed else {}
-    with pytest.raises(models.UntrustedModelError, match="trust-model='skqk_planted_net:build'"):
-        client_app()(task("skqk_planted_net:build"), node(**config))
+    reply = client_app(data_dir="/nonexistent")(task("skqk_planted_net:build"), node(**config))
+    assert reply.has_error() and "trust-model='skqk_planted_net:build'" in reply.error.reason
     assert not planted.exists() and "skqk_planted_net" not in sys.modules
 
 
-def test_a_node_builds_an_import_path_its_node_config_allows(planted):
+def test_a_node_builds_an_import_path_its_node_config_allows(planted, tmp_path):
     """Allowed, the module is imported and its network built (then refused: the task's weights do not fit it)."""
+    data_dir, cache_dir, data = make_dataset(tmp_path)
     allowed = node(**{"trust-model": "os:system, skqk_planted_net:build"})
     with pytest.raises(CheckpointError, match="does not fit the skqk_planted_net:build architecture"):
-        client_app()(task("skqk_planted_net:build"), allowed)
+        client_app(str(data_dir), str(cache_dir))(task("skqk_planted_net:build", data.fingerprint), allowed)
     assert planted.exists()

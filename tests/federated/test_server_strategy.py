@@ -1,8 +1,10 @@
 """The server's strategy wrapper without the simulation engine: the SK goes to each node once, replies are
-aggregated by Flower's own FedAvg / FedAdam in client order, BatchNorm statistics are pooled as a mixture, a round
-with too few replies keeps the global model, and every array sent is counted."""
+checked and aggregated by Flower's own FedAvg / FedAdam in client order, BatchNorm statistics are pooled as a
+mixture, a round with too few valid replies keeps the global model (no client can stop the run), and every array
+sent is counted."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -15,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from skqk.federated.config import FederatedConfig  # noqa: E402
-from skqk.federated.server_app import SharedSK, array_bytes, inner_strategy  # noqa: E402
+from skqk.federated.server_app import FederatedError, SharedSK, array_bytes, inner_strategy, run_server  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +37,12 @@ class Grid:
         return self.nodes
 
 
-def reply(message: Message, partition: int, examples: int, weight: float, mean: float, var: float) -> Message:
+def reply(
+    message: Message, partition: int, examples: int, weight: float, mean: float, var: float, w: torch.Tensor = None
+) -> Message:
     content = RecordDict(
         {
-            "arrays": ArrayRecord({"w": torch.full((2,), weight)}),
+            "arrays": ArrayRecord({"w": torch.full((2,), weight) if w is None else w}),
             "statistics": ArrayRecord(
                 {
                     "bn.running_mean": torch.tensor([mean]),
@@ -46,7 +50,9 @@ def reply(message: Message, partition: int, examples: int, weight: float, mean: 
                     "bn.num_batches_tracked": torch.tensor(3),
                 }
             ),
-            "metrics": MetricRecord({"num-examples": examples, "partition-id": partition, "train-loss": 1.0}),
+            "metrics": MetricRecord(
+                {"num-examples": examples, "partition-id": partition, "train-loss": 1.0, "train-accuracy": 0.5}
+            ),
         }
     )
     return Message(content=content, reply_to=message)
@@ -56,7 +62,8 @@ def strategy(cfg: FederatedConfig) -> SharedSK:
     statistics = ArrayRecord(
         {"bn.running_mean": torch.zeros(1), "bn.running_var": torch.ones(1), "bn.num_batches_tracked": torch.tensor(0)}
     )
-    return SharedSK(inner_strategy(cfg), ArrayRecord({"w": torch.zeros(2)}), statistics, {"bn"}, cfg.required_clients)
+    sk = ArrayRecord({"w": torch.zeros(2)})
+    return SharedSK(inner_strategy(cfg), sk, statistics, {"bn"}, cfg.required_clients, [30, 10])
 
 
 def test_sk_once_client_order_mixture_statistics_and_bytes():
@@ -109,11 +116,81 @@ def test_fedprox_and_fedadam_are_flowers_own():
     assert 0.0 < w[0] < 2.0
 
 
-def test_a_round_without_any_reply_stops_the_run():
+def first_round(s: SharedSK) -> list[Message]:
+    return list(s.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), Grid([11, 22])))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"w": torch.tensor([9.0])},  # a (1,)-shaped parameter, which numpy would broadcast into (2,)
+        {"w": torch.tensor([float("nan"), 1.0])},
+        {"w": torch.tensor([1e30, 1e30])},
+        {"examples": 10**12},
+        {"examples": -50},
+        {"partition": 0},  # claims the other client's partition: both are dropped
+    ],
+)
+def test_a_bad_reply_is_dropped_logged_and_the_others_aggregated(bad, caplog):
     s = strategy(FederatedConfig(clients=2, min_clients=1))
-    messages = list(s.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord(), Grid([11, 22])))
-    failed = [Message(Error(code=0, reason="client crashed"), reply_to=m) for m in messages]
-    with pytest.raises(RuntimeError, match="no client replied"):
-        s.aggregate_train(1, failed)
-    with pytest.raises(RuntimeError, match="no client replied"):
-        s.aggregate_train(1, [])  # the simulation engine died: nothing came back before the timeout
+    messages = first_round(s)
+    good = reply(messages[0], 0, 30, 1.0, 0.0, 1.0)
+    hostile = reply(messages[1], bad.get("partition", 1), bad.get("examples", 10), 5.0, 4.0, 3.0, bad.get("w"))
+    arrays, _ = s.aggregate_train(1, [good, hostile])
+    if "partition" in bad:
+        assert arrays is None and s.round["kept"] is False and s.round["failures"] == 2
+        assert "2 replies claim partition 0" in s.round["dropped"][0]["reason"]
+        return
+    torch.testing.assert_close(arrays["w"].numpy(), torch.ones(2).numpy())  # the honest client's weights alone
+    assert s.round["failures"] == 1 and s.round["kept"] is True
+    assert [c["partition-id"] for c in s.round["clients"]] == [0]
+    assert s.round["dropped"][0]["node"] == messages[1].metadata.dst_node_id
+    assert "is dropped" in caplog.text
+    assert s.statistics.to_torch_state_dict()["bn.running_var"].item() == 1.0  # the honest client's statistics
+
+
+def test_a_round_without_a_valid_reply_keeps_the_global_model():
+    s = strategy(FederatedConfig(clients=2, min_clients=1))
+    messages = first_round(s)
+    failed = [Message(Error(code=0, reason="client crashed\nTraceback ..."), reply_to=m) for m in messages]
+    assert s.aggregate_train(1, failed) == (None, None)
+    assert s.round["kept"] is False and s.round["failures"] == 2
+    assert s.round["dropped"][0]["reason"] == "it failed: client crashed Traceback ..."  # one line
+    assert s.aggregate_train(1, []) == (None, None)  # nothing came back before the timeout
+    # the nodes never trained with the SK, so the next round sends it again
+    assert all("sk" in m.content for m in first_round(s))
+
+
+class AnsweringGrid(Grid):
+    """A grid whose nodes answer every message with `answer(message)`, as Flower's grids do, minus the network."""
+
+    def __init__(self, nodes, answer):
+        super().__init__(nodes)
+        self.answer = answer
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [self.answer(m) for m in messages]
+
+
+def test_a_run_in_which_no_round_had_a_valid_reply_saves_nothing_and_says_why(tmp_path):
+    from skqk import models
+
+    state = models.build("lenet5").state_dict()
+    start = {
+        "model": "lenet5",
+        "model_kwargs": {},
+        "pooling": "live",
+        "sk": state,
+        "qk": state,
+        "batchnorm": set(),
+        "shard_sizes": [30, 10],
+        "data": "f" * 64,
+    }
+    grid = AnsweringGrid([11, 22], lambda m: Message(Error(code=0, reason="wrong data"), reply_to=m))
+    cfg = FederatedConfig(clients=2, rounds=2, method="traditional")
+    with pytest.raises(FederatedError, match="no round of 2 had 2 valid replies"):
+        run_server(grid, cfg, start, tmp_path, lambda module: {"val_accuracy": 0.1, "val_loss": 2.3})
+    assert not (tmp_path / "model.pt").exists()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["kept"] for row in rows[1:]] == [False, False]
+    assert rows[1]["dropped"][0]["reason"] == "it failed: wrong data"

@@ -7,9 +7,10 @@ import json
 
 import pytest
 import torch
-from pipeline_helpers import assert_one_line_error, data_args, main_in_process, make_dataset
+from pipeline_helpers import assert_one_line_error, data_args, main_in_process, make_dataset, write_colour_tree
 
 from skqk.federated.config import FederatedConfig
+from skqk.federated.replies import largest_magnitude
 from skqk.federated.task import client_model, client_shard, local_train, prepare_start, round_seed
 from skqk.pipeline.checkpoint import load_for_evaluation, load_model_checkpoint
 from skqk.pipeline.config import TrainConfig
@@ -36,6 +37,8 @@ def by_hand(cfg: FederatedConfig, start: dict) -> dict[str, torch.Tensor]:
         shard = client_shard(data, cfg, client)
         local_train(model, data, shard, cfg, 0, cfg.epochs)
         states.append(model.trainable.state_dict())
+        for name, value in states[-1].items():  # honest replies lie far inside the server's bound (1000×)
+            assert largest_magnitude(value.numpy()) < 2 * (1 + largest_magnitude(begin["qk"][name].numpy()))
         sizes.append(len(shard))
     return {k: sum(s[k].double() * n for s, n in zip(states, sizes)) / sum(sizes) for k in states[0]}
 
@@ -82,6 +85,9 @@ def test_one_round_is_fedavg_of_the_clients_local_training(start, tmp_path):
         (["--samples", "30", "--clients", "4", "--partition", "dirichlet"], "10 samples each"),
         (["--clients", "0"], "clients must be positive"),
         (["--method", "traditional", "--strategy", "fedavg", "--alpha", "-1"], "alpha must be positive"),
+        (["--threads", "0"], "threads must be at least 1"),
+        (["--strategy", "fedadam", "--server-lr", "nan"], "server_lr must be positive and finite"),
+        (["--strategy", "fedprox", "--proximal-mu", "-1"], "proximal_mu must be non-negative"),
     ],
 )
 def test_bad_runs_are_refused_in_one_line_before_anything_starts(start, tmp_path, capsys, options, fragment):
@@ -97,3 +103,40 @@ def test_bad_runs_are_refused_in_one_line_before_anything_starts(start, tmp_path
     )
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_node_with_other_data_replies_with_an_error_instead_of_training(start, tmp_path):
+    """The ClientApp itself, without the engine: the task names the run's data fingerprint; a node whose data-dir
+    holds other images (same classes, same size) refuses, one whose data is the run's trains."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from skqk.federated.client_app import client_app
+
+    other = write_colour_tree(tmp_path / "other", seed=1)
+    cfg = FederatedConfig(samples=90, clients=2, rounds=1, batch_size=20, lr=0.05)
+    begin = prepare_start(start["pre"], cfg, start["data"])
+    task = {k: begin[k] for k in ("model", "model_kwargs", "pooling", "data")}
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(begin["qk"]),
+            "statistics": ArrayRecord({}),
+            "sk": ArrayRecord(begin["sk"]),
+            "config": ConfigRecord({"skqk": json.dumps({**task, "config": cfg.to_dict()}), "server-round": 1}),
+        }
+    )
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    try:
+        app = client_app(*map(str, start["dirs"]))
+        replies = {}
+        for name, data_dir in (("other", other), ("own", start["dirs"][0])):
+            node = {"partition-id": 0, "num-partitions": 2, "data-dir": str(data_dir)}
+            context = Context(run_id=1, node_id=5, node_config=node, state=RecordDict(), run_config={})
+            message = Message(content=content, dst_node_id=5, message_type="train")
+            replies[name] = app(message, context)
+    finally:
+        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+    assert replies["other"].has_error()
+    assert "this node's data" in replies["other"].error.reason and "is not the run's" in replies["other"].error.reason
+    assert not replies["own"].has_error() and replies["own"].content["metrics"]["num-examples"] > 0

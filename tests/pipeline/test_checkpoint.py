@@ -123,6 +123,14 @@ def test_checkpoint_with_mismatching_weight_shapes_is_refused(setup, tmp_path, c
     refused_by_every_command(capsys, setup, tmp_path, path, "does not fit the tiny architecture", "size mismatch")
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64, torch.bool])
+def test_weights_of_another_dtype_are_refused_not_cast(setup, tmp_path, capsys, dtype):
+    """An int64 state would load truncated and a float64 one rounded: the network would not be the saved one."""
+    state = torch.load(setup["pre"], weights_only=True)["state_dict"]
+    path = edited(setup, tmp_path, state_dict={**state, "0.weight": (state["0.weight"] * 100).to(dtype)})
+    refused_by_every_command(capsys, setup, tmp_path, path, f"0.weight is saved as {dtype}", "holds torch.float32")
+
+
 def test_checkpoint_for_other_data_is_refused(setup, tmp_path, capsys):
     """A net for 10 classes (or for 32x32 images) must not be scored or re-trained on 3-class 16x16 data."""
     for kwargs in ({"num_classes": 10}, {"image_size": 32}):

@@ -197,3 +197,14 @@ def test_an_auto_refreshed_run_reports_what_its_model_pt_holds(pretrained, data,
     assert saved["val_accuracy"] == best["val_accuracy"]
     assert saved["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)  # the same sums, up to rounding
     assert result.history == metrics and result.saved == best  # what the final line prints
+
+
+def test_a_store_lacking_a_ranges_samples_names_the_recording_that_fills_it(pretrained, data, tmp_path):
+    store = tmp_path / "store"
+    record_from_checkpoint(pretrained, data, CHUNK, store, progress=False)
+    cfg = RetrainConfig(samples=2 * CHUNK, sample_start=CHUNK, replay=5, epochs=1, **SGD)
+
+    with pytest.raises(ValueError, match=f"lacks {CHUNK} of the {CHUNK + 5} samples.*--samples {2 * CHUNK} first"):
+        retrain(cfg, pretrained, data, tmp_path / "run", store=store, progress=False)
+    record_from_checkpoint(pretrained, data, 2 * CHUNK, store, progress=False)  # what the hint says
+    assert retrain(cfg, pretrained, data, tmp_path / "run", store=store, progress=False).history

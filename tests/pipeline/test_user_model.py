@@ -2,6 +2,8 @@
 the checkpoint with the same --model (its code runs only when the user names it; the kwargs come from the
 checkpoint), with one-line errors when the import or the call fails."""
 
+from pathlib import Path
+
 import pytest
 from pipeline_helpers import assert_one_line_error, data_args, main_in_process, make_dataset, snapshot
 
@@ -66,3 +68,19 @@ def test_a_failing_import_or_call_is_a_one_line_error_and_writes_nothing(setup, 
                                    "--out", root / "bad", *data)  # fmt: skip
     assert_one_line_error(code, err, *fragments)
     assert not (root / "bad").exists() and snapshot(root) == before
+
+
+def test_training_a_network_phase_2_would_refuse_warns_first_and_the_refusal_points_to_the_docs(setup, capsys):
+    root, data = setup
+    train = ["train", "--model", "user_nets:gelu_net", "--samples", "20", *SGD, "--out", root / "gelu", *data]
+
+    code, _, err = main_in_process(capsys, *train)
+
+    assert code == 0, err
+    assert err.startswith("skqk: warning: user_nets:gelu_net cannot be decoupled") and len(err.splitlines()) == 1
+    assert "retrain --method qk" in err and "(GELU)" in err
+    code, _, err = main_in_process(capsys, "record", "--checkpoint", root / "gelu/model.pt", "--samples", "20",
+                                   "--store", root / "gelu-store", *data)  # fmt: skip
+    assert_one_line_error(code, err, "(GELU)", "docs/design.md, 'Supported activations'")
+    design = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text()
+    assert "\n## Supported activations\n" in design

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from skqk.analytic.blocks import Block, find_block, fixed_qk_fingerprint
 from skqk.analytic.solve import CrossEntropySums, cross_entropy_sums, newton, solve_ridge
-from skqk.analytic.stats import Source, Statistics, StatisticsError, ranges_text, union
+from skqk.analytic.stats import Source, Statistics, StatisticsError, difference, overlap, ranges_text, union
 from skqk.atomic import atomic_write_text
 from skqk.data import Dataset, subset_fingerprint, subset_indices
 from skqk.decoupled import DecoupledModel
@@ -37,6 +37,7 @@ from skqk.pipeline.checkpoint import (
     resolve_pooling,
     save_checkpoint,
 )
+from skqk.pipeline.loop import evaluate
 from skqk.pipeline.provenance import code_version
 from skqk.store import PatternStore
 
@@ -286,7 +287,9 @@ def solve(
     problem = open_problem(checkpoint, dataset, store, cfg)
     block, stats, solution = solve_blocks(problem, cfg, progress)
     stats = replace(stats, source=replace(stats.source, loss=cfg.loss))
-    return write_run(run_dir, problem.ckpt, problem.decoupled, cfg, stats, solution, {"checkpoint": str(checkpoint)})
+    return write_run(
+        run_dir, problem.ckpt, problem.decoupled, cfg, stats, solution, {"checkpoint": str(checkpoint)}, dataset
+    )
 
 
 def update(
@@ -310,22 +313,31 @@ def update(
             f"{from_run} is a cross-entropy solve: its Newton iterations need every sample again, so it cannot be "
             "updated from statistics; solve with --loss mse"
         )
+    clash = overlap(held.ranges, (cfg.span,)) if add else (difference((cfg.span,), held.ranges) or [None])[0]
+    if clash:  # refused before a feature pass
+        what = "already holds" if add else "does not hold"
+        raise StatisticsError(f"{from_run} {what} samples {clash[0]}:{clash[1]}; a sample is counted once")
     problem = open_problem(Path(from_run) / "model.pt", dataset, store, cfg)
     block = find_block(problem.estimator, held.source.block)
     part = statistics(problem, block, cfg.span, cfg.batch_size, progress)
     total = held + part if add is not None else held - part
     solution = solve_statistics(problem, block, total, cfg)
     origin = {"from": str(from_run), "add" if add else "forget": list(cfg.span)}
-    return write_run(run_dir, problem.ckpt, problem.decoupled, cfg, total, solution, origin)
+    return write_run(run_dir, problem.ckpt, problem.decoupled, cfg, total, solution, origin, dataset)
 
 
-def merge_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> SolveResult:
+def merge_runs(
+    runs: Sequence[str | os.PathLike], out: str | os.PathLike, dataset: Dataset | None = None
+) -> SolveResult:
     """The solve runs' statistics summed (exact) and solved again; refused, writing nothing, when they hold
-    overlapping samples or are statistics of another SK, block, loss, fixed QK, dataset or subset order."""
+    overlapping samples or are statistics of another SK, block, loss, fixed QK, dataset or subset order. With
+    `dataset` (the one the statistics are of), the merged model is evaluated on its test split."""
     if len(runs) < 2:
         raise ValueError(f"merging needs at least two solve runs, got {len(runs)}")
     run_dir = check_out(out)
     loaded = [Statistics.load(Path(r) / "stats.pt") for r in runs]
+    if dataset is not None and loaded[0][0].source.data != dataset.fingerprint:
+        raise StatisticsError(f"{runs[0]} holds statistics of another dataset than the one given")
     total = loaded[0][0]
     for path, (stats, _) in zip(runs[1:], loaded[1:]):
         try:
@@ -344,7 +356,7 @@ def merge_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Sol
     ridge = solve_ridge(total, cfg.ridge)
     block.assign(ridge.theta)
     return write_run(
-        run_dir, ckpt, decoupled, cfg, total, {"ridge": ridge.record()}, {"merged": [str(r) for r in runs]}
+        run_dir, ckpt, decoupled, cfg, total, {"ridge": ridge.record()}, {"merged": [str(r) for r in runs]}, dataset
     )
 
 
@@ -363,8 +375,14 @@ def write_run(
     stats: Statistics,
     solution: dict,
     origin: dict,
+    dataset: Dataset | None,
 ) -> SolveResult:
-    """stats.pt, config.json, then model.pt (last: a folder with model.pt is complete), all atomic, rank 0 only."""
+    """stats.pt, config.json, then model.pt (last: a folder with model.pt is complete), all atomic, rank 0 only;
+    with `dataset`, the solved model's accuracy and loss on its test split are measured and recorded with them."""
+    metrics = {}
+    if dataset is not None:
+        decoupled.to(distributed.current().device)
+        metrics = evaluate(decoupled, dataset, sharded=True)
     analytic = {
         "block": stats.source.block,
         "blocks_before": cfg.blocks_before,
@@ -372,6 +390,7 @@ def write_run(
         "samples": stats.samples,
         "ranges": [list(r) for r in stats.ranges],
         **solution,
+        **metrics,
     }
 
     def write() -> None:

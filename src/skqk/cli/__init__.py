@@ -1,9 +1,9 @@
 """`skqk` command line: a thin layer over the library; options override the config dataclasses' fields.
 
 One module per command family, each command's parser next to the function that runs it: `phases` (train, record,
-retrain, refresh, evaluate), `combine` (merge, federated), `experiments` (reproduce), `bench`, `inspection`
-(patterns); `options` holds what they share. Errors a user can cause print one line on stderr and exit non-zero
-(``--debug`` shows the traceback).
+retrain, refresh, evaluate), `analytic` (solve), `combine` (merge, federated), `experiments` (reproduce), `bench`,
+`inspection` (patterns); `options` holds what they share. Errors a user can cause print one line on stderr and
+exit non-zero (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -12,14 +12,22 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from skqk._errors import one_line
-from skqk.cli import bench, combine, experiments, inspection, phases
+from skqk.cli import analytic, bench, combine, experiments, inspection, phases
 from skqk.cli.options import add_run_options
 
-FAMILIES = (phases, combine, experiments, bench, inspection)  # in the order `skqk --help` lists their commands
+FAMILIES = (
+    phases,
+    analytic,
+    combine,
+    experiments,
+    bench,
+    inspection,
+)  # in the order `skqk --help` lists their commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {name: command for family in FAMILIES for name, command in family.COMMANDS.items()}
 
 
-DISTRIBUTED_COMMANDS = ("train", "record", "retrain")  # run unchanged under torchrun; they have --device
+DISTRIBUTED_COMMANDS = ("train", "record", "retrain", "solve")  # run unchanged under torchrun; they have --device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,13 +75,15 @@ CONTINUE_HINTS = {  # how each interrupted command continues where it stopped
     "retrain": " (continue the run with --resume)",
     "record": " (rerun the same command to record the samples still missing)",
     "reproduce": " (rerun the same command to continue)",
+    "solve": " (rerun the same command: a run folder without model.pt is unfinished and is written again)",
 }
 
 
 def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = None) -> int:
     """Run the command; errors a user can cause become one line on stderr and exit status 1, Ctrl-C exit 130."""
     try:
-        with counting_interrupts() as interrupts:
+        with counting_interrupts() as interrupts, warnings.catch_warnings():
+            warnings.showwarning = show_warning
             if setup is not None:
                 setup()
             COMMANDS[args.command](args)
@@ -88,6 +98,11 @@ def run_command(args: argparse.Namespace, setup: Callable[[], object] | None = N
         print(f"skqk: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, like an error (not Python's ``file:line: UserWarning`` and the source line)."""
+    print(f"skqk: warning: {one_line(message)}", file=sys.stderr)
 
 
 @contextmanager

@@ -16,9 +16,21 @@ from skqk.federated.config import FederatedConfig
 
 
 def add_merge(sub) -> None:
-    p = add_command(sub, "merge", help="combine QK checkpoints that share one SK (average, or task arithmetic)")
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="model.pt files of QK runs (or merges)")
-    p.add_argument("-o", "--out", required=True, help="the merged checkpoint file (refused if it exists)")
+    p = add_command(
+        sub, "merge", help="combine QK checkpoints that share one SK (average, task arithmetic; solve runs: exactly)"
+    )
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="model.pt files of QK runs (or merges); or `skqk solve` run folders, whose statistics are summed",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="the merged checkpoint file, refused if it exists (solve runs: a new run folder)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     add_trust_option(p)
     p.add_argument("--method", choices=["average", "task-arithmetic"], default="average", help="(default average)")
@@ -36,7 +48,14 @@ def add_merge(sub) -> None:
 
 
 def cmd_merge(args) -> None:
+    from skqk.cli.analytic import is_solve_run, merge_solve_runs
     from skqk.combine import held_out_samples, merge_checkpoints
+
+    solve_runs = [is_solve_run(p) for p in args.checkpoints]
+    if all(solve_runs):
+        return merge_solve_runs(args)
+    if any(solve_runs):
+        raise ValueError("solve runs (with stats.pt) merge by their statistics, QK checkpoints by averaging: not both")
 
     lambdas = number_list(args.lambdas, "--lambda")
     tune = None

@@ -138,9 +138,15 @@ def config_from_args(cfg_cls, args: argparse.Namespace):
 
 
 def load_data(args):
+    """The command's dataset, once every checkpoint it names was found readable: a mistyped path is reported as
+    such, never as a failure to fetch data it would not have used."""
     from skqk.data import load_dataset
     from skqk.pipeline import distributed
+    from skqk.pipeline.checkpoint import load_model_checkpoint
 
+    for path in [getattr(args, "checkpoint", None), getattr(args, "start", None), *getattr(args, "checkpoints", [])]:
+        if path is not None:
+            load_model_checkpoint(path)
     with distributed.local_main_first():  # under torchrun, one process per machine fills the cache
         return load_dataset(args.data_dir, args.cache_dir, progress=not args.quiet)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from skqk.cli.options import (
     add_command,
@@ -232,19 +233,21 @@ def cmd_evaluate(args) -> None:
     dataset = load_data(args)
     module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset), trust=trust_of(args))
     metrics = evaluate(module, dataset)
+    loss = metrics["val_loss"]
     result = {
         "checkpoint": args.checkpoint,
         "kind": ckpt["kind"],
         "model": ckpt["model"],
         "accuracy": metrics["val_accuracy"],
-        "loss": metrics["val_loss"],
+        "loss": loss if math.isfinite(loss) else None,  # JSON has no NaN or infinity
+        "finite": math.isfinite(loss),  # false: the network's outputs are NaN or infinite
         "samples": len(dataset.test),
         "data": dataset.source,
     }
     print(
-        json.dumps(result)
+        json.dumps(result, allow_nan=False)
         if args.json
-        else f"{ckpt['model']} ({ckpt['kind']}): accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} "
+        else f"{ckpt['model']} ({ckpt['kind']}): accuracy {result['accuracy']:.4f}, loss {loss:.4f} "
         f"on {result['samples']} test samples of {dataset.source}"
     )
 

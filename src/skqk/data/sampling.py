@@ -54,6 +54,8 @@ def class_incremental_permutation(
             f"class-incremental chunks need positive sizes, got {classes_per_chunk} classes, {chunk_samples} samples"
         )
     classes = labels.unique()
+    if classes_per_chunk > len(classes):
+        raise DataError(f"class-incremental chunks of {classes_per_chunk} new classes: the data has {len(classes)}")
     classes = classes[torch.randperm(len(classes), generator=generator)]
     blocks, used = [], torch.zeros(len(labels), dtype=torch.bool)
     for group in classes.split(classes_per_chunk):

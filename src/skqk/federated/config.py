@@ -6,6 +6,7 @@ epochs per round (E). The defaults of the federated fields are ours (the paper h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -39,12 +40,16 @@ class FederatedConfig(SGDConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.partition not in ("iid", "dirichlet"):
             raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if not 0 < self.alpha < math.inf:  # comparisons with NaN are false, so NaN is refused too
+            raise ValueError(f"alpha must be positive and finite, got {self.alpha}")
         if self.method not in ("qk", "traditional"):
             raise ValueError(f"method must be 'qk' or 'traditional', got {self.method!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if not 0 <= self.proximal_mu < math.inf:
+            raise ValueError(f"proximal_mu must be non-negative and finite, got {self.proximal_mu}")
+        if not 0 < self.server_lr < math.inf:
+            raise ValueError(f"server_lr must be positive and finite, got {self.server_lr}")
         if not 0 <= self.min_clients <= self.clients:
             raise ValueError(f"min_clients must lie in [0, clients={self.clients}], got {self.min_clients}")
         if self.class_incremental:
@@ -55,8 +60,8 @@ class FederatedConfig(SGDConfig):
             raise ValueError("federated clients train in fp32 (precision bf16 is not supported here)")
         if self.layout != "auto":
             raise ValueError("federated clients train in the contiguous layout (--layout is not supported here)")
-        if not self.round_timeout > 0:
-            raise ValueError(f"round_timeout must be positive, got {self.round_timeout}")
+        if not 0 < self.round_timeout < math.inf:
+            raise ValueError(f"round_timeout must be positive and finite, got {self.round_timeout}")
 
     @classmethod
     def from_dict(cls, given: dict) -> FederatedConfig:

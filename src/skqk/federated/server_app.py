@@ -3,10 +3,11 @@
 `SharedSK` wraps Flower's FedAvg, FedProx or FedAdam. The wrapped strategy samples the nodes and aggregates
 the trained parameters with its own rule; the wrapper adds what sharing one SK needs and what the report
 measures: the selector weights go to a node with its first message only, BatchNorm running statistics travel
-beside the parameters and are pooled with `skqk.combine`'s mixture rule, replies are put in client order (so the
-sum is the same in simulation and deployment), a round with fewer than `min_clients` replies leaves the global
-model as it was (a round without any stops the run), and every message's bytes and every client's metrics are
-recorded.
+beside the parameters and are pooled with `skqk.combine`'s mixture rule, every reply is checked before it counts
+(`skqk.federated.replies`; a bad one is dropped and logged like a failed client), replies are put in client order
+(so the sum is the same in simulation and deployment), a round with fewer than `min_clients` valid replies leaves
+the global model as it was, and every message's bytes and every client's metrics are recorded. No client can
+stop the run; a run in which no round had enough valid replies ends with an error and saves no model.
 """
 
 from __future__ import annotations
@@ -17,17 +18,25 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
+from skqk._errors import one_line
 from skqk.atomic import atomic_write_text
 from skqk.combine import average_states
 from skqk.federated.config import FederatedConfig
+from skqk.federated.replies import InvalidReply, Reply, one_per_partition, read_reply
 from skqk.federated.task import client_model, split_state, trusted_models
 from skqk.pipeline.checkpoint import decoupled_entry, network_entry, save_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+class FederatedError(RuntimeError):
+    """A federated run that ran but produced nothing to save."""
 
 
 def array_bytes(record: ArrayRecord) -> int:
@@ -35,8 +44,30 @@ def array_bytes(record: ArrayRecord) -> int:
     return sum(len(array.data) for array in record.values())
 
 
+def read_message(message: Message, sent: dict, statistics: dict, shard_sizes: list[int]) -> Reply:
+    """A reply message checked by `read_reply`; a failed client's error is a reason to drop it, like any other."""
+    if message.has_error():
+        raise InvalidReply(f"it failed: {one_line(message.error.reason, 300)}")  # a client's text: one bounded line
+    if not message.has_content():
+        raise InvalidReply("it has no content")
+    return read_reply(message.metadata.src_node_id, message.content, sent, statistics, shard_sizes)
+
+
+def checked_message(reply: Reply, message: Message) -> Message:
+    """`message` holding what was checked, in the form Flower's strategies aggregate: the parameters as read
+    (not as sent) and the metrics; the statistics are pooled by `SharedSK` itself."""
+    message.content = RecordDict(
+        {
+            "arrays": ArrayRecord({name: Array(value) for name, value in reply.arrays.items()}),
+            "metrics": MetricRecord(reply.metrics),
+        }
+    )
+    return message
+
+
 class SharedSK(Strategy):
-    """One of Flower's strategies, plus the shared SK, pooled BatchNorm statistics and the round's accounting."""
+    """One of Flower's strategies, plus the shared SK, pooled BatchNorm statistics, the check of every reply
+    (`skqk.federated.replies`) and the round's accounting."""
 
     def __init__(
         self,
@@ -45,13 +76,16 @@ class SharedSK(Strategy):
         statistics: ArrayRecord,
         batchnorm: set[str],
         min_clients: int,
+        shard_sizes: list[int],
     ):
         self.inner = inner
         self.sk = sk
         self.statistics = statistics
         self.batchnorm = batchnorm
         self.min_clients = min_clients
-        self.has_sk: set[int] = set()  # nodes that hold the SK already
+        self.shard_sizes = shard_sizes  # what each partition's num-examples may be at most
+        self.has_sk: set[int] = set()  # nodes that hold the SK: they trained a round with it
+        self.sent: dict[str, np.ndarray] = {}  # the global arrays of this round, which replies must match
         self.round: dict = {}
 
     def summary(self) -> None:
@@ -60,14 +94,14 @@ class SharedSK(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.round = {"bytes_down": 0, "bytes_up": 0, "clients": [], "kept": True}
+        self.round = {"bytes_down": 0, "bytes_up": 0, "clients": [], "dropped": [], "kept": True}
+        self.sent = {name: array.numpy() for name, array in arrays.items()}
         messages = []
         for message in self.inner.configure_train(server_round, arrays, config, grid):
             node = message.metadata.dst_node_id
             content = RecordDict({**message.content, "statistics": self.statistics})
             if self.sk is not None and node not in self.has_sk:
                 content["sk"] = self.sk
-                self.has_sk.add(node)
             self.round["bytes_down"] += sum(array_bytes(r) for r in content.array_records.values())
             messages.append(Message(content=content, message_type=message.metadata.message_type, dst_node_id=node))
         return messages
@@ -75,31 +109,44 @@ class SharedSK(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        valid = sorted((r for r in replies if not r.has_error()), key=lambda r: r.content["metrics"]["partition-id"])
-        statistics = [r.content.pop("statistics") for r in valid]  # the inner strategy sees parameters only
-        for reply, stats in zip(valid, statistics):
-            self.round["bytes_up"] += array_bytes(reply.content["arrays"]) + array_bytes(stats)
-            self.round["clients"].append({**reply.content["metrics"], "node": reply.metadata.src_node_id})
-        self.round["failures"] = len(replies) - len(valid)
-        if not valid:  # nothing to aggregate and nobody left to wait for: every client failed, or the engine died
-            raise RuntimeError(
-                f"round {server_round}: no client replied ({len(replies)} failures); the run stops, its rounds so far "
-                "are in metrics.jsonl"
-            )
-        if len(valid) < self.min_clients:
+        """The inner strategy's aggregate of the replies that pass `read_reply`, one per partition, in partition
+        order (so the sum is the same in simulation and deployment). A dropped reply is logged and counted like a
+        failed client; with fewer than `min_clients` left (none, at worst) the global model is kept."""
+        statistics = {name: array.numpy() for name, array in self.statistics.items()}
+        checked, dropped, by_node = [], [], {}
+        for message in replies:
+            node = message.metadata.src_node_id
+            try:
+                checked.append(read_message(message, self.sent, statistics, self.shard_sizes))
+                by_node[node] = message
+            except InvalidReply as e:
+                dropped.append((node, str(e)))
+        accepted, duplicates = one_per_partition(checked)
+        dropped += [(r.node, why) for r, why in duplicates]
+        for node, why in dropped:
+            log.warning("round %d: the reply of node %d is dropped: %s", server_round, node, why)
+        self.round["dropped"] = [{"node": node, "reason": why} for node, why in dropped]
+        self.round["failures"] = len(dropped)
+        self.has_sk.update(r.node for r in accepted)
+        for r in accepted:
+            content = by_node[r.node].content
+            self.round["bytes_up"] += array_bytes(content["arrays"]) + array_bytes(content["statistics"])
+            self.round["clients"].append({**r.metrics, "node": r.node})
+        if len(accepted) < self.min_clients:
             log.warning(
-                "round %d: %d of the %d replies needed; the global model is kept",
+                "round %d: %d valid replies of the %d needed; the global model is kept",
                 server_round,
-                len(valid),
+                len(accepted),
                 self.min_clients,
             )
             self.round["kept"] = False
             return None, None
-        arrays, metrics = self.inner.aggregate_train(server_round, valid + [r for r in replies if r.has_error()])
+        arrays, metrics = self.inner.aggregate_train(
+            server_round, [checked_message(r, by_node[r.node]) for r in accepted]
+        )
         if self.statistics and arrays is not None:
-            weights = [float(r.content["metrics"]["num-examples"]) for r in valid]
-            states = [s.to_torch_state_dict() for s in statistics]
+            weights = [r.examples for r in accepted]
+            states = [{k: torch.from_numpy(v) for k, v in r.statistics.items()} for r in accepted]
             pooled = average_states(states, [w / sum(weights) for w in weights], self.batchnorm)
             self.statistics = ArrayRecord(pooled)
         return arrays, metrics
@@ -148,6 +195,7 @@ def run_server(
         ArrayRecord(statistics),
         start["batchnorm"],
         cfg.required_clients,
+        start["shard_sizes"],
     )
     history: list[dict] = []
     clock = {"t": time.perf_counter()}
@@ -160,7 +208,8 @@ def run_server(
         metrics = evaluate(global_model(arrays).deployed.eval())
         row = {"round": server_round, **metrics, "seconds": time.perf_counter() - clock["t"]}
         if server_round > 0:
-            row.update({k: strategy.round[k] for k in ("bytes_down", "bytes_up", "failures", "kept", "clients")})
+            keys = ("bytes_down", "bytes_up", "failures", "dropped", "kept", "clients")
+            row.update({k: strategy.round[k] for k in keys})
         history.append(row)
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         log.info(
@@ -171,6 +220,7 @@ def run_server(
 
     task = {
         "config": cfg.to_dict(),
+        "data": start["data"],  # a node whose data has another fingerprint refuses to train
         "model": start["model"],
         "model_kwargs": start["model_kwargs"],
         "pooling": start["pooling"],
@@ -183,6 +233,11 @@ def run_server(
         train_config=ConfigRecord({"skqk": json.dumps(task)}),
         evaluate_fn=evaluate_round,
     )
+    if not any(row["kept"] for row in history[1:]):
+        raise FederatedError(
+            f"no round of {cfg.rounds} had {cfg.required_clients} valid replies, so the global model never changed "
+            f"and no model.pt is saved; why each reply was dropped is in {out / 'metrics.jsonl'}"
+        )
     final = global_model(result.arrays if len(result.arrays) else ArrayRecord(params))
     entry = (
         decoupled_entry(start["model"], start["model_kwargs"], start["sk"], final.deployed)

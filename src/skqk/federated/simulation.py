@@ -1,13 +1,15 @@
 """`skqk federated`: one federated run on Flower's simulation engine (K virtual SuperNodes on this machine).
 
 The ServerApp and ClientApp are the ones a real deployment runs (`docs/federated.md`); the simulation engine
-(Ray) runs each virtual node's ClientApp in a worker process, `threads` of them at a time.
+(Ray) runs each virtual node's ClientApp in a worker process, `threads` of them at a time, with every Ray port on
+127.0.0.1 (`bind_ray_to_loopback`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Collection
 from pathlib import Path
 
@@ -17,6 +19,32 @@ from skqk.federated.config import FederatedConfig
 from skqk.federated.task import prepare_start
 from skqk.pipeline.loop import evaluate
 from skqk.pipeline.rundir import RunDirError, file_sha256, prepare_run_dir
+
+# Ray's single-machine mode (its default on macOS and Windows): the node's address is 127.0.0.1, so its GCS, raylet,
+# object manager and runtime-env agent, which take connections without authentication, listen on loopback only.
+RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def bind_ray_to_loopback() -> None:
+    """Make the Ray instance the simulation starts listen on 127.0.0.1, not on the machine's LAN address (Ray's
+    default on Linux). Ray reads the switch when it is imported, and its workers inherit it from the environment."""
+    os.environ.update(RAY_LOOPBACK)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and constants.ENABLE_RAY_CLUSTER:
+        raise RuntimeError(
+            "Ray was imported before the federated simulation could bind it to 127.0.0.1; set "
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing it"
+        )
+
+
+def backend_config(threads: int, progress: bool) -> dict:
+    """Flower's Ray backend: `threads` single-threaded workers, no dashboard, no GPU."""
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1 (simulated clients training at a time), got {threads}")
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": threads, "num_gpus": 0, "include_dashboard": False, "log_to_driver": progress},
+    }
 
 
 def run_federated(
@@ -37,6 +65,8 @@ def run_federated(
         One row per round: validation accuracy and loss of the global model, bytes down and up, seconds, and
         each client's local training metrics (round 0: the start).
     """
+    backend = backend_config(threads, progress)  # refused before any data is read
+    bind_ray_to_loopback()
     from flwr.simulation import run_simulation
 
     from skqk.federated.client_app import client_app
@@ -67,10 +97,7 @@ def run_federated(
         server_app(main),
         client_app(data_dir, cache_dir, tuple(trust)),
         num_supernodes=cfg.clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": threads, "num_gpus": 0, "include_dashboard": False, "log_to_driver": progress},
-        },
+        backend_config=backend,
     )
     if "error" in outcome:
         raise outcome["error"]

@@ -9,7 +9,7 @@ traditional client holds the whole network and trains it with its ReLUs live (th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +99,21 @@ def client_shard(dataset: Dataset, cfg: FederatedConfig, partition_id: int) -> T
     return shards[partition_id]
 
 
+def node_refusal(task: dict, cfg: FederatedConfig, node_config: Mapping, fingerprint: str) -> str | None:
+    """Why a node must not train the round `task` describes, or None. Its shard is drawn from its own data by the
+    run's seeds, so it must be one of the run's K nodes and hold the run's data (the same content fingerprint):
+    with other data, or other data in another order, it would train on other samples than the run's and reply
+    as if nothing were wrong."""
+    if int(node_config["num-partitions"]) != cfg.clients:
+        return f"this node is one of {node_config['num-partitions']} partitions, the run has {cfg.clients}"
+    if task.get("data") != fingerprint:
+        return (
+            f"this node's data (fingerprint {fingerprint[:12]}...) is not the run's ({str(task.get('data'))[:12]}...); "
+            "point its node config's data-dir at the run's dataset"
+        )
+    return None
+
+
 def round_seed(seed: int, partition_id: int, server_round: int) -> int:
     """Seed of a client's dropout in one round: the same in simulation and deployment, different per client."""
     digest = hashlib.blake2b(f"{seed}:{partition_id}:{server_round}".encode(), digest_size=8).digest()
@@ -148,7 +163,8 @@ def proximal_term(params: list[Tensor], received: list[Tensor], mu: float) -> Te
 
 def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset, trust: Collection[str] = ()) -> dict:
     """The pre-trained start of a run, checked before anything starts: its SK and QK state dicts, pooling and
-    BatchNorm layers; also checks that every client's shard can be drawn.
+    BatchNorm layers, every client's shard size (drawing each shard checks it can be drawn) and the data's
+    fingerprint, which every node compares with its own data's before it trains.
 
     A network checkpoint (Phase 1) is the usual start: its weights are both the SK and the first QK. A QK
     checkpoint continues with its own selector (method "qk" only). A model named by import path is built only
@@ -162,8 +178,7 @@ def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset, trust: Col
     pooling = resolve_pooling(ckpt, path=str(checkpoint))
     load_selector(ckpt, pooling, str(checkpoint), trust)  # refuses weights of another architecture, or a corrupt SK
     sk = ckpt["selector_state"] if ckpt["kind"] == "decoupled" else ckpt["state_dict"]
-    for client in range(cfg.clients):
-        client_shard(dataset, cfg, client)
+    shard_sizes = [len(client_shard(dataset, cfg, client)) for client in range(cfg.clients)]
     return {
         "model": ckpt["model"],
         "model_kwargs": ckpt["model_kwargs"],
@@ -171,4 +186,6 @@ def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset, trust: Col
         "sk": sk,
         "qk": ckpt["state_dict"],
         "batchnorm": batchnorm_layers(build_network(ckpt, None, str(checkpoint), trust)),
+        "shard_sizes": shard_sizes,
+        "data": dataset.fingerprint,
     }

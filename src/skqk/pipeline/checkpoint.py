@@ -130,6 +130,7 @@ def build_network(
         raise CheckpointError(f"{path}: cannot rebuild its network ({one_line(e)})") from None
     if state_key is None:
         return network
+    check_dtypes(network, ckpt.get(state_key), path)
     try:
         network.load_state_dict(ckpt[state_key])
     except (RuntimeError, KeyError) as e:
@@ -138,6 +139,19 @@ def build_network(
         detail = one_line(" ".join(lines[1:] if len(lines) > 1 else lines), limit=300)
         raise CheckpointError(f"{path} does not fit the {ckpt['model']} architecture: {detail}") from None
     return network
+
+
+def check_dtypes(network: nn.Module, state: object, path: str) -> None:
+    """Refuse saved tensors of another dtype than the network's: `load_state_dict` would cast them silently (an
+    int64 state truncated, a float64 one rounded), and the network would not be the one that was saved."""
+    if not isinstance(state, dict):
+        return  # load_state_dict reports it
+    own = network.state_dict()
+    for key, value in state.items():
+        if key in own and isinstance(value, torch.Tensor) and value.dtype != own[key].dtype:
+            raise CheckpointError(
+                f"{path}: {key} is saved as {value.dtype}, the {type(network).__name__} holds {own[key].dtype}"
+            )
 
 
 def resolve_pooling(

@@ -221,6 +221,6 @@ def patterns_from_store(
     if missing:
         raise ValueError(
             f"pattern store {store} lacks {missing} of the {len(indices)} samples: run `skqk record` "
-            f"with the same checkpoint and --samples {len(indices)} first"
+            f"with the same checkpoint and --samples {cfg.samples} first"  # a range A:B and its replay lie in 0:B
         )
     return opened.read

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,8 +41,27 @@ def train(
     torch.manual_seed(cfg.seed)
     trust = (cfg.model,)  # the model the caller chose to train (configs are never read back from files)
     network = models.build(cfg.model, trust=trust, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
+    warn_if_not_decouplable(network, cfg.model)
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, {"data": dataset.fingerprint})
     return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch, on_step)
+
+
+def warn_if_not_decouplable(network: nn.Module, name: str) -> None:
+    """Say before Phase 1, not after it, that Phase 2 will refuse this network (a GELU, a LayerNorm...):
+    `skqk record` and `retrain --method qk` refuse it, only traditional re-training works."""
+    from skqk.sites import DecouplingError, list_sites
+
+    was_training = network.training
+    try:
+        list_sites(network.eval())  # the analysis `decouple` runs, without building the pair
+    except DecouplingError as e:
+        warnings.warn(
+            f"{name} cannot be decoupled, so `skqk record` and `skqk retrain --method qk` will refuse it (traditional "
+            f"re-training works): {e}",
+            stacklevel=3,
+        )
+    finally:
+        network.train(was_training)
 
 
 def fit_network(
