@@ -79,8 +79,9 @@ def test_training_a_network_phase_2_would_refuse_warns_first_and_the_refusal_poi
     assert code == 0, err
     assert err.startswith("skqk: warning: user_nets:gelu_net cannot be decoupled") and len(err.splitlines()) == 1
     assert "retrain --method qk" in err and "(GELU)" in err
-    code, _, err = main_in_process(capsys, "record", "--checkpoint", root / "gelu/model.pt", "--samples", "20",
-                                   "--store", root / "gelu-store", *data)  # fmt: skip
+    code, _, err = main_in_process(capsys, "record", "--checkpoint", root / "gelu/model.pt", "--model",
+                                   "user_nets:gelu_net", "--samples", "20", "--store", root / "gelu-store",
+                                   *data)  # fmt: skip
     assert_one_line_error(code, err, "(GELU)", "docs/design.md, 'Supported activations'")
     design = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text()
     assert "\n## Supported activations\n" in design
