@@ -10,8 +10,11 @@ non-linearity exactly, in value and in gradient.
 
 Every piecewise-linear activation is a gate whose state says which linear piece each unit is on: two pieces
 (ReLU, LeakyReLU, PReLU, threshold, a one-sided clamp, `maximum`) cost 1 bit per unit, three pieces (ReLU6,
-Hardtanh, a two-sided clamp) 2 bits; a frozen max-pool switch costs 8 bits (`bits`).
+Hardtanh, a two-sided clamp) 2 bits; a frozen max-pool switch is a uint8 in memory (`bits`), and a pattern store
+packs it to the bits its window needs (`PoolWindow.switch_bits`).
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +145,38 @@ class ComparisonGate(Gate):
         return getattr(self.compare, "__name__", str(self.compare))
 
 
+@dataclass(frozen=True)
+class PoolWindow:
+    """Where the windows of a frozen 2-D max pooling lie: what its switches (offsets inside a window) mean."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+    @property
+    def size(self) -> int:
+        """Elements per window: a switch is one of ``0 .. size - 1``."""
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    @property
+    def switch_bits(self) -> int:
+        """Bits that hold any switch: ceil(log2(size)), at least 1 (2 for 2x2 windows, 4 for 3x3)."""
+        return max(1, (self.size - 1).bit_length())
+
+    def positions(self, h_out: int, w_out: int, device=None) -> tuple[Tensor, Tensor]:
+        """int64 (size, h_out * w_out) each: the input row and column that window offset k of output position p
+        selects (outside ``0 .. H-1`` / ``0 .. W-1`` where a window reaches into the padding)."""
+        k = torch.arange(self.size, device=device)
+        kh, kw = k // self.kernel_size[1], k % self.kernel_size[1]
+        rows = torch.arange(h_out, device=device) * self.stride[0] - self.padding[0]
+        cols = torch.arange(w_out, device=device) * self.stride[1] - self.padding[1]
+        r = rows.view(1, -1, 1) + (kh * self.dilation[0]).view(-1, 1, 1)
+        c = cols.view(1, 1, -1) + (kw * self.dilation[1]).view(-1, 1, 1)
+        shape = (self.size, h_out * w_out)
+        return r.expand(-1, -1, w_out).reshape(shape), c.expand(-1, h_out, -1).reshape(shape)
+
+
 class MaxPoolGate(Gate):
     """Frozen 2-D max pooling: the state is the switch (offset of the max inside its window), so the
     estimator routes the same input element without comparing values: a gather, linear in `x`."""
@@ -157,6 +192,10 @@ class MaxPoolGate(Gate):
         self.ceil_mode = ceil_mode
         if self.kernel_size[0] * self.kernel_size[1] > torch.iinfo(SWITCH_DTYPE).max + 1:
             raise ValueError(f"max-pool window {self.kernel_size} is too large to freeze (switches are uint8)")
+
+    @property
+    def window(self) -> PoolWindow:
+        return PoolWindow(self.kernel_size, self.stride, self.padding, self.dilation)
 
     def pattern_of(self, x: Tensor) -> Tensor:
         _, flat = F.max_pool2d(
@@ -178,19 +217,11 @@ class MaxPoolGate(Gate):
         switches and one gather, instead of element-wise index arithmetic on the whole output.
         """
         h_out, w_out = state.shape[-2:]
-        table = self._flat_positions(x, h_out, w_out)  # (windows, h_out * w_out)
-        rows = state.numel() // (h_out * w_out)
-        offsets = state.reshape(rows, 1, h_out * w_out).long()
-        return torch.gather(table.expand(rows, -1, -1), 1, offsets).view(*x.shape[:-2], h_out * w_out)
-
-    def _flat_positions(self, x: Tensor, h_out: int, w_out: int) -> Tensor:
-        """int64 (kh * kw, h_out * w_out): flat input index of window offset k of output position p."""
-        rows, cols = self._window_origins(x, x.new_empty(1, 1).expand(h_out, w_out))
-        k = torch.arange(self.kernel_size[0] * self.kernel_size[1], device=x.device)
-        kh, kw = k // self.kernel_size[1], k % self.kernel_size[1]
-        r = rows.view(1, -1, 1) + (kh * self.dilation[0]).view(-1, 1, 1)
-        c = cols.view(1, 1, -1) + (kw * self.dilation[1]).view(-1, 1, 1)
-        return (r * x.shape[-1] + c).view(k.numel(), h_out * w_out)
+        rows, cols = self.window.positions(h_out, w_out, x.device)
+        table = rows * x.shape[-1] + cols  # (windows, h_out * w_out)
+        n = state.numel() // (h_out * w_out)
+        offsets = state.reshape(n, 1, h_out * w_out).long()
+        return torch.gather(table.expand(n, -1, -1), 1, offsets).view(*x.shape[:-2], h_out * w_out)
 
     def _window_origins(self, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
         """Top-left input coordinate of every pooling window, broadcastable against the output."""

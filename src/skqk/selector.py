@@ -15,6 +15,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from skqk.estimator import check_inputs
+from skqk.gates import MaxPoolGate, PoolWindow
 from skqk.patterns import Pattern
 from skqk.sites import DecouplingError, Pooling, Site, rewrite_gates, trace
 
@@ -32,6 +33,10 @@ class PathSelector(nn.Module):
         self.net = net
         self.sites = [s.name for s in sites]
         self.bits = {s.name: s.bits for s in sites}  # what a unit of each site costs in a stored pattern
+        gates = {s.name: net.get_submodule(s.target) for s in sites}
+        self.windows: dict[str, PoolWindow] = {n: g.window for n, g in gates.items() if isinstance(g, MaxPoolGate)}
+        # site -> the frozen max-pool site that alone reads its output: only the selected elements' states matter
+        self.read_through = {s.name: s.read_through for s in sites if s.read_through}
         self.pooling = pooling
         self.inputs = inputs
         self.requires_grad_(False)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch.fx as fx
 from torch import nn
 
-from skqk.gates import Gate
+from skqk.gates import Gate, MaxPoolGate
 from skqk.linearity import (
     AFFINE_MODULES,
     GATE_MODULES,
@@ -42,6 +42,7 @@ class Site:
     name: str  # readable, stable site name (the Pattern key)
     target: str  # path of its Gate module inside the rewritten GraphModule
     bits: int = 1  # what one unit's state costs (Gate.bits)
+    read_through: str | None = None  # the frozen max-pool site that is this site's output's only reader, if any
 
 
 def trace(model: nn.Module, leaf_modules: Iterable[type[nn.Module]] = ()) -> fx.GraphModule:
@@ -144,6 +145,8 @@ def rewrite_gates(
     position = {node: i for i, node in enumerate(graph.nodes)}
     sites: list[Site] = []
     taken: set[str] = set()
+    calls: dict[str, fx.Node] = {}  # site name -> its gate call
+    states: set[fx.Node] = set()  # the nodes `state_of` made: they record states, they do not read a gate's output
     now: dict[fx.Node, list[tuple[int, fx.Node]]] = {}  # node -> (from graph position, node that replaces it)
     for spec in analyse(gm, pooling, gm.meta.get("skqk_leaves", ())):
         node = spec.node
@@ -151,7 +154,10 @@ def rewrite_gates(
         site = Site(_unique(readable_name(node), taken), f"{GATES_PREFIX}.{node.name}", spec.gate.bits)
         gm.add_submodule(site.target, spec.gate.train(gm.training))
         with graph.inserting_before(node):
-            y = graph.call_module(site.target, (*operands, state_of(graph, site, spec.gate, operands)))
+            state = state_of(graph, site, spec.gate, operands)
+            y = graph.call_module(site.target, (*operands, state))
+        states.add(state)
+        calls[site.name] = y
         for replaced in (*spec.replaces, node):
             replaced.replace_all_uses_with(y)
             graph.erase_node(replaced)
@@ -163,6 +169,7 @@ def rewrite_gates(
                     user.replace_input_with(x, y)
             now.setdefault(x, []).append((position[node], y))
         sites.append(site)
+    sites = _with_pool_readers(gm, sites, calls, states)
     graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()  # the replaced activation / pooling modules
@@ -170,6 +177,22 @@ def rewrite_gates(
         if type(m) is nn.Module:
             m.training = gm.training
     return sites
+
+
+def _with_pool_readers(
+    gm: fx.GraphModule, sites: list[Site], calls: dict[str, fx.Node], states: set[fx.Node]
+) -> list[Site]:
+    """Mark each non-pool site whose output only a frozen max-pool gate reads: of its states, only those at the
+    elements the pool's switches select ever reach an output, so a pattern store keeps only those."""
+    pools = {calls[s.name]: s.name for s in sites if isinstance(gm.get_submodule(s.target), MaxPoolGate)}
+    marked = []
+    for site in sites:
+        y = calls[site.name]
+        readers = [user for user in y.users if user not in states]
+        only = readers[0] if len(readers) == 1 else None
+        read_by_pool = y not in pools and only in pools and only.args[0] is y and y not in only.args[1:]
+        marked.append(replace(site, read_through=pools[only]) if read_by_pool and not only.kwargs else site)
+    return marked
 
 
 def _current(operand, at: int, now: dict):

@@ -84,7 +84,7 @@ def test_chunks_of_several_writers_join_the_store_in_one_commit(tmp_path):
     assert len(PatternStore.open(owner.path)) == 0  # written, not committed
     owner.commit(pickle.loads(pickle.dumps(chunks)))  # as gathered from the ranks
     assert len(owner) == 9
-    assert_same_pattern(PatternStore.open(owner.path, selector).read(torch.arange(9)), pattern)
+    assert_same_pattern(PatternStore.open(owner.path, selector).read(torch.arange(9)), pattern, owner.site_specs)
 
 
 def test_a_commit_with_overlapping_chunks_changes_nothing(tmp_path):
@@ -99,7 +99,7 @@ def test_a_commit_with_overlapping_chunks_changes_nothing(tmp_path):
         store.commit(chunks)
     assert len(store) == len(PatternStore.open(store.path)) == 0
     store.commit(chunks[:1])
-    assert_same_pattern(store.read(torch.tensor([1, 0])), pattern[[1, 0]])
+    assert_same_pattern(store.read(torch.tensor([1, 0])), pattern[[1, 0]], store.site_specs)
 
 
 # -- crash safety with real processes --------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def held_batches(path: Path, sites) -> int:
     assert rest == 0 and torch.equal(store.indices, torch.arange(len(store)))
     for batch in range(batches):
         indices, pattern = synthetic_batch(sites, batch, CRASH_BATCH)
-        assert_same_pattern(store.read(indices), pattern)
+        assert_same_pattern(store.read(indices), pattern, sites)
     return batches
 
 

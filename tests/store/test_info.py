@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import astuple
 
 import pytest
 import torch
@@ -10,7 +11,15 @@ from torch import nn
 
 import skqk.store.format as store_format
 from skqk import decouple
+from skqk.gates import MaxPoolGate
 from skqk.store import PatternStore, format_info
+
+
+def kept_at_switches(selector, pattern, site):
+    """The states of gate `site` at the elements its pool's switches select, routed as the estimator routes them."""
+    pool = selector.read_through[site]
+    at = MaxPoolGate(*astuple(selector.windows[pool])).switch_positions(pattern[site], pattern[pool])
+    return pattern[site].flatten(-2).gather(-1, at)
 
 
 def test_info_matches_independent_computation(tmp_path, monkeypatch):
@@ -19,10 +28,14 @@ def test_info_matches_independent_computation(tmp_path, monkeypatch):
     store, _, pattern = recorded(tmp_path, selector)
     info = PatternStore.open(store.path, selector).info()
     assert (info["samples"], info["chunks"], info["fingerprint"]) == (12, 2, selector.fingerprint)
-    assert info["gate_bits_per_sample"] == pattern.gate_bits_per_sample
-    assert info["switch_bytes_per_sample"] == pattern.switches_per_sample
-    packed_bytes = sum((pattern[s][0].numel() + 7) // 8 for s in pattern.gate_sites)
-    assert info["bytes_per_sample"] == store.bytes_per_sample == packed_bytes + pattern.switches_per_sample
+    # LeNet-5, frozen pooling: both ReLUs before a 2x2 pool keep a quarter of their states, switches take 2 bits
+    assert selector.read_through == {"features.1": "features.2", "features.4": "features.5"}
+    kept = {s: pattern[s][0].numel() for s in pattern.gate_sites}
+    kept.update({s: pattern[pool][0].numel() for s, pool in selector.read_through.items()})
+    bits = {**kept, **{s: 2 * pattern[s][0].numel() for s in pattern.switch_sites}}
+    assert info["gate_bits_per_sample"] == sum(kept.values()) == 6 * 14 * 14 + 16 * 5 * 5 + 120 + 84
+    assert info["switch_bits_per_sample"] == 2 * pattern.switches_per_sample
+    assert info["bytes_per_sample"] == store.bytes_per_sample == sum(-(-b // 8) for b in bits.values())
     assert info["nbytes_on_disk"] == store.nbytes_on_disk == sum(f.stat().st_size for f in store.path.iterdir())
     sites = {s["name"]: s for s in info["sites"]}
     assert list(sites) == selector.sites
@@ -30,9 +43,11 @@ def test_info_matches_independent_computation(tmp_path, monkeypatch):
         gate = states.dtype == torch.bool
         assert sites[name]["kind"] == ("gate" if gate else "switch")
         assert sites[name]["shape"] == list(states.shape[1:])
-        assert sites[name]["bits_per_sample"] == states[0].numel() * (1 if gate else 8)
-    active = {s: sites[s]["active_fraction"] for s in pattern.gate_sites}
-    assert active == pytest.approx(pattern.active_fraction(), abs=1e-6)
+        assert sites[name]["bits_per_sample"] == bits[name]
+        assert sites[name]["read_through"] == selector.read_through.get(name)
+    active = pattern.active_fraction()
+    active.update({s: kept_at_switches(selector, pattern, s).float().mean().item() for s in selector.read_through})
+    assert {s: sites[s]["active_fraction"] for s in pattern.gate_sites} == pytest.approx(active, abs=1e-6)
     assert all(sites[s]["active_fraction"] is None for s in pattern.switch_sites)
     json.dumps(info)
 

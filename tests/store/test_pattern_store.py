@@ -16,7 +16,7 @@ def test_round_trip_is_bit_exact_in_any_order_across_appends(tmp_path, name, poo
     store, indices, pattern = recorded(tmp_path, selector, appends=(3, 2))
     reopened = PatternStore.open(store.path, selector)
     order = torch.randperm(len(indices))
-    assert_same_pattern(reopened.read(indices[order]), pattern[order])
+    assert_same_pattern(reopened.read(indices[order]), pattern[order], store.site_specs)
     assert len(reopened) == len(indices)
     assert torch.equal(reopened.indices, indices.sort().values)
 
@@ -24,7 +24,7 @@ def test_round_trip_is_bit_exact_in_any_order_across_appends(tmp_path, name, poo
 def test_read_allows_repeats_and_empty_requests(tmp_path):
     store, indices, pattern = recorded(tmp_path, selector_of())
     picks = torch.tensor([3, 3, 0, 11])
-    assert_same_pattern(store.read(indices[picks]), pattern[picks])
+    assert_same_pattern(store.read(indices[picks]), pattern[picks], store.site_specs)
     empty = store.read(torch.tensor([], dtype=torch.int64))
     assert empty.batch_size == 0 and empty.sites == pattern.sites
     assert indices[0] in store and store.has(indices) and not store.has(torch.tensor([int(indices[0]), 10**6]))
@@ -96,6 +96,6 @@ def test_two_store_objects_writing_one_store_keep_each_others_chunks(tmp_path, h
 
     reopened = PatternStore.open(tmp_path / "store", selector)
     assert len(reopened) == len(second) == 12
-    assert_same_pattern(reopened.read(torch.arange(12)), pattern)
+    assert_same_pattern(reopened.read(torch.arange(12)), pattern, first.site_specs)
     with pytest.raises(StoreError, match="already held"):  # the merged view also refuses the other's samples
         first.commit([first.write_chunk(torch.tensor([7]), pattern[7:8])])

@@ -75,6 +75,7 @@ CONTINUE_HINTS = {  # how each interrupted command continues where it stopped
     "retrain": " (continue the run with --resume)",
     "record": " (rerun the same command to record the samples still missing)",
     "reproduce": " (rerun the same command to continue)",
+    "federated": " (a federated run does not resume: rerun the same command to start it over in the same --out)",
     "solve": " (rerun the same command: a run folder without model.pt is unfinished and is written again)",
 }
 

@@ -125,9 +125,15 @@ def cmd_federated(args) -> None:
     )
     last = history[-1]
     down, up = (sum(row.get(key, 0) for row in history) / 2**20 for key in ("bytes_down", "bytes_up"))
+    unchanged = sum(not row["kept"] for row in history[1:])
+    kept = (
+        f"; {unchanged} of {last['round']} rounds had too few valid replies (metrics.jsonl says why)"
+        if unchanged
+        else ""
+    )
     print(
         f"{args.out}/model.pt: round {last['round']}, val accuracy {last['val_accuracy']:.4f}, val loss "
-        f"{last['val_loss']:.4f}; {down:.1f} MiB down, {up:.1f} MiB up"
+        f"{last['val_loss']:.4f}; {down:.1f} MiB down, {up:.1f} MiB up{kept if unchanged else ''}"
     )
 
 

@@ -260,9 +260,9 @@ def run_from_run_config(grid: Grid, context: Context) -> None:
     model the checkpoint names, which the run's submitter trusts on this machine; nodes need their own consent),
     and any `FederatedConfig` field with dashes (``clients``, ``rounds``, ``local-epochs``, ``samples``, ...)."""
     from skqk.data import load_dataset
-    from skqk.federated.task import prepare_start
+    from skqk.federated.task import prepare_federated_dir, prepare_start
     from skqk.pipeline.loop import evaluate
-    from skqk.pipeline.rundir import file_sha256, prepare_run_dir
+    from skqk.pipeline.rundir import file_sha256
 
     given = {str(k).replace("-", "_"): v for k, v in context.run_config.items()}
     if not given.get("checkpoint") or not given.get("out"):
@@ -273,7 +273,7 @@ def run_from_run_config(grid: Grid, context: Context) -> None:
     trust = trusted_models(given.get("trust_model"))
     start = prepare_start(given["checkpoint"], cfg, dataset, trust)
     source = {"checkpoint_sha256": file_sha256(given["checkpoint"]), "store": None}
-    run_dir = prepare_run_dir(given["out"], False, cfg, source, start["pooling"] if cfg.method == "qk" else None)
+    run_dir = prepare_federated_dir(given["out"], cfg, source, start["pooling"] if cfg.method == "qk" else None)
     run_server(grid, cfg, start, run_dir, lambda module: evaluate(module, dataset, cfg.eval_samples), trust)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from skqk.pipeline.checkpoint import (
     resolve_pooling,
 )
 from skqk.pipeline.loop import make_optimizer, sgd_step
+from skqk.pipeline.rundir import RunDirError, prepare_run_dir
 
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -159,6 +161,17 @@ def local_train(
 
 def proximal_term(params: list[Tensor], received: list[Tensor], mu: float) -> Tensor:
     return mu / 2 * sum((p - r).square().sum() for p, r in zip(params, received))
+
+
+def prepare_federated_dir(out, cfg: FederatedConfig, source: dict, pooling: str | None) -> Path:
+    """The run folder of a federated run, which does not resume: a folder holding a finished run (model.pt) is
+    refused; one holding an interrupted run (config.json and metrics.jsonl, no model.pt) is started over, its rows
+    removed, so the command that was interrupted can simply be run again."""
+    if (Path(out) / "model.pt").exists():
+        raise RunDirError(f"{out} already holds a finished federated run (model.pt); choose another --out")
+    run_dir = prepare_run_dir(out, False, cfg, source, pooling)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return run_dir
 
 
 def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset, trust: Collection[str] = ()) -> dict:

@@ -1,5 +1,7 @@
 """What ``skqk patterns info`` shows about a store: layout, sizes, bits per sample of each kind of site (two-piece
-gates 1 bit per unit, three-piece gates 2, max-pool switches 8) and each gate site's active fraction."""
+gates 1 bit per unit, three-piece gates 2, max-pool switches ceil(log2(window size)), 8 in a version 1 store), which
+gate sites are kept only where a pool's switches read them, and each gate site's active fraction (of the states
+kept)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def store_info(store: PatternStore) -> dict[str, Any]:
     sites = store.site_specs
     return {
         "path": str(store.path),
-        "format_version": fmt.FORMAT_VERSION,
+        "format_version": store.format_version,
         "fingerprint": store.fingerprint,
         "pooling": store.pooling,
         "data": store.data,
@@ -32,7 +34,7 @@ def store_info(store: PatternStore) -> dict[str, Any]:
         "samples": len(store),
         "chunks": store.chunk_count,
         "gate_bits_per_sample": sum(s.bits for s in sites if s.kind != "switch"),
-        "switch_bytes_per_sample": sum(s.numel for s in sites if s.kind == "switch"),
+        "switch_bits_per_sample": sum(s.bits for s in sites if s.kind == "switch"),
         "bits_per_sample_by_kind": {k: sum(s.bits for s in sites if s.kind == k) for k in fmt.BITS_PER_UNIT},
         "bytes_per_sample": store.bytes_per_sample,
         "nbytes_on_disk": store.nbytes_on_disk,
@@ -41,6 +43,9 @@ def store_info(store: PatternStore) -> dict[str, Any]:
                 "name": s.name,
                 "kind": s.kind,
                 "shape": list(s.shape),
+                "bits_per_unit": s.width,
+                "stored_units": s.units,
+                "read_through": s.through,
                 "bits_per_sample": s.bits,
                 "active_fraction": active.get(s.name),
             }
@@ -50,8 +55,8 @@ def store_info(store: PatternStore) -> dict[str, Any]:
 
 
 def active_fractions(store: PatternStore) -> dict[str, float | None]:
-    """Fraction of units on the linear piece per gate site (set bits of a two-piece site, states equal to 1 of
-    a three-piece site), counted in bounded blocks of records (padding bits are zero)."""
+    """Fraction of the stored units on the linear piece per gate site (set bits of a two-piece site, states equal to
+    1 of a three-piece site), counted in bounded blocks of records (padding bits are zero)."""
     sites = store.site_specs
     gates = [(s, start) for s, start in zip(sites, fmt.site_offsets(tuple(sites))) if s.kind != "switch"]
     ones = dict.fromkeys((s.name for s, _ in gates), 0)
@@ -64,7 +69,7 @@ def active_fractions(store: PatternStore) -> dict[str, float | None]:
                 table = _POPCOUNT if spec.kind == "gate" else _LINEAR_PIECES
                 ones[spec.name] += int(table[rows[:, start : start + spec.nbytes]].sum(dtype=np.int64))
     n = len(store)
-    return {s.name: ones[s.name] / (n * s.numel) if n else None for s, _ in gates}
+    return {s.name: ones[s.name] / (n * s.units) if n else None for s, _ in gates}
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -84,17 +89,17 @@ def format_info(info: dict[str, Any]) -> str:
         f"selector     {info['fingerprint']}",
         f"data         {info['data'] or 'not recorded'}",
         f"samples      {info['samples']:,} in {info['chunks']} chunk(s)",
-        f"per sample   {info['gate_bits_per_sample']:,} gate bits + {info['switch_bytes_per_sample']:,} switch "
-        f"bytes = {info['bytes_per_sample']:,} bytes",
+        f"per sample   {info['gate_bits_per_sample']:,} gate bits + {info['switch_bits_per_sample']:,} switch "
+        f"bits = {info['bytes_per_sample']:,} bytes",
         *(
-            f"  {_KIND_NAMES[kind] + 's':<20}{bits:,} bits ({fmt.BITS_PER_UNIT[kind]} per unit)"
+            f"  {_KIND_NAMES[kind] + 's':<20}{bits:,} bits ({_widths(info, kind)} per unit)"
             for kind, bits in info["bits_per_sample_by_kind"].items()
             if bits
         ),
-        f"on disk      {_human_bytes(info['nbytes_on_disk'])}",
+        f"on disk      {human_bytes(info['nbytes_on_disk'])}",
         "",
     ]
-    rows = [["site", "kind", "shape", "bits/sample", "active"]]
+    rows = [["site", "kind", "shape", "kept", "bits/sample", "active"]]
     for site in info["sites"]:
         active = site["active_fraction"]
         rows.append(
@@ -102,6 +107,7 @@ def format_info(info: dict[str, Any]) -> str:
                 site["name"],
                 site["kind"],
                 "x".join(map(str, site["shape"])),
+                f"at {site['read_through']} switches" if site["read_through"] else "all",
                 f"{site['bits_per_sample']:,}",
                 "-" if active is None else f"{100 * active:.1f}%",
             ]
@@ -111,7 +117,11 @@ def format_info(info: dict[str, Any]) -> str:
     return "\n".join(header + table)
 
 
-def _human_bytes(n: int) -> str:
+def _widths(info: dict[str, Any], kind: str) -> str:
+    return "/".join(str(w) for w in sorted({s["bits_per_unit"] for s in info["sites"] if s["kind"] == kind}))
+
+
+def human_bytes(n: int) -> str:
     size, unit = float(n), "B"
     for bigger in ("KiB", "MiB", "GiB", "TiB"):
         if size < 1024:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from skqk.atomic import fsync_dir
+from skqk.gates import PoolWindow
 from skqk.patterns import Pattern
 from skqk.store.format import (
     CHUNK_PREFIX,
@@ -39,9 +40,9 @@ from skqk.store.format import (
     encode,
     file_crc32,
     is_leftover,
-    kind_of,
     read_chunk_indices,
     read_manifest,
+    site_specs,
     store_lock,
     write_durably,
     write_manifest,
@@ -66,11 +67,14 @@ class PatternStore:
         >>> pattern = store.read(torch.tensor([17, 3, 42]))
     """
 
-    def __init__(self, path: Path, manifest: Manifest):
-        """Start empty, then adopt the manifest's chunks: reads their index files, refuses duplicates."""
+    def __init__(self, path: Path, manifest: Manifest, windows: Mapping[str, PoolWindow] | None = None):
+        """Start empty, then adopt the manifest's chunks: reads their index files, refuses duplicates.
+        `windows`: the selector's pooling windows, against which a version 1 store's switches are checked."""
         self.path = path
         self._manifest = replace(manifest, chunks=())
-        self._row_of = np.full(0, -1, dtype=np.int64)  # sample index -> global row, -1 where not held
+        self._windows = dict(windows or {})
+        self._held = np.zeros(0, dtype=np.int64)  # the held sample indices, sorted (sparse: any index is cheap)
+        self._held_rows = np.zeros(0, dtype=np.int64)  # the global row of each of them
         self._chunk_starts = np.zeros(1, dtype=np.int64)  # global row of each chunk's first record
         self._records: dict[str, np.ndarray] = {}  # memory maps, opened on first read
         self._adopt(manifest.chunks)
@@ -108,7 +112,7 @@ class PatternStore:
             raise StoreError("create needs an example pattern of at least one sample")
         if example.sites != selector.sites:
             raise StoreError(f"the example pattern has sites {example.sites}, the selector {selector.sites}")
-        sites = tuple(SiteSpec(n, kind_of(example.bits[n]), tuple(t.shape[1:])) for n, t in example.items())
+        sites = site_specs(example, selector.windows, selector.read_through)
         manifest = Manifest(selector.fingerprint, selector.pooling, sites, (), data, subset)
         path.mkdir(parents=True, exist_ok=True)
         with store_lock(path):
@@ -118,7 +122,7 @@ class PatternStore:
             for file in files:  # of a creation killed before its manifest existed: nothing was committed
                 file.unlink()
             write_manifest(path, manifest)
-        return cls(path, manifest)
+        return cls(path, manifest, selector.windows)
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
@@ -175,9 +179,9 @@ class PatternStore:
         for chunk in manifest.chunks:
             records = path / (chunk.name + RECORDS_SUFFIX)
             check_size(records, chunk.count * manifest.record_bytes)
-            if verify and file_crc32(records) != chunk.records_crc32:
+            if verify and file_crc32(records, chunk.count * manifest.record_bytes) != chunk.records_crc32:
                 raise StoreError(f"chunk file {records} is corrupted (bad checksum)")
-        return cls(path, manifest)
+        return cls(path, manifest, selector.windows if selector is not None else None)
 
     # -- writing ---------------------------------------------------------------------------------------------
     def append(self, indices: Tensor, pattern: Pattern) -> None:
@@ -239,13 +243,13 @@ class PatternStore:
             self._catch_up()
             for chunk in new:
                 check_size(self.path / (chunk.name + RECORDS_SUFFIX), chunk.count * self.bytes_per_sample)
-            previous = (self._manifest, self._row_of, self._chunk_starts)
+            previous = (self._manifest, self._held, self._held_rows, self._chunk_starts)
             self._adopt(new)  # validates indices and duplicates before the manifest changes
             try:
                 fsync_dir(self.path)
                 write_manifest(self.path, self._manifest)
             except BaseException:
-                self._manifest, self._row_of, self._chunk_starts = previous
+                self._manifest, self._held, self._held_rows, self._chunk_starts = previous
                 raise
         crash_point("committed")
 
@@ -313,7 +317,7 @@ class PatternStore:
     @property
     def indices(self) -> Tensor:
         """The held sample indices, sorted ascending."""
-        return torch.from_numpy(np.flatnonzero(self._row_of >= 0))
+        return torch.from_numpy(self._held.copy())
 
     @property
     def fingerprint(self) -> str:
@@ -350,6 +354,20 @@ class PatternStore:
         return self._manifest.record_bytes
 
     @property
+    def format_version(self) -> int:
+        """The layout of this store's records (`skqk.store.format`): a store keeps the version it was created in."""
+        return self._manifest.version
+
+    def as_read(self, pattern: Pattern) -> Pattern:
+        """What `read` returns for samples whose pattern is `pattern`: equal to it on every state an estimator
+        reads; a gate state that only a frozen max-pool reads is kept only where the pool's switches select it.
+
+        Example:
+            >>> assert store.read(idx) == store.as_read(selector(x))
+        """
+        return self._decode(self._encode(pattern, pattern.batch_size))
+
+    @property
     def nbytes_on_disk(self) -> int:
         """Bytes of the manifest and the committed chunk files (stray files of crashed writes not counted)."""
         per_sample = self.bytes_per_sample + INDEX_DTYPE.itemsize
@@ -381,12 +399,12 @@ class PatternStore:
             return
         new = np.concatenate([read_chunk_indices(self.path, c) for c in chunks])
         self._refuse_duplicates(new)
-        row_of = np.full(max(len(self._row_of), int(new.max()) + 1), -1, dtype=np.int64)
-        row_of[: len(self._row_of)] = self._row_of
         first = len(self)
-        row_of[new] = np.arange(first, first + new.size)
+        held = np.concatenate([self._held, new])
+        order = np.argsort(held, kind="stable")
+        self._held = held[order]
+        self._held_rows = np.concatenate([self._held_rows, np.arange(first, first + new.size)])[order]
         counts = np.cumsum([c.count for c in chunks])
-        self._row_of = row_of
         self._chunk_starts = np.concatenate([self._chunk_starts, first + counts])
         self._manifest = replace(self._manifest, chunks=self._manifest.chunks + chunks)
 
@@ -401,10 +419,11 @@ class PatternStore:
             )
 
     def _rows_of(self, idx: np.ndarray) -> np.ndarray:
-        rows = np.full(idx.shape, -1, dtype=np.int64)
-        known = idx < len(self._row_of)
-        rows[known] = self._row_of[idx[known]]
-        return rows
+        """The global row of each sample index, -1 where it is not held."""
+        if not len(self._held):
+            return np.full(idx.shape, -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._held, idx), len(self._held) - 1)
+        return np.where(self._held[at] == idx, self._held_rows[at], -1)
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         """Copy the records of global `rows` out of the memory-mapped chunks, one fancy index per chunk."""
@@ -430,7 +449,7 @@ class PatternStore:
         return encode(self._manifest.sites, pattern, n)
 
     def _decode(self, records: np.ndarray) -> Pattern:
-        return decode(self._manifest.sites, records)
+        return decode(self._manifest.sites, records, self._windows)
 
 
 def check_source(path: Path, manifest: Manifest, data: str | None, subset: str | None) -> None:
