@@ -97,7 +97,7 @@ def add_federated(sub) -> None:
     p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], help="Flower's strategy (default fedavg)")
     p.add_argument("--proximal-mu", type=float, help="FedProx's proximal weight (default 0.01)")
     p.add_argument("--server-lr", type=float, help="FedAdam's server learning rate (default 0.1)")
-    p.add_argument("--min-clients", type=int, help="replies a round needs to count (default 0 = all)")
+    p.add_argument("--min-clients", type=int, help="valid replies a round needs to change the model (default 0 = all)")
     p.add_argument("--round-timeout", type=float, help="seconds to wait for a round's replies (default 600)")
     p.add_argument("--threads", type=int, default=1, help="simulated clients training at a time (default 1)")
     p.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, model.pt)")
