@@ -4,10 +4,23 @@ global model is a normal checkpoint. On the tiny colour images with lenet5 (the 
 processes, which see the real zoo only)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
-from pipeline_helpers import assert_one_line_error, data_args, main_in_process, make_dataset, write_colour_tree
+from pipeline_helpers import (
+    assert_one_line_error,
+    cli_env,
+    data_args,
+    main_in_process,
+    make_dataset,
+    read_metrics,
+    wait_for_epochs,
+    write_colour_tree,
+)
 
 from skqk.federated.config import FederatedConfig
 from skqk.federated.replies import largest_magnitude
@@ -140,3 +153,38 @@ def test_a_node_with_other_data_replies_with_an_error_instead_of_training(start,
     assert replies["other"].has_error()
     assert "this node's data" in replies["other"].error.reason and "is not the run's" in replies["other"].error.reason
     assert not replies["own"].has_error() and replies["own"].content["metrics"]["num-examples"] > 0
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_during_a_round_exits_130_and_the_command_runs_again(start, tmp_path):
+    """Ctrl-C reaches the whole foreground process group (skqk and Ray's processes) in a terminal; the run ends
+    with exit status 130 and a hint instead of waiting out the round, and the same --out is then taken again."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "skqk.cli", "-q", "federated", "--checkpoint", str(start["pre"]), "--out"]
+    command += [str(out), "--samples", "90", "--clients", "2", "--batch-size", "20", *data_args(*start["dirs"])]
+    proc = subprocess.Popen(
+        [*command, "--rounds", "500"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        start_new_session=True,  # its own process group, as a terminal's foreground job has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # also when the tests run in the background
+    )
+    try:
+        wait_for_epochs(out, 2, proc, timeout=300)  # rows of rounds 0 and 1: the run is in a later round
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "skqk: interrupted (a federated run does not resume: rerun the same command to start it over in the same --out)"
+    )
+    assert not (out / "model.pt").exists()
+
+    rerun = subprocess.run([*command, "--rounds", "1"], capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert [row["round"] for row in read_metrics(out)] == [0, 1]  # started over, the interrupted rows removed

@@ -9,7 +9,6 @@ exit non-zero (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -51,8 +50,6 @@ DISTRIBUTED_COMMANDS = ("train", "record", "retrain", "solve")  # run unchanged 
 
 
 def main(argv: list[str] | None = None) -> int:
-    if os.getcwd() not in sys.path:  # --model package.module:callable (or a checkpoint naming one) imports from
-        sys.path.append(os.getcwd())  # the current directory too, as `python -m skqk` would
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
@@ -78,6 +75,7 @@ CONTINUE_HINTS = {  # how each interrupted command continues where it stopped
     "retrain": " (continue the run with --resume)",
     "record": " (rerun the same command to record the samples still missing)",
     "reproduce": " (rerun the same command to continue)",
+    "federated": " (a federated run does not resume: rerun the same command to start it over in the same --out)",
     "solve": " (rerun the same command: a run folder without model.pt is unfinished and is written again)",
 }
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from collections.abc import Collection
 from pathlib import Path
 
 from skqk.data import load_dataset
 from skqk.data.loading import DATA_ENV
 from skqk.federated.config import FederatedConfig
-from skqk.federated.task import prepare_start
+from skqk.federated.task import prepare_federated_dir, prepare_start
 from skqk.pipeline.loop import evaluate
-from skqk.pipeline.rundir import RunDirError, file_sha256, prepare_run_dir
+from skqk.pipeline.rundir import file_sha256
 
 # Ray's single-machine mode (its default on macOS and Windows): the node's address is 127.0.0.1, so its GCS, raylet,
 # object manager and runtime-env agent, which take connections without authentication, listen on loopback only.
@@ -46,6 +48,27 @@ def backend_config(threads: int, progress: bool) -> dict:
     }
 
 
+class RunStopped(RuntimeError):
+    """The simulation ended (Ctrl-C, or its engine died) while the ServerApp was still using the grid."""
+
+
+def stop_with(grid, stop: threading.Event) -> None:
+    """Make the ServerApp's `grid` raise `RunStopped` at its next use once `stop` is set. Flower's in-memory grid
+    waits for replies (polling `pull_messages`) until the round timeout, and for nodes (`get_node_ids`) without
+    end, in the ServerApp's thread, which the process waits for before it exits: after a Ctrl-C it hung."""
+    for name in ("get_node_ids", "push_messages", "pull_messages"):
+        setattr(grid, name, unless_stopped(getattr(grid, name), stop))
+
+
+def unless_stopped(method, stop: threading.Event):
+    def checked(*args, **kwargs):
+        if stop.is_set():
+            raise RunStopped("the federated simulation stopped")
+        return method(*args, **kwargs)
+
+    return checked
+
+
 def run_federated(
     cfg: FederatedConfig,
     checkpoint: str | os.PathLike,
@@ -54,9 +77,12 @@ def run_federated(
     cache_dir: str | os.PathLike | None = None,
     threads: int = 1,
     progress: bool = True,
+    trust: Collection[str] = (),
 ) -> list[dict]:
     """Run `cfg.rounds` rounds with `cfg.clients` simulated clients from `checkpoint`; write the run folder `out`
-    (config.json, metrics.jsonl with one row per round, model.pt: the global model).
+    (config.json, metrics.jsonl with one row per round, model.pt: the global model). A run does not resume: an
+    interrupted one (no model.pt) is started over in the same folder (`prepare_federated_dir`). A model named by
+    import path is built, by the server and by every simulated node (all this machine's), only if `trust` names it.
 
     Returns:
         One row per round: validation accuracy and loss of the global model, bytes down and up, seconds, and
@@ -69,20 +95,20 @@ def run_federated(
     from skqk.federated.client_app import client_app
     from skqk.federated.server_app import run_server, server_app
 
-    if (Path(out) / "model.pt").exists() or (Path(out) / "metrics.jsonl").exists():  # federated runs do not resume
-        raise RunDirError(f"{out} already holds a federated run; choose another --out")
     data_dir = str(data_dir or os.environ.get(DATA_ENV) or "") or None  # the worker processes get it explicitly
     cache_dir = str(cache_dir) if cache_dir else None
     dataset = load_dataset(data_dir, cache_dir, progress=progress)
-    start = prepare_start(checkpoint, cfg, dataset)  # every refusal comes before the run folder exists
+    start = prepare_start(checkpoint, cfg, dataset, trust)  # every refusal comes before the run folder exists
     source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
-    run_dir = prepare_run_dir(out, False, cfg, source, start["pooling"] if cfg.method == "qk" else None)
+    run_dir = prepare_federated_dir(out, cfg, source, start["pooling"] if cfg.method == "qk" else None)
     outcome: dict = {}
+    stop = threading.Event()
 
     def main(grid, context) -> None:
+        stop_with(grid, stop)
         try:
             outcome["history"] = run_server(
-                grid, cfg, start, Path(run_dir), lambda module: evaluate(module, dataset, cfg.eval_samples)
+                grid, cfg, start, Path(run_dir), lambda module: evaluate(module, dataset, cfg.eval_samples), trust
             )
         except BaseException as e:  # the engine only logs a ServerApp's error; re-raised below
             outcome["error"] = e
@@ -90,12 +116,15 @@ def run_federated(
 
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.INFO if progress else logging.WARNING)
-    run_simulation(
-        server_app(main),
-        client_app(data_dir, cache_dir),
-        num_supernodes=cfg.clients,
-        backend_config=backend,
-    )
+    try:
+        run_simulation(
+            server_app(main),
+            client_app(data_dir, cache_dir, tuple(trust)),
+            num_supernodes=cfg.clients,
+            backend_config=backend,
+        )
+    finally:
+        stop.set()  # after a Ctrl-C or an engine crash the ServerApp's thread ends too, so the process can exit
     if "error" in outcome:
         raise outcome["error"]
     if "history" not in outcome:

@@ -85,7 +85,7 @@ class TrainConfig(SGDConfig):
         super().__post_init__()
         from skqk.models import DATA_ARGUMENTS, resolve  # not at the top: the zoo imports torch
 
-        resolve(self.model)  # refused here, before a run folder is created for it
+        resolve(self.model, trust=(self.model,))  # the caller's choice; refused here, before a run folder exists
         if self.model_kwargs and ":" not in self.model:
             raise ValueError(f"zoo model {self.model!r} takes no model keyword arguments (they are for imported ones)")
         taken = sorted(set(self.model_kwargs) & set(DATA_ARGUMENTS))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -24,12 +25,16 @@ from skqk.store.sizing import size_notice
 
 
 def selector_from_checkpoint(
-    checkpoint: str | os.PathLike, pooling: str | None = None, fits: dict | None = None
+    checkpoint: str | os.PathLike,
+    pooling: str | None = None,
+    fits: dict | None = None,
+    trust: Collection[str] = (),
 ) -> PathSelector:
     """The path selector of a checkpoint: its network's SK (a QK checkpoint's unchanged selector), with the
-    pooling of `resolve_pooling` (a QK checkpoint's own; else `pooling`, live by default)."""
+    pooling of `resolve_pooling` (a QK checkpoint's own; else `pooling`, live by default). A model named by
+    import path is built only if `trust` names it (`skqk.models.resolve`)."""
     ckpt = load_model_checkpoint(checkpoint, fits)
-    return load_selector(ckpt, resolve_pooling(ckpt, pooling, path=str(checkpoint)), str(checkpoint))
+    return load_selector(ckpt, resolve_pooling(ckpt, pooling, path=str(checkpoint)), str(checkpoint), trust)
 
 
 COMMIT_EVERY = 8  # batches per process between commits: what a kill can lose, against one manifest write each
@@ -129,10 +134,11 @@ def record_from_checkpoint(
     progress: bool = True,
     wait: bool = True,
     class_chunks: tuple[int, int] | None = None,
+    trust: Collection[str] = (),
 ) -> PatternStore:
     """`record` for the first `samples` samples of the run's nested subset (what `skqk record` runs); the store
     gets only those it lacks, so recording n + m after n appends the m new samples' patterns."""
-    selector = selector_from_checkpoint(checkpoint, pooling, fits=model_kwargs(dataset))
+    selector = selector_from_checkpoint(checkpoint, pooling, fits=model_kwargs(dataset), trust=trust)
     indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced, class_chunks)
     subset = subset_fingerprint(dataset.train.labels, subset_seed, balanced, class_chunks)
     return record(selector, dataset, indices, store, batch_size, progress, subset, wait)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +49,7 @@ def retrain(
     pooling: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    trust: Collection[str] = (),
 ) -> RunResult:
     """Phase 4 (``cfg.method == "qk"``) or traditional re-training from `checkpoint` on `cfg.samples` samples.
 
@@ -56,7 +57,8 @@ def retrain(
     reading each batch's patterns from the pattern `store` (or computing them on the fly); its final
     checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK. The max-pooling
     mode follows `resolve_pooling` (checkpoint, store and `pooling` must agree) and is recorded in the run
-    folder's config.json, which `resume` checks.
+    folder's config.json, which `resume` checks. A model named by import path is built only if `trust` names it
+    (`skqk.models.resolve`).
     """
     # everything that can refuse the inputs runs before the run folder is created
     kwargs = model_kwargs(dataset)
@@ -68,7 +70,9 @@ def retrain(
             raise CheckpointError(
                 f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
             )
-        network = build_network(ckpt, path=str(checkpoint)).to(memory_format=memory_format(cfg.layout, ckpt["model"]))
+        network = build_network(ckpt, path=str(checkpoint), trust=trust).to(
+            memory_format=memory_format(cfg.layout, ckpt["model"])
+        )
         run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
         torch.manual_seed(cfg.seed)
         built = ckpt["model_kwargs"]  # the data's sizes and an imported model's options
@@ -78,9 +82,9 @@ def retrain(
     from_store = store is not None and cfg.patterns == "store"
     store_pooling = PatternStore.open(store, verify=False).pooling if from_store else None
     pooling = resolve_pooling(ckpt, pooling, store_pooling, str(checkpoint))
-    selector = load_selector(ckpt, pooling, str(checkpoint))
+    selector = load_selector(ckpt, pooling, str(checkpoint), trust)
     layout = memory_format(cfg.layout, ckpt["model"])
-    estimator = load_estimator(ckpt, pooling, str(checkpoint)).to(memory_format=layout)
+    estimator = load_estimator(ckpt, pooling, str(checkpoint), trust).to(memory_format=layout)
     decoupled = DecoupledModel(selector, estimator)
     model = distributed.wrap(estimator)
     device = next(estimator.parameters()).device
@@ -102,7 +106,7 @@ def retrain(
         prepare_run_dir, out, resume, cfg, source, pooling, removal and {"dead_unit_removal": removal.summary()}
     )
     torch.manual_seed(cfg.seed)
-    network = build_network(ckpt, path=str(checkpoint)).to(next(estimator.parameters()).device)
+    network = build_network(ckpt, path=str(checkpoint), trust=trust).to(next(estimator.parameters()).device)
     monitor = SKMonitor(cfg, decoupled, network, ckpt[sk_key], dataset, indices, run_dir, make_step, store)
     history = fit(
         run_dir,
