@@ -1,6 +1,6 @@
-"""Shared fixtures: every test starts from a known seed and leaves global RNG state as it found it; `flower`
-skips a test where Flower (the `federated` extra) is not installed, except in CI, which must install it (as the
-CIFAR-10 tests need SKQK_DATA)."""
+"""Shared fixtures: every test starts from a known seed and leaves global RNG state as it found it; `float64`
+runs a test in double precision; `flower` skips a test where Flower (the `federated` extra) is not installed,
+except in CI, which must install it (as the CIFAR-10 tests need SKQK_DATA)."""
 
 import importlib.util
 import os
@@ -21,6 +21,17 @@ def seeded_rng():
     random.setstate(state[0])
     np.random.set_state(state[1])
     torch.set_rng_state(state[2])
+
+
+@pytest.fixture
+def float64():
+    """Tensors and modules a test creates are float64: an equality that holds up to rounding only (two orders of
+    summation, as a pruned and an unpruned convolution take) is then tested at float64's rounding, on any CPU and
+    thread count, instead of float32's, which a few SGD steps amplify past any fixed float32 tolerance."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="session")

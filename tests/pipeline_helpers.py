@@ -160,6 +160,24 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(a[key], b[key]), f"{key} differs"
 
 
+def assert_same_training_up_to_rounding(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], start: dict[str, torch.Tensor], sum_terms: int, steps: int
+) -> None:
+    """`a` and `b` come from one float32 training whose sums were taken in other orders (another layout, removed
+    units): exact up to rounding only. A float32 sum of `sum_terms` terms is off by at most ``sum_terms * eps``
+    relative (eps = 2**-23), so each step's update differs by at most that fraction, and `steps` updates add up:
+    every tensor may differ by ``steps * sum_terms * eps`` times its largest update since `start` (first order,
+    no amplification: a real difference of the training is of the order of the update itself)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if not a[key].is_floating_point():
+            assert torch.equal(a[key], b[key]), key
+            continue
+        update = (b[key].double() - start[key].double()).abs().max().item()
+        bound = steps * sum_terms * 2.0**-23 * update
+        assert (a[key].double() - b[key].double()).abs().max().item() <= bound, f"{key} differs by more than {bound}"
+
+
 class RunsCodeWhenUnpickled:
     """A pickle payload that creates the folder `marker` when loaded by full unpickling (not weights_only)."""
 

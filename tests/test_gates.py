@@ -105,14 +105,14 @@ def test_three_piece_state_is_the_piece_index_and_saturated_pieces_are_constant(
 
 def test_prelu_slope_gradient_equals_the_source():
     """The slope is QK: the estimator trains it, with the gradient PReLU itself gives it."""
-    x = torch.randn(4, 3, 5, 5)
-    weight = torch.tensor([0.1, -0.2, 0.3], requires_grad=True)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)  # sums of 100 terms, maybe in another order: float64
+    weight = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64, requires_grad=True)
     F.prelu(x, weight).pow(2).sum().backward()
     expected = weight.grad.clone()
     weight.grad = None
     gate = PReluGate()
     gate(x, weight, gate.pattern_of(x, weight)).pow(2).sum().backward()
-    torch.testing.assert_close(weight.grad, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(weight.grad, expected, rtol=1e-12, atol=0)
 
 
 def test_select_and_comparison_gates():

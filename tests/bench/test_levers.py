@@ -45,6 +45,7 @@ def test_max_pool_gate_table_gather_equals_index_arithmetic(kw):
     torch.testing.assert_close(y, live, rtol=0, atol=0)
 
 
+@pytest.mark.usefixtures("float64")  # the two estimators may sum in other orders: compared at float64's rounding
 @pytest.mark.parametrize("pooling", ["live", "frozen"])
 def test_estimator_with_previous_gates_trains_identically(pooling):
     torch.manual_seed(0)

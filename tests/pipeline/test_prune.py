@@ -2,12 +2,15 @@
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from skqk import decouple, models
 from skqk.pipeline.prune import _zero_gradient_factors, prune_dead_units
+
+pytestmark = pytest.mark.usefixtures("float64")  # exact up to rounding: tested at float64's (conftest.py)
 
 
 def _sgd(est):
@@ -41,6 +44,7 @@ def _setup(seed=0):
 
 def test_pruning_removes_dead_neurons_and_trains_identically():
     selector, est, x, y, pattern = _setup()
+    assert x.dtype == next(est.parameters()).dtype == torch.float64  # exact up to float64's rounding
     est_full = copy.deepcopy(est)
     opt = _sgd(est)
     pruned = prune_dead_units(est, pattern, opt)

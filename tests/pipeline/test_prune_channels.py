@@ -16,6 +16,7 @@ from skqk.estimator import build_estimator
 from skqk.pipeline.prune import FullWidthDropout, active_units, prune_dead_units, removal_report
 from skqk.selector import build_selector
 
+pytestmark = pytest.mark.usefixtures("float64")  # exact up to rounding: tested at float64's (conftest.py)
 DEAD_CONV = {"features.0": [0, 3], "features.3": [1, 5, 9, 12]}  # output channels dead on the stored samples
 
 
@@ -60,6 +61,7 @@ def _assert_same_training_state(est, opt, est_full, opt_full):
 @pytest.mark.parametrize("pooling", ["live", "frozen"])
 def test_dead_channels_removed_and_restored_exactly_around_every_epoch(pooling):
     selector, est = _lenet(pooling)
+    assert est.net.get_submodule("features.0").weight.dtype == torch.float64  # exact up to float64's rounding
     est_full = copy.deepcopy(est)
     x, y = 0.05 * torch.randn(48, 3, 32, 32), torch.randint(0, 10, (48,))
     pattern = selector(x)

@@ -8,6 +8,7 @@ import torch
 from pipeline_helpers import (
     assert_one_line_error,
     assert_same_tensors,
+    assert_same_training_up_to_rounding,
     main_in_process,
     make_dataset,
     read_metrics,
@@ -47,9 +48,8 @@ def test_pruned_qk_retraining_equals_unpruned_and_reports_what_it_removed(pretra
     retrain(RetrainConfig(**cfg, layout="channels_last"), pretrained, data, tmp_path / "pruned", progress=False)
     retrain(RetrainConfig(**cfg, prune=False, layout="contiguous"), pretrained, data, tmp_path / "full", progress=False)
     pruned, full = state_dict_of(tmp_path / "pruned" / "model.pt"), state_dict_of(tmp_path / "full" / "model.pt")
-    assert pruned.keys() == full.keys()
-    for key in pruned:
-        torch.testing.assert_close(pruned[key], full[key], msg=key)
+    # 12 steps; the longest sums: a batch of 16 samples times the hidden layer's 64 inputs
+    assert_same_training_up_to_rounding(pruned, full, state_dict_of(pretrained), sum_terms=16 * 64, steps=12)
     assert not torch.equal(pruned["4.weight"], state_dict_of(pretrained)["4.weight"])  # it trained
     metrics, metrics_full = read_metrics(tmp_path / "pruned"), read_metrics(tmp_path / "full")
     assert [m["val_accuracy"] for m in metrics] == [m["val_accuracy"] for m in metrics_full]

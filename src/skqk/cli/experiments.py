@@ -103,12 +103,15 @@ def cmd_reproduce(args) -> None:
     else:  # the changes are part of the preset written into results.json and printed with its scaling
         preset = customised(preset, protocol_changes(args))
     seeds = parse_int_list(args.seeds or "0")
-    default = ",".join(preset.default_models) or {  # else every model of the study
-        "fig4": preset.fig4_model,
-        "fig5": ",".join(preset.fig5),
-        "qkgap": ",".join(g.model for g in preset.qk_gap[:1]),
-        "incremental": ",".join(preset.incremental),
-    }[args.figure]
+    default = (
+        ",".join(preset.default_models)
+        or {  # else every model of the study
+            "fig4": preset.fig4_model,
+            "fig5": ",".join(preset.fig5),
+            "qkgap": ",".join(g.model for g in preset.qk_gap[:1]),
+            "incremental": ",".join(preset.incremental),
+        }[args.figure]
+    )
     if args.model_kwargs is not None and args.model is None:
         raise ValueError("--model-kwargs are the options of --model; give the model too")
     if args.model is not None and args.models is not None:
@@ -118,7 +121,7 @@ def cmd_reproduce(args) -> None:
     protocols = studies.get(args.figure, models.list_models())
     for name in names:
         if args.model is not None:
-            models.resolve(name)  # an import path is imported (or refused) now, before the data is read
+            models.resolve(name, trust=(name,))  # --model is the user's consent; imported now, before the data
         elif name not in models.list_models() or name not in protocols:
             raise ValueError(
                 f"unknown model {name!r} for {args.figure} in preset {preset.name}; choose from "

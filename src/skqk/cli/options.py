@@ -146,6 +146,21 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_trust_option(p: argparse.ArgumentParser, meaning: str | None = None) -> None:
+    p.add_argument(
+        "--model",
+        metavar="PKG.MOD:CALLABLE",
+        help=meaning
+        or "your own model the checkpoint names by import path: skqk imports and runs that code only when you pass "
+        "the same path here (a checkpoint holds names, not code); zoo models need no flag",
+    )
+
+
+def trust_of(args) -> tuple[str, ...]:
+    """The import paths the user trusts in this invocation: what --model names (skqk.models.resolve)."""
+    return (args.model,) if args.model else ()
+
+
 def json_object(text: str, option: str) -> dict:
     """The JSON object an option such as --model-kwargs holds; anything else is a one-line error."""
     try:

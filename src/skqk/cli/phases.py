@@ -13,11 +13,13 @@ from skqk.cli.options import (
     add_order_options,
     add_selection_options,
     add_sgd_options,
+    add_trust_option,
     class_chunks_of,
     config_from_args,
     json_object,
     load_data,
     sample_range,
+    trust_of,
 )
 from skqk.pipeline.config import RetrainConfig, TrainConfig
 
@@ -58,6 +60,7 @@ def cmd_train(args) -> None:
 def add_record(sub) -> None:
     p = add_command(sub, "record", help="Phases 2-3: the selector's activation patterns of n+m samples into a store")
     p.add_argument("--checkpoint", required=True, help="model.pt of a run")
+    add_trust_option(p)
     p.add_argument("--samples", type=int, required=True, help="n+m: record the first this many samples")
     p.add_argument("--store", required=True, help="pattern store folder (created, or appended to)")
     p.add_argument(
@@ -92,6 +95,7 @@ def cmd_record(args) -> None:
         progress=not args.quiet,
         wait=not args.no_wait,
         class_chunks=class_chunks_of(args),
+        trust=trust_of(args),
     )
     if is_main():
         print(f"{args.store}: {len(store)} samples, {store.bytes_per_sample} bytes per sample")
@@ -100,6 +104,7 @@ def cmd_record(args) -> None:
 def add_retrain(sub) -> None:
     p = add_command(sub, "retrain", help="Phase 4 (--method qk) or the traditional baseline on n+m samples")
     p.add_argument("--checkpoint", required=True, help="model.pt of the pre-trained run")
+    add_trust_option(p)
     p.add_argument("--samples", type=int, help="n+m (default 4096)")
     p.add_argument(
         "--sample-range",
@@ -166,6 +171,7 @@ def cmd_retrain(args) -> None:
         pooling=args.pooling,
         resume=args.resume,
         progress=not args.quiet,
+        trust=trust_of(args),
     )
     print_final(result)
 
@@ -177,6 +183,7 @@ def add_refresh(sub) -> None:
         help="SK refresh: the selector becomes a QK run's current network; its patterns into a new store",
     )
     p.add_argument("--checkpoint", required=True, help="model.pt of a QK run (or of any run)")
+    add_trust_option(p)
     p.add_argument("--samples", type=int, required=True, help="record the patterns of the first this many samples")
     p.add_argument("--store", required=True, help="new pattern store folder for the refreshed SK")
     p.add_argument("--out", required=True, help="run folder: model.pt (a QK checkpoint) and refresh.json")
@@ -204,6 +211,7 @@ def cmd_refresh(args) -> None:
         args.pooling,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        trust=trust_of(args),
     )
     before = summary["sk_staleness_before"]
     stale = f"sk_staleness before {before:.4f}, " if before is not None else ""
@@ -216,6 +224,7 @@ def cmd_refresh(args) -> None:
 def add_evaluate(sub) -> None:
     p = add_command(sub, "evaluate", help="accuracy and CCE loss of a checkpoint on the test split")
     p.add_argument("--checkpoint", required=True)
+    add_trust_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_options(p)
 
@@ -225,7 +234,7 @@ def cmd_evaluate(args) -> None:
     from skqk.pipeline.loop import evaluate
 
     dataset = load_data(args)
-    module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset))
+    module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset), trust=trust_of(args))
     metrics = evaluate(module, dataset, progress=not args.quiet)
     result = {"checkpoint": args.checkpoint, "kind": ckpt["kind"], "model": ckpt["model"]}
     finite = math.isfinite(metrics["val_loss"])  # false: the outputs are NaN or infinite

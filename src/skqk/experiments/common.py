@@ -33,7 +33,9 @@ def check_before_training(
             f"{model}: {', '.join(f'{n:,}' for n in too_many)} samples asked for, the training split has "
             f"{available:,}; pass --sk-samples and --samples that fit"
         )
-    network = models.build(model, **data_arguments(dataset), **model_kwargs).eval()
+    network = models.build(
+        model, trust=(model,), **data_arguments(dataset), **model_kwargs
+    ).eval()  # chosen by the caller
     for pooling in poolings:
         try:
             decouple(network, pooling)

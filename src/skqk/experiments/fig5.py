@@ -182,7 +182,7 @@ class SKRun:
 
         def run(d: Path):
             if variant.method == "traditional":
-                return retrain(cfg, start, self.dataset, d, resume=True, progress=self.progress)
+                return retrain(cfg, start, self.dataset, d, resume=True, progress=self.progress, trust=(self.model,))
             store = self.folder / ("patterns" if variant.pooling == "live" else f"patterns-{variant.pooling}")
             t0 = time.perf_counter()
             labels = self.dataset.train.labels
@@ -191,7 +191,9 @@ class SKRun:
             subset = subset_fingerprint(labels, self.seed, ordered=ordered)
             record(self.selector(variant.pooling), self.dataset, indices, store, progress=self.progress, subset=subset)
             record_seconds = time.perf_counter() - t0
-            result = retrain(cfg, start, self.dataset, d, store=store, resume=True, progress=self.progress)
+            result = retrain(
+                cfg, start, self.dataset, d, store=store, resume=True, progress=self.progress, trust=(self.model,)
+            )
             return result, {"record_seconds": record_seconds}
 
         key = {**self.key(N, variant.method, variant.name), "pooling": variant.pooling}
@@ -199,7 +201,7 @@ class SKRun:
 
     def selector(self, pooling: str):
         if pooling not in self._selectors:
-            self._selectors[pooling] = selector_from_checkpoint(self.pretrained, pooling)
+            self._selectors[pooling] = selector_from_checkpoint(self.pretrained, pooling, trust=(self.model,))
         return self._selectors[pooling]
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from skqk.data import load_dataset
@@ -96,10 +96,12 @@ def run_federated(
     cache_dir: str | os.PathLike | None = None,
     threads: int = 1,
     progress: bool = True,
+    trust: Collection[str] = (),
 ) -> list[dict]:
     """Run `cfg.rounds` rounds with `cfg.clients` simulated clients from `checkpoint`; write the run folder `out`
     (config.json, metrics.jsonl with one row per round, model.pt: the global model). A run does not resume: an
-    interrupted one (no model.pt) is started over in the same folder (`prepare_federated_dir`).
+    interrupted one (no model.pt) is started over in the same folder (`prepare_federated_dir`). A model named by
+    import path is built, by the server and by every simulated node (all this machine's), only if `trust` names it.
 
     Returns:
         One row per round: validation accuracy and loss of the global model, bytes down and up, seconds, and
@@ -115,7 +117,7 @@ def run_federated(
     data_dir = str(data_dir or os.environ.get(DATA_ENV) or "") or None  # the worker processes get it explicitly
     cache_dir = str(cache_dir) if cache_dir else None
     dataset = load_dataset(data_dir, cache_dir, progress=progress)
-    start = prepare_start(checkpoint, cfg, dataset)  # every refusal comes before the run folder exists
+    start = prepare_start(checkpoint, cfg, dataset, trust)  # every refusal comes before the run folder exists
     source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
     run_dir = prepare_federated_dir(out, cfg, source, start["pooling"] if cfg.method == "qk" else None)
     outcome: dict = {}
@@ -125,7 +127,7 @@ def run_federated(
         stop_with(grid, stop)
         try:
             outcome["history"] = run_server(
-                grid, cfg, start, Path(run_dir), lambda module: evaluate(module, dataset, cfg.eval_samples)
+                grid, cfg, start, Path(run_dir), lambda module: evaluate(module, dataset, cfg.eval_samples), trust
             )
         except BaseException as e:  # the engine only logs a ServerApp's error; re-raised below
             outcome["error"] = e
@@ -135,7 +137,7 @@ def run_federated(
         with engine_output(progress):
             run_simulation(
                 server_app(main),
-                client_app(data_dir, cache_dir),
+                client_app(data_dir, cache_dir, tuple(trust)),
                 num_supernodes=cfg.clients,
                 backend_config=backend,
             )

@@ -85,7 +85,7 @@ class TrainConfig(SGDConfig):
         super().__post_init__()
         from skqk.models import DATA_ARGUMENTS, check_options, resolve  # not at the top: the zoo imports torch
 
-        resolve(self.model)  # refused here, before a run folder is created for it
+        resolve(self.model, trust=(self.model,))  # the caller's choice; refused here, before a run folder exists
         taken = sorted(set(self.model_kwargs) & set(DATA_ARGUMENTS))
         if ":" not in self.model and not taken:
             check_options(self.model, self.model_kwargs)

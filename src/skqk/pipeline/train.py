@@ -40,7 +40,8 @@ def train(
     indices = subset_indices(dataset.train.labels, cfg.samples, *order)
     kwargs = model_kwargs(dataset) | cfg.model_kwargs  # the checkpoint records both: it rebuilds without flags
     torch.manual_seed(cfg.seed)
-    network = models.build(cfg.model, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
+    trust = (cfg.model,)  # the model the caller chose to train (configs are never read back from files)
+    network = models.build(cfg.model, trust=trust, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
     warn_if_not_decouplable(network, cfg.model)
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, {"data": dataset.fingerprint})
     return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch, on_step)
