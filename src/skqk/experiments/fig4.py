@@ -233,7 +233,8 @@ def decay_yardstick(points: list[dict]) -> dict:
         str(f): ratio(out["weights"]["decay_epoch"][str(f)], out["patterns"]["decay_epoch"][str(f)])
         for f in DECAY_FRACTIONS
     }
-    out["rate_ratio"] = ratio(out["patterns"]["decay_rate_per_epoch"], out["weights"]["decay_rate_per_epoch"])
+    rates = out["patterns"]["decay_rate_per_epoch"], out["weights"]["decay_rate_per_epoch"]
+    out["rate_ratio"] = ratio(*rates) if all(r is not None and r > 0 for r in rates) else None  # both must decay
     return out
 
 
