@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -227,7 +227,9 @@ def with_estimator_state(source: DecoupledModel, state: dict[str, Tensor]) -> De
 # --- checkpoints ------------------------------------------------------------------------------------------------
 
 
-def load_copies(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[DecoupledModel]]:
+def load_copies(
+    paths: Sequence[str | os.PathLike], trust: Collection[str] = ()
+) -> tuple[list[dict], list[DecoupledModel]]:
     """The QK checkpoints to merge, refused in one line when one cannot be merged with the first or is given
     twice (as another path, a link or a copy: it would count twice)."""
     ckpts = [load_model_checkpoint(p) for p in paths]
@@ -248,7 +250,7 @@ def load_copies(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[De
                 f"{path} holds a {ckpt['model']} {ckpt['model_kwargs']}, {paths[0]} a {ckpts[0]['model']} "
                 f"{ckpts[0]['model_kwargs']}: copies must share one architecture"
             )
-    copies = [load_decoupled(ckpt, str(path)) for path, ckpt in zip(paths, ckpts)]
+    copies = [load_decoupled(ckpt, str(path), trust) for path, ckpt in zip(paths, ckpts)]
     check_compatible(copies, [str(p) for p in paths])
     return ckpts, copies
 
@@ -267,10 +269,11 @@ def trained_samples(ckpt: dict, path: str | os.PathLike) -> int:
     return samples
 
 
-def load_start(path: str | os.PathLike, pooling: str) -> DecoupledModel:
+def load_start(path: str | os.PathLike, pooling: str, trust: Collection[str] = ()) -> DecoupledModel:
     """The pre-trained start of task arithmetic: a network checkpoint (decoupled here) or a QK checkpoint."""
     ckpt = load_model_checkpoint(path)
-    return DecoupledModel(load_selector(ckpt, pooling, str(path)), load_estimator(ckpt, pooling, str(path)))
+    path = str(path)
+    return DecoupledModel(load_selector(ckpt, pooling, path, trust), load_estimator(ckpt, pooling, path, trust))
 
 
 ORDER_FIELDS = ("subset_seed", "balanced", "class_incremental", "chunk_samples")  # a run's sample permutation
@@ -305,7 +308,7 @@ def held_out_indices(paths: Sequence[str | os.PathLike], labels: Tensor, count: 
 def held_out_samples(paths: Sequence[str | os.PathLike], dataset, count: int) -> tuple[Tensor, Tensor]:
     """The images (normalised) and labels of `held_out_indices`."""
     indices = held_out_indices(paths, dataset.train.labels, count)
-    return dataset.normalize(dataset.train.images[indices]), dataset.train.labels[indices]
+    return dataset.inputs(dataset.train, indices), dataset.train.labels[indices]
 
 
 def merge_checkpoints(
@@ -317,6 +320,7 @@ def merge_checkpoints(
     lambdas: float | Sequence[float] | None = None,
     tune: tuple[Tensor, Tensor, Sequence[float]] | None = None,
     replace: bool = False,
+    trust: Collection[str] = (),
 ) -> dict:
     """`merge` or `task_arithmetic` of QK checkpoint files into a new QK checkpoint at `out` (written atomically,
     and only once every input was accepted).
@@ -330,6 +334,7 @@ def merge_checkpoints(
         lambdas: task arithmetic: one λ, or one per copy.
         tune: task arithmetic without `lambdas`: held-out ``(x, y, grid)`` to choose λ from `grid`.
         replace: overwrite an existing `out` (never one of `paths`).
+        trust: import paths of models that may be built (`skqk.models.resolve`); zoo names need none.
 
     Returns:
         What was written besides the weights: ``samples``, ``merged_from``, ``merge`` (method, weights, λ, scores).
@@ -341,7 +346,7 @@ def merge_checkpoints(
         raise MergeError(f"{out} already exists; choose another -o, or pass --force to replace it")
     if method not in ("average", "task-arithmetic"):
         raise MergeError(f"method must be 'average' or 'task-arithmetic', got {method!r}")
-    ckpts, copies = load_copies(paths)
+    ckpts, copies = load_copies(paths, trust)
     if weights is None:
         weights = [trained_samples(c, p) for c, p in zip(ckpts, paths)]
     w = normalized_weights(weights, len(copies))
@@ -351,7 +356,7 @@ def merge_checkpoints(
     else:
         if start is None:
             raise MergeError("task arithmetic needs --start, the checkpoint every copy was re-trained from")
-        pre = load_start(start, copies[0].selector.pooling)
+        pre = load_start(start, copies[0].selector.pooling, trust)
         check_compatible([copies[0], pre], [str(paths[0]), str(start)])
         if lambdas is not None:
             merged, info["lambda"] = task_arithmetic(pre, copies, lambdas, w), lambdas

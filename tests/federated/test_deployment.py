@@ -36,7 +36,8 @@ def test_app_lists_every_setting_with_its_default():
         # fixed for federated runs; ridge's default None (λ by GCV) has no TOML form, the file names the key
         if f.name not in ("precision", "layout", "class_incremental", "chunk_samples", "ridge")
     }
-    assert {k: v for k, v in config.items() if k not in ("checkpoint", "out", "data-dir", "cache-dir")} == expected
+    paths_and_trust = ("checkpoint", "out", "data-dir", "cache-dir", "trust-model")
+    assert {k: v for k, v in config.items() if k not in paths_and_trust} == expected
 
 
 def free_port() -> int:

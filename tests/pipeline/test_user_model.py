@@ -1,5 +1,6 @@
 """`--model package.module:callable` with `--model-kwargs`: trained, then recorded, re-trained and evaluated from
-the checkpoint alone (no --model flag), with one-line errors when the import or the call fails."""
+the checkpoint with the same --model (its code runs only when the user names it; the kwargs come from the
+checkpoint), with one-line errors when the import or the call fails."""
 
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def setup(tmp_path_factory):
     return root, data_args(data_dir, cache_dir)
 
 
-def test_an_imported_model_runs_every_phase_without_the_flag_after_training(setup, capsys):
+def test_an_imported_model_runs_every_phase_when_the_user_names_it_again(setup, capsys):
     root, data = setup
     code, _, err = main_in_process(capsys, "train", "--model", "user_nets:build_net", "--model-kwargs",
                                    '{"width": 6}', "--samples", "60", *SGD, "--out", root / "pre", *data)  # fmt: skip
@@ -34,7 +35,11 @@ def test_an_imported_model_runs_every_phase_without_the_flag_after_training(setu
         ["patterns", "info", root / "st"],
     ]  # fmt: skip
     for step in steps:
-        code, out, err = main_in_process(capsys, *step, *(data if step[0] != "patterns" else []))
+        if step[0] != "patterns":
+            code, _, err = main_in_process(capsys, *step, *data)  # without --model: refused, nothing imported
+            assert_one_line_error(code, err, "pass --model user_nets:build_net")
+        trust = ["--model", "user_nets:build_net"] if step[0] != "patterns" else []
+        code, out, err = main_in_process(capsys, *step, *trust, *(data if step[0] != "patterns" else []))
         assert code == 0, (step[0], err)
     assert "three-piece gate" in out  # the ReLU6 site, stored at 2 bits per unit
     qk = load_checkpoint(root / "qk/model.pt")
@@ -74,8 +79,9 @@ def test_training_a_network_phase_2_would_refuse_warns_first_and_the_refusal_poi
     assert code == 0, err
     assert err.startswith("skqk: warning: user_nets:gelu_net cannot be decoupled") and len(err.splitlines()) == 1
     assert "retrain --method qk" in err and "(GELU)" in err
-    code, _, err = main_in_process(capsys, "record", "--checkpoint", root / "gelu/model.pt", "--samples", "20",
-                                   "--store", root / "gelu-store", *data)  # fmt: skip
+    code, _, err = main_in_process(capsys, "record", "--checkpoint", root / "gelu/model.pt", "--model",
+                                   "user_nets:gelu_net", "--samples", "20", "--store", root / "gelu-store",
+                                   *data)  # fmt: skip
     assert_one_line_error(code, err, "(GELU)", "docs/design.md, 'Supported activations'")
     design = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text()
     assert "\n## Supported activations\n" in design

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -115,13 +115,18 @@ class Problem:
 
 
 def open_problem(
-    checkpoint: str | os.PathLike, dataset: Dataset, store: str | os.PathLike, cfg: SolveConfig
+    checkpoint: str | os.PathLike,
+    dataset: Dataset,
+    store: str | os.PathLike,
+    cfg: SolveConfig,
+    trust: Collection[str] = (),
 ) -> Problem:
-    """Load and check everything a solve reads before anything is computed or written."""
+    """Load and check everything a solve reads before anything is computed or written. A model the checkpoint
+    names by import path is built only if `trust` names it (`skqk.models.resolve`); zoo models need nothing."""
     ckpt = load_model_checkpoint(checkpoint, fits=model_kwargs(dataset))
     pooling = resolve_pooling(ckpt, None, PatternStore.open(store, verify=False).pooling, str(checkpoint))
-    selector = load_selector(ckpt, pooling, str(checkpoint))
-    estimator = load_estimator(ckpt, pooling, str(checkpoint)).eval()  # BatchNorm and dropout as deployed
+    selector = load_selector(ckpt, pooling, str(checkpoint), trust)
+    estimator = load_estimator(ckpt, pooling, str(checkpoint), trust).eval()  # BatchNorm and dropout as deployed
     if estimator.live_pooling:
         raise ValueError(
             f"an analytic solve needs frozen max pooling (live pooling is not linear): record the store with "
@@ -284,6 +289,7 @@ def solve(
     store: str | os.PathLike,
     out: str | os.PathLike,
     progress: bool = True,
+    trust: Collection[str] = (),
 ) -> SolveResult:
     """Solve `cfg.block` of the checkpoint's QK on the samples of `cfg.span` and write the run folder `out`.
 
@@ -291,7 +297,7 @@ def solve(
         >>> solve(SolveConfig(samples=4096), "runs/pre/model.pt", dataset, "runs/patterns", "runs/solve")
     """
     run_dir = check_out(out)
-    problem = open_problem(checkpoint, dataset, store, cfg)
+    problem = open_problem(checkpoint, dataset, store, cfg, trust)
     block, stats, solution = solve_blocks(problem, cfg, progress)
     stats = replace(stats, source=replace(stats.source, loss=cfg.loss))
     return write_run(
@@ -307,6 +313,7 @@ def update(
     add: tuple[int, int] | None = None,
     forget: tuple[int, int] | None = None,
     progress: bool = True,
+    trust: Collection[str] = (),
 ) -> SolveResult:
     """A solve run's statistics plus the samples at positions `add`, or minus those at `forget` (an exact
     downdate), solved again: reads only those samples (and the run's own files)."""
@@ -324,7 +331,7 @@ def update(
     if clash:  # refused before a feature pass
         what = "already holds" if add else "does not hold"
         raise StatisticsError(f"{from_run} {what} samples {clash[0]}:{clash[1]}; a sample is counted once")
-    problem = open_problem(Path(from_run) / "model.pt", dataset, store, cfg)
+    problem = open_problem(Path(from_run) / "model.pt", dataset, store, cfg, trust)
     block = find_block(problem.estimator, held.source.block)
     part = statistics(problem, block, cfg.positions, cfg.batch_size, progress)
     total = held + part if add is not None else held - part
@@ -334,7 +341,10 @@ def update(
 
 
 def merge_runs(
-    runs: Sequence[str | os.PathLike], out: str | os.PathLike, dataset: Dataset | None = None
+    runs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    dataset: Dataset | None = None,
+    trust: Collection[str] = (),
 ) -> SolveResult:
     """The solve runs' statistics summed (exact) and solved again; refused, writing nothing, when they hold
     overlapping samples or are statistics of another SK, block, loss, fixed QK, dataset or subset order. With
@@ -357,7 +367,9 @@ def merge_runs(
         raise StatisticsError("cross-entropy solves do not add up; merge ridge (--loss mse) solve runs")
     ckpt = load_model_checkpoint(Path(runs[0]) / "model.pt")
     pooling = resolve_pooling(ckpt, path=str(runs[0]))
-    decoupled = DecoupledModel(load_selector(ckpt, pooling), load_estimator(ckpt, pooling).eval())
+    path = str(runs[0])
+    decoupled = DecoupledModel(load_selector(ckpt, pooling, path, trust), load_estimator(ckpt, pooling, path, trust))
+    decoupled.estimator.eval()
     block = find_block(decoupled.estimator, total.source.block)
     cfg = SolveConfig(**loaded[0][1].get("config", {}))
     ridge = solve_ridge(total, cfg.ridge)

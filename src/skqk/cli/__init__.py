@@ -9,7 +9,6 @@ exit non-zero (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -51,8 +50,6 @@ DISTRIBUTED_COMMANDS = ("train", "record", "retrain", "solve")  # run unchanged 
 
 
 def main(argv: list[str] | None = None) -> int:
-    if os.getcwd() not in sys.path:  # --model package.module:callable (or a checkpoint naming one) imports from
-        sys.path.append(os.getcwd())  # the current directory too, as `python -m skqk` would
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:

@@ -10,9 +10,11 @@ from skqk.cli.options import (
     add_data_options,
     add_device_option,
     add_order_options,
+    add_trust_option,
     config_from_args,
     load_data,
     sample_range,
+    trust_of,
 )
 
 CONTINUED = ("block", "loss", "ridge", "subset_seed", "balanced", "class_incremental", "chunk_samples")
@@ -48,6 +50,7 @@ def add_solve(sub) -> None:
     add_order_options(p)
     p.add_argument("--batch-size", type=int, help="samples per forward pass (default 1024; memory only)")
     p.add_argument("--out", required=True, help="run folder: model.pt (a QK checkpoint), stats.pt, config.json")
+    add_trust_option(p)
     add_data_options(p)
     add_device_option(p)
 
@@ -63,7 +66,8 @@ def cmd_solve(args) -> None:
                 raise ValueError("give --samples N or --sample-range A:B, not both")
             args.sample_start, args.samples = args.sample_range
         cfg = config_from_args(SolveConfig, args)
-        result = solve(cfg, args.checkpoint, load_data(args), args.store, args.out, progress=not args.quiet)
+        dataset = load_data(args)
+        result = solve(cfg, args.checkpoint, dataset, args.store, args.out, not args.quiet, trust_of(args))
     else:
         given = [name for name in ("checkpoint", "samples", *CONTINUED) if getattr(args, name) is not None]
         if given:
@@ -79,6 +83,7 @@ def cmd_solve(args) -> None:
             add=args.sample_range,
             forget=args.forget,
             progress=not args.quiet,
+            trust=trust_of(args),
         )
     print_solved(result)
 
@@ -121,7 +126,7 @@ def merge_solve_runs(args) -> None:
     folders = [str(Path(p) if Path(p).is_dir() else Path(p).parent) for p in args.checkpoints]
     args.checkpoints = [str(Path(f) / "model.pt") for f in folders]  # what load_data checks first
     dataset = load_data(args) if args.data_dir is not None else None
-    print_solved(merge_runs(folders, args.out, dataset))
+    print_solved(merge_runs(folders, args.out, dataset, trust_of(args)))
 
 
 def add_parsers(sub) -> None:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from skqk.cli.options import add_command, add_data_options, add_sgd_options, config_from_args, load_data, number_list
+from skqk.cli.options import (
+    add_command,
+    add_data_options,
+    add_sgd_options,
+    add_trust_option,
+    config_from_args,
+    load_data,
+    number_list,
+    refuse_tables,
+    trust_of,
+)
 from skqk.federated.config import FederatedConfig
 
 
@@ -23,6 +33,7 @@ def add_merge(sub) -> None:
         help="the merged checkpoint file, refused if it exists (solve runs: a new run folder)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    add_trust_option(p)
     p.add_argument("--method", choices=["average", "task-arithmetic"], default="average", help="(default average)")
     p.add_argument("--weights", help="comma-separated, one per checkpoint (default: the samples each trained on)")
     p.add_argument("--start", help="task arithmetic: the checkpoint every copy was re-trained from")
@@ -50,6 +61,7 @@ def cmd_merge(args) -> None:
     lambdas = number_list(args.lambdas, "--lambda")
     tune = None
     if args.method == "task-arithmetic" and lambdas is None and args.start is not None:
+        refuse_tables(args, "tuning λ of a merge")
         x, y = held_out_samples(args.checkpoints, load_data(args), args.tune_samples)
         tune = (x, y, number_list(args.lambda_grid, "--lambda-grid"))
     record = merge_checkpoints(
@@ -61,6 +73,7 @@ def cmd_merge(args) -> None:
         lambdas=lambdas[0] if lambdas is not None and len(lambdas) == 1 else lambdas,
         tune=tune,
         replace=args.force,
+        trust=trust_of(args),
     )
     weights = ", ".join(f"{w:.4g}" for w in record["merge"]["weights"])
     lam = record["merge"].get("lambda")
@@ -71,7 +84,11 @@ def cmd_merge(args) -> None:
 def add_federated(sub) -> None:
     p = add_command(sub, "federated", help="federated re-training on Flower's simulation engine (needs '.[federated]')")
     p.add_argument("--checkpoint", required=True, help="model.pt of the pre-trained start")
-    p.add_argument("--model", help="refuse a checkpoint of another zoo model")
+    add_trust_option(
+        p,
+        "refuse a checkpoint of another model; your own model by import path is built (by the server and the "
+        "simulated nodes) only when named here",
+    )
     p.add_argument("--clients", type=int, help="K (default 4)")
     p.add_argument("--rounds", type=int, help="R (default 20)")
     p.add_argument("--samples", type=int, help="N, split among the clients (default 8192)")
@@ -89,7 +106,7 @@ def add_federated(sub) -> None:
     p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam"], help="Flower's strategy (default fedavg)")
     p.add_argument("--proximal-mu", type=float, help="FedProx's proximal weight (default 0.01)")
     p.add_argument("--server-lr", type=float, help="FedAdam's server learning rate (default 0.1)")
-    p.add_argument("--min-clients", type=int, help="replies a round needs to count (default 0 = all)")
+    p.add_argument("--min-clients", type=int, help="valid replies a round needs to change the model (default 0 = all)")
     p.add_argument("--round-timeout", type=float, help="seconds to wait for a round's replies (default 600)")
     p.add_argument("--threads", type=int, default=1, help="simulated clients training at a time (default 1)")
     p.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, model.pt)")
@@ -98,6 +115,7 @@ def add_federated(sub) -> None:
 
 
 def cmd_federated(args) -> None:
+    refuse_tables(args, "federated re-training")
     require_flower()
     from skqk.federated.simulation import run_federated
     from skqk.pipeline.checkpoint import load_model_checkpoint
@@ -111,7 +129,14 @@ def cmd_federated(args) -> None:
     if args.model is not None and load_model_checkpoint(args.checkpoint)["model"] != args.model:
         raise ValueError(f"{args.checkpoint} does not hold a {args.model}")
     history = run_federated(
-        cfg, args.checkpoint, args.out, args.data_dir, args.cache_dir, args.threads, progress=not args.quiet
+        cfg,
+        args.checkpoint,
+        args.out,
+        args.data_dir,
+        args.cache_dir,
+        args.threads,
+        progress=not args.quiet,
+        trust=trust_of(args),
     )
     last = history[-1]
     down, up = (sum(row.get(key, 0) for row in history) / 2**20 for key in ("bytes_down", "bytes_up"))

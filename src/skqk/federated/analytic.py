@@ -39,10 +39,13 @@ log = logging.getLogger(__name__)
 BATCH = 1024  # samples per forward pass on a client (memory only)
 
 
-def decoupled_problem(model: str, model_kwargs: dict, sk: dict, qk: dict, dataset: Dataset, cfg: FederatedConfig):
-    """The selector/estimator pair with frozen pooling built from shipped weights, with the run's sample order."""
-    selector = load_selector(network_checkpoint(model, model_kwargs, sk), "frozen")
-    estimator = load_estimator(network_checkpoint(model, model_kwargs, qk), "frozen").eval()
+def decoupled_problem(
+    model: str, model_kwargs: dict, sk: dict, qk: dict, dataset: Dataset, cfg: FederatedConfig, trust=()
+) -> Problem:
+    """The selector/estimator pair with frozen pooling built from shipped weights, with the run's sample order; a
+    model named by import path is built only if `trust` (this machine's own choice) names it."""
+    selector = load_selector(network_checkpoint(model, model_kwargs, sk), "frozen", "the message", trust)
+    estimator = load_estimator(network_checkpoint(model, model_kwargs, qk), "frozen", "the message", trust).eval()
     order = subset_indices(dataset.train.labels, len(dataset.train.labels), cfg.subset_seed, cfg.balanced)
     subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced)
     ckpt = network_checkpoint(model, model_kwargs, sk)
@@ -113,13 +116,13 @@ def read_sums(content, size: int, name: str) -> CrossEntropySums:
 
 
 # -- client --------------------------------------------------------------------------------------------------
-def client_reply(msg: Message, context, task: dict, cfg: FederatedConfig, dataset: Dataset) -> RecordDict:
+def client_reply(msg: Message, context, task: dict, cfg: FederatedConfig, dataset: Dataset, trust) -> RecordDict:
     """What an analytic client answers: its statistics (first round), or its cross-entropy sums at the θ sent."""
     for key in ("sk", "qk"):
         if key in msg.content:  # the first round: kept for the Newton rounds
             context.state[key] = msg.content[key]
     sk, qk = (context.state[k].to_torch_state_dict() for k in ("sk", "qk"))
-    problem = decoupled_problem(task["model"], task["model_kwargs"], sk, qk, dataset, cfg)
+    problem = decoupled_problem(task["model"], task["model_kwargs"], sk, qk, dataset, cfg, trust)
     block = find_block(problem.estimator)
     partition_id = int(context.node_config["partition-id"])
     positions = shard_positions(problem, cfg, partition_id)
@@ -165,11 +168,11 @@ def upload_bytes(message: Message) -> int:
 
 
 def run_analytic_server(
-    grid: Grid, cfg: FederatedConfig, start: dict, out: Path, evaluate: Callable, dataset: Dataset
+    grid: Grid, cfg: FederatedConfig, start: dict, out: Path, evaluate: Callable, dataset: Dataset, trust=()
 ) -> list[dict]:
     """One round of statistics (ridge), then for cross-entropy one round per Newton pass; writes metrics.jsonl
     every round, and model.pt and stats.pt (the summed statistics) at the end."""
-    problem = decoupled_problem(start["model"], start["model_kwargs"], start["sk"], start["qk"], dataset, cfg)
+    problem = decoupled_problem(start["model"], start["model_kwargs"], start["sk"], start["qk"], dataset, cfg, trust)
     block = find_block(problem.estimator)
     expected = problem.source(block, "mse")
     nodes = wait_for_nodes(grid, cfg.clients, cfg.round_timeout)

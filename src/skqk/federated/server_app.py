@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from skqk.atomic import atomic_write_text
 from skqk.combine import average_states
 from skqk.federated.config import FederatedConfig
 from skqk.federated.replies import InvalidReply, Reply, one_per_partition, read_reply
-from skqk.federated.task import client_model, split_state
+from skqk.federated.task import client_model, split_state, trusted_models
 from skqk.pipeline.checkpoint import decoupled_entry, network_entry, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -173,13 +173,17 @@ def inner_strategy(cfg: FederatedConfig) -> Strategy:
     return FedAvg(**nodes)
 
 
-def run_server(grid: Grid, cfg: FederatedConfig, start: dict, out: Path, evaluate: Callable) -> list[dict]:
+def run_server(
+    grid: Grid, cfg: FederatedConfig, start: dict, out: Path, evaluate: Callable, trust: Collection[str] = ()
+) -> list[dict]:
     """The whole federated run on `grid`; writes ``metrics.jsonl`` every round and ``model.pt`` at the end.
 
     Args:
         start: the pre-trained start: ``model``, ``model_kwargs``, ``pooling``, ``sk`` and ``qk`` state dicts,
             ``batchnorm`` layer names, and the checkpoint fields the result keeps (``selector_state``).
         evaluate: (module in eval mode) -> {"val_accuracy", "val_loss"} on the validation subset.
+        trust: the import paths `prepare_start` was given (a zoo model needs none). Each node builds only what
+            its own operator trusts (`skqk.federated.client_app`).
 
     Returns:
         One row per round (round 0: the start).
@@ -198,7 +202,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, start: dict, out: Path, evaluat
 
     def global_model(arrays: ArrayRecord):
         qk = {**arrays.to_torch_state_dict(), **strategy.statistics.to_torch_state_dict()}
-        return client_model(start["model"], start["model_kwargs"], cfg.method, start["pooling"], qk, start["sk"])
+        return client_model(start["model"], start["model_kwargs"], cfg.method, start["pooling"], qk, start["sk"], trust)
 
     def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         metrics = evaluate(global_model(arrays).deployed.eval())
@@ -252,8 +256,9 @@ def server_app(run: Callable[[Grid, Context], None]) -> ServerApp:
 
 def run_from_run_config(grid: Grid, context: Context) -> None:
     """A deployment's ServerApp: the run is described by the run config (``flwr run --run-config``):
-    ``checkpoint``, ``out``, optionally ``data-dir`` / ``cache-dir``, and any `FederatedConfig` field with dashes
-    (``clients``, ``rounds``, ``local-epochs``, ``samples``, ``partition``, ``alpha``, ``method``, ...)."""
+    ``checkpoint``, ``out``, optionally ``data-dir`` / ``cache-dir``, ``trust-model`` (the import path of a user's
+    model the checkpoint names, which the run's submitter trusts on this machine; nodes need their own consent),
+    and any `FederatedConfig` field with dashes (``clients``, ``rounds``, ``local-epochs``, ``samples``, ...)."""
     from skqk.data import load_dataset
     from skqk.federated.task import prepare_federated_dir, prepare_start
     from skqk.pipeline.loop import evaluate
@@ -265,7 +270,8 @@ def run_from_run_config(grid: Grid, context: Context) -> None:
     given["epochs"] = given.pop("local_epochs", given.get("epochs", 1))
     cfg = FederatedConfig.from_dict(given)
     dataset = load_dataset(given.get("data_dir") or None, given.get("cache_dir") or None, progress=False)
-    start = prepare_start(given["checkpoint"], cfg, dataset)
+    trust = trusted_models(given.get("trust_model"))
+    start = prepare_start(given["checkpoint"], cfg, dataset, trust)
     source = {"checkpoint_sha256": file_sha256(given["checkpoint"]), "store": None}
     run_dir = prepare_federated_dir(
         given["out"], cfg, source, start["pooling"] if cfg.method != "traditional" else None
@@ -274,10 +280,10 @@ def run_from_run_config(grid: Grid, context: Context) -> None:
         from skqk.federated.analytic import run_analytic_server
 
         run_analytic_server(
-            grid, cfg, start, run_dir, lambda module: evaluate(module, dataset, cfg.eval_samples), dataset
+            grid, cfg, start, run_dir, lambda module: evaluate(module, dataset, cfg.eval_samples), dataset, trust
         )
         return
-    run_server(grid, cfg, start, run_dir, lambda module: evaluate(module, dataset, cfg.eval_samples))
+    run_server(grid, cfg, start, run_dir, lambda module: evaluate(module, dataset, cfg.eval_samples), trust)
 
 
 app = server_app(run_from_run_config)  # what a SuperLink runs (pyproject's [tool.flwr.app.components] serverapp)

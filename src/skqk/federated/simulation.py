@@ -7,10 +7,13 @@ The ServerApp and ClientApp are the ones a real deployment runs (`docs/federated
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
+import warnings
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from skqk.data import load_dataset
@@ -35,6 +38,23 @@ def bind_ray_to_loopback() -> None:
             "Ray was imported before the federated simulation could bind it to 127.0.0.1; set "
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing it"
         )
+
+
+@contextlib.contextmanager
+def engine_output(progress: bool) -> Iterator[None]:
+    """Flower's and Ray's log lines and warnings: their INFO progress with `progress`, else errors only (``-q``: their
+    deprecation and start-up warnings say nothing about the run)."""
+    levels = {name: logging.getLogger(name).level for name in ("flwr", "ray")}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.INFO if progress else logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            if not progress:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def backend_config(threads: int, progress: bool) -> dict:
@@ -76,10 +96,12 @@ def run_federated(
     cache_dir: str | os.PathLike | None = None,
     threads: int = 1,
     progress: bool = True,
+    trust: Collection[str] = (),
 ) -> list[dict]:
     """Run `cfg.rounds` rounds with `cfg.clients` simulated clients from `checkpoint`; write the run folder `out`
     (config.json, metrics.jsonl with one row per round, model.pt: the global model). A run does not resume: an
-    interrupted one (no model.pt) is started over in the same folder (`prepare_federated_dir`).
+    interrupted one (no model.pt) is started over in the same folder (`prepare_federated_dir`). A model named by
+    import path is built, by the server and by every simulated node (all this machine's), only if `trust` names it.
 
     Returns:
         One row per round: validation accuracy and loss of the global model, bytes down and up, seconds, and
@@ -96,7 +118,7 @@ def run_federated(
     data_dir = str(data_dir or os.environ.get(DATA_ENV) or "") or None  # the worker processes get it explicitly
     cache_dir = str(cache_dir) if cache_dir else None
     dataset = load_dataset(data_dir, cache_dir, progress=progress)
-    start = prepare_start(checkpoint, cfg, dataset)  # every refusal comes before the run folder exists
+    start = prepare_start(checkpoint, cfg, dataset, trust)  # every refusal comes before the run folder exists
     source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None}
     run_dir = prepare_federated_dir(out, cfg, source, start["pooling"] if cfg.method != "traditional" else None)
     outcome: dict = {}
@@ -110,22 +132,21 @@ def run_federated(
 
         try:
             if cfg.method == "analytic":
-                outcome["history"] = run_analytic_server(grid, cfg, start, Path(run_dir), score, dataset)
+                outcome["history"] = run_analytic_server(grid, cfg, start, Path(run_dir), score, dataset, trust)
             else:
-                outcome["history"] = run_server(grid, cfg, start, Path(run_dir), score)
+                outcome["history"] = run_server(grid, cfg, start, Path(run_dir), score, trust)
         except BaseException as e:  # the engine only logs a ServerApp's error; re-raised below
             outcome["error"] = e
             raise
 
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.INFO if progress else logging.WARNING)
     try:
-        run_simulation(
-            server_app(main),
-            client_app(data_dir, cache_dir),
-            num_supernodes=cfg.clients,
-            backend_config=backend,
-        )
+        with engine_output(progress):
+            run_simulation(
+                server_app(main),
+                client_app(data_dir, cache_dir, tuple(trust)),
+                num_supernodes=cfg.clients,
+                backend_config=backend,
+            )
     finally:
         stop.set()  # after a Ctrl-C or an engine crash the ServerApp's thread ends too, so the process can exit
     if "error" in outcome:

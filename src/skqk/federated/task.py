@@ -9,7 +9,7 @@ traditional client holds the whole network and trains it with its ReLUs live (th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skqk import models
 from skqk.combine import batchnorm_layers
 from skqk.data import Dataset, batches, epoch_order, subset_indices
 from skqk.decoupled import DecoupledModel
@@ -53,17 +52,24 @@ def network_checkpoint(model: str, model_kwargs: dict, state: dict[str, Tensor])
 
 
 def client_model(
-    model: str, model_kwargs: dict, method: str, pooling: str, qk: dict[str, Tensor], sk: dict[str, Tensor] | None
+    model: str,
+    model_kwargs: dict,
+    method: str,
+    pooling: str,
+    qk: dict[str, Tensor],
+    sk: dict[str, Tensor] | None,
+    trust: Collection[str] = (),
 ) -> ClientModel:
     """The module a client trains: an estimator gated by the frozen selector built from `sk` (method "qk"),
-    or the whole network (method "traditional", `sk` unused)."""
+    or the whole network (method "traditional", `sk` unused). `model` comes in a message: an import path is
+    built only if `trust` (this machine's own choice) names it."""
     if method == "traditional":
-        net = build_network(network_checkpoint(model, model_kwargs, qk))
+        net = build_network(network_checkpoint(model, model_kwargs, qk), path="the message", trust=trust)
         return ClientModel(net, net, net)
     if sk is None:
         raise ValueError("a QK client needs the SK (the selector weights) before its first round")
-    selector = load_selector(network_checkpoint(model, model_kwargs, sk), pooling)
-    estimator = load_estimator(network_checkpoint(model, model_kwargs, qk), pooling)
+    selector = load_selector(network_checkpoint(model, model_kwargs, sk), pooling, "the message", trust)
+    estimator = load_estimator(network_checkpoint(model, model_kwargs, qk), pooling, "the message", trust)
     return ClientModel(estimator.net, lambda x: estimator(x, selector(x)), DecoupledModel(selector, estimator))
 
 
@@ -75,8 +81,14 @@ def split_state(state: dict[str, Tensor], batchnorm: set[str]) -> tuple[dict[str
     return params, {k: v for k, v in state.items() if k in statistics}
 
 
-def batchnorm_of(model: str, model_kwargs: dict) -> set[str]:
-    return batchnorm_layers(models.build(model, **model_kwargs))
+def trusted_models(setting: object) -> tuple[str, ...]:
+    """The import paths a node config's (or a deployment run config's) ``trust-model`` names: comma-separated."""
+    return tuple(path.strip() for path in str(setting or "").split(",") if path.strip())
+
+
+def batchnorm_of(model: str, model_kwargs: dict, trust: Collection[str] = ()) -> set[str]:
+    """The BatchNorm layers of the network a message names (built only if `trust` allows, as `client_model`)."""
+    return batchnorm_layers(build_network(network_checkpoint(model, model_kwargs, {}), None, "the message", trust))
 
 
 def client_shard(dataset: Dataset, cfg: FederatedConfig, partition_id: int) -> Tensor:
@@ -162,13 +174,14 @@ def prepare_federated_dir(out, cfg: FederatedConfig, source: dict, pooling: str 
     return run_dir
 
 
-def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset) -> dict:
+def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset, trust: Collection[str] = ()) -> dict:
     """The pre-trained start of a run, checked before anything starts: its SK and QK state dicts, pooling and
     BatchNorm layers, every client's shard size (drawing each shard checks it can be drawn) and the data's
     fingerprint, which every node compares with its own data's before it trains.
 
     A network checkpoint (Phase 1) is the usual start: its weights are both the SK and the first QK. A QK
-    checkpoint continues with its own selector (method "qk" only).
+    checkpoint continues with its own selector (method "qk" only). A model named by import path is built only
+    if `trust` names it.
     """
     ckpt = load_model_checkpoint(checkpoint, fits=model_kwargs(dataset))
     if ckpt["kind"] == "decoupled" and cfg.method == "traditional":
@@ -177,7 +190,7 @@ def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset) -> dict:
         )
     frozen = "frozen" if cfg.method == "analytic" else None  # the analytic solve needs the frozen switches
     pooling = resolve_pooling(ckpt, frozen, path=str(checkpoint))
-    load_selector(ckpt, pooling, str(checkpoint))  # refuses weights of another architecture, or a corrupt SK
+    load_selector(ckpt, pooling, str(checkpoint), trust)  # refuses weights of another architecture, or a corrupt SK
     sk = ckpt["selector_state"] if ckpt["kind"] == "decoupled" else ckpt["state_dict"]
     shard_sizes = [len(client_shard(dataset, cfg, client)) for client in range(cfg.clients)]
     return {
@@ -186,7 +199,7 @@ def prepare_start(checkpoint, cfg: FederatedConfig, dataset: Dataset) -> dict:
         "pooling": pooling,
         "sk": sk,
         "qk": ckpt["state_dict"],
-        "batchnorm": batchnorm_of(ckpt["model"], ckpt["model_kwargs"]),
+        "batchnorm": batchnorm_layers(build_network(ckpt, None, str(checkpoint), trust)),
         "shard_sizes": shard_sizes,
         "data": dataset.fingerprint,
     }

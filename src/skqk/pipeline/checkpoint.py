@@ -1,14 +1,17 @@
-"""Checkpoints: atomic writes, safe loads (never executes code), and the two kinds a run produces.
+"""Checkpoints: atomic writes, safe loads, and the two kinds a run produces.
 
 A *network* checkpoint holds an ordinary zoo network (Phase 1, traditional re-training). A *decoupled*
 checkpoint holds the selector's weights (the SK, unchanged) and the estimator's weights (the QK), and evaluates
-as the paper deploys it. Both are plain dicts of tensors and primitives, loaded with ``weights_only=True``.
+as the paper deploys it. Both are plain dicts of tensors and primitives, loaded with ``weights_only=True``, so
+reading one runs no code. The model is recorded by name: a zoo name is rebuilt from the zoo; an import path
+(``my_pkg.nets:build_net``, the user's code) only when the caller's `trust` names it (`skqk.models.resolve`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from torch import nn
 from skqk import models
 from skqk._errors import one_line
 from skqk.atomic import atomic_write
+from skqk.data.dataset import TableData
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import Estimator, build_estimator
 from skqk.selector import PathSelector, build_selector
@@ -73,14 +77,27 @@ def load_model_checkpoint(path: str | os.PathLike, fits: dict | None = None) -> 
     missing = [key for key in MODEL_KEYS[kind] if key not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is an incomplete {kind} checkpoint: it lacks {', '.join(missing)}")
+    if not isinstance(ckpt["model"], str) or not is_keywords(ckpt["model_kwargs"]):
+        raise CheckpointError(
+            f"{path} records its model as {ckpt['model']!r} {ckpt['model_kwargs']!r}, not a name and keyword arguments"
+        )
     built_for = {k: ckpt["model_kwargs"].get(k) for k in fits or ()}  # the rest: an imported model's options
     if fits is not None and built_for != fits:
         raise CheckpointError(f"{path} was trained for {built_for}, the data is {fits}")
     return ckpt
 
 
+def is_keywords(kwargs) -> bool:
+    """Whether `kwargs` can be a model's recorded keyword arguments: identifiers, none of them `build`'s
+    ``trust`` (a file never widens what the caller trusts)."""
+    return isinstance(kwargs, dict) and all(isinstance(k, str) and k.isidentifier() and k != "trust" for k in kwargs)
+
+
 def model_kwargs(dataset) -> dict:
-    """What a checkpoint records about the data its network was built for (beside an imported model's options)."""
+    """What a checkpoint records about the data its network was built for (beside the model's options): the image
+    shape or a table's feature count, and the outputs (one per class, or 1 for regression)."""
+    if isinstance(dataset.train, TableData):
+        return {"in_features": dataset.in_features, "num_classes": dataset.num_classes}
     return {"in_channels": dataset.in_channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes}
 
 
@@ -101,12 +118,22 @@ def decoupled_entry(name: str, model_kwargs: dict, selector_state: dict, decoupl
     }
 
 
-def build_network(ckpt: dict[str, Any], state_key: str = "state_dict", path: str = "checkpoint") -> nn.Module:
-    """The zoo network of `ckpt` with the weights under `state_key`; a mismatch is a one-line error."""
-    try:  # by name (a zoo name or the import path of the user's builder): a checkpoint holds no code
-        network = models.build(ckpt["model"], **ckpt["model_kwargs"])
+def build_network(
+    ckpt: dict[str, Any], state_key: str | None = "state_dict", path: str = "checkpoint", trust: Collection[str] = ()
+) -> nn.Module:
+    """The network of `ckpt` with the weights under `state_key` (None: as built); a mismatch is a one-line error.
+
+    The network is rebuilt by name: a zoo name, or an import path that `trust` names (`skqk.models.resolve`)."""
+    if not is_keywords(ckpt["model_kwargs"]):
+        raise CheckpointError(f"{path}: its model keyword arguments {ckpt['model_kwargs']!r} are not keywords")
+    try:
+        network = models.build(ckpt["model"], trust=trust, **ckpt["model_kwargs"])
+    except models.UntrustedModelError as e:
+        raise models.UntrustedModelError(f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot rebuild its network ({one_line(e)})") from None
+    if state_key is None:
+        return network
     check_dtypes(network, ckpt.get(state_key), path)
     try:
         network.load_state_dict(ckpt[state_key])
@@ -152,32 +179,38 @@ def resolve_pooling(
     return next(iter(said.values()), "live")
 
 
-def load_selector(ckpt: dict[str, Any], pooling: str, path: str = "checkpoint") -> PathSelector:
+def load_selector(
+    ckpt: dict[str, Any], pooling: str, path: str = "checkpoint", trust: Collection[str] = ()
+) -> PathSelector:
     """The path selector of a checkpoint: its network's SK, or a decoupled checkpoint's unchanged selector
     (checked against its recorded fingerprint)."""
     decoupled = ckpt["kind"] == "decoupled"
     selector = build_selector(
-        build_network(ckpt, "selector_state" if decoupled else "state_dict", path).eval(), pooling
+        build_network(ckpt, "selector_state" if decoupled else "state_dict", path, trust).eval(), pooling
     )
     if decoupled and selector.fingerprint != ckpt["selector_fingerprint"]:
         raise CheckpointError(f"{path}: its selector weights do not match their recorded fingerprint (corrupt?)")
     return selector
 
 
-def load_estimator(ckpt: dict[str, Any], pooling: str, path: str = "checkpoint") -> Estimator:
+def load_estimator(
+    ckpt: dict[str, Any], pooling: str, path: str = "checkpoint", trust: Collection[str] = ()
+) -> Estimator:
     """The estimator of a checkpoint: its network's weights (a decoupled checkpoint's QK) without activations."""
-    return build_estimator(build_network(ckpt, "state_dict", path), pooling)
+    return build_estimator(build_network(ckpt, "state_dict", path, trust), pooling)
 
 
-def load_decoupled(ckpt: dict[str, Any], path: str = "checkpoint") -> DecoupledModel:
+def load_decoupled(ckpt: dict[str, Any], path: str = "checkpoint", trust: Collection[str] = ()) -> DecoupledModel:
     """Selector from the stored SK weights, estimator from the stored QK weights, with the recorded pooling."""
     pooling = resolve_pooling(ckpt, path=path)
-    return DecoupledModel(load_selector(ckpt, pooling, path), load_estimator(ckpt, pooling, path))
+    return DecoupledModel(load_selector(ckpt, pooling, path, trust), load_estimator(ckpt, pooling, path, trust))
 
 
-def load_for_evaluation(path: str | os.PathLike, fits: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_for_evaluation(
+    path: str | os.PathLike, fits: dict | None = None, trust: Collection[str] = ()
+) -> tuple[nn.Module, dict[str, Any]]:
     """The module that maps images to logits, as the checkpoint's kind deploys it, in eval mode."""
     ckpt = load_model_checkpoint(path, fits)
     if ckpt["kind"] == "decoupled":
-        return load_decoupled(ckpt, str(path)).eval(), ckpt
-    return build_network(ckpt, path=str(path)).eval(), ckpt
+        return load_decoupled(ckpt, str(path), trust).eval(), ckpt
+    return build_network(ckpt, path=str(path), trust=trust).eval(), ckpt

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -17,17 +19,23 @@ from tqdm.auto import tqdm
 from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import load_model_checkpoint, load_selector, model_kwargs, resolve_pooling
+from skqk.pipeline.loop import PROGRESS_LABEL
 from skqk.selector import PathSelector
 from skqk.store import PatternStore
+from skqk.store.sizing import size_notice
 
 
 def selector_from_checkpoint(
-    checkpoint: str | os.PathLike, pooling: str | None = None, fits: dict | None = None
+    checkpoint: str | os.PathLike,
+    pooling: str | None = None,
+    fits: dict | None = None,
+    trust: Collection[str] = (),
 ) -> PathSelector:
     """The path selector of a checkpoint: its network's SK (a QK checkpoint's unchanged selector), with the
-    pooling of `resolve_pooling` (a QK checkpoint's own; else `pooling`, live by default)."""
+    pooling of `resolve_pooling` (a QK checkpoint's own; else `pooling`, live by default). A model named by
+    import path is built only if `trust` names it (`skqk.models.resolve`)."""
     ckpt = load_model_checkpoint(checkpoint, fits)
-    return load_selector(ckpt, resolve_pooling(ckpt, pooling, path=str(checkpoint)), str(checkpoint))
+    return load_selector(ckpt, resolve_pooling(ckpt, pooling, path=str(checkpoint)), str(checkpoint), trust)
 
 
 COMMIT_EVERY = 8  # batches per process between commits: what a kill can lose, against one manifest write each
@@ -72,9 +80,11 @@ def record(
         ctx.on_main(lambda: prepared.update(store=open_store(selector, dataset, indices, store, subset)))
         opened = prepared["store"] if ctx.is_main else PatternStore.open(store, selector, verify=False)
         todo = indices[~torch.isin(indices, opened.indices)]
+        if progress and ctx.is_main:  # before the work: the user can still stop and choose patterns on the fly
+            print(size_notice(opened.bytes_per_sample, len(opened) + len(todo), store), file=sys.stderr)
         rounds = todo.split(commit_every * batch_size * ctx.world_size) if len(todo) else ()
         bar = tqdm(
-            desc="record patterns",
+            desc=" ".join(filter(None, ["record patterns", PROGRESS_LABEL.get()])),
             total=sum(-(-len(ctx.share(part)) // batch_size) for part in rounds),
             disable=not progress or not ctx.is_main,
             unit="batch",
@@ -109,7 +119,7 @@ def open_store(
         opened.remove_strays()  # chunks of an earlier recording killed before its commit
         return opened
     device = next(selector.parameters(), torch.empty(0)).device
-    example = selector(dataset.normalize(dataset.train.images[indices[:1]]).to(device))
+    example = selector(dataset.inputs(dataset.train, indices[:1]).to(device))
     return PatternStore.create(store, selector, example, data=dataset.fingerprint, subset=subset)
 
 
@@ -125,10 +135,12 @@ def record_from_checkpoint(
     progress: bool = True,
     wait: bool = True,
     class_chunks: tuple[int, int] | None = None,
+    trust: Collection[str] = (),
 ) -> PatternStore:
     """`record` for the first `samples` samples of the run's nested subset (what `skqk record` runs); the store
     gets only those it lacks, so recording n + m after n appends the m new samples' patterns."""
-    selector = selector_from_checkpoint(checkpoint, pooling, fits=model_kwargs(dataset))
-    indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced, class_chunks)
-    subset = subset_fingerprint(dataset.train.labels, subset_seed, balanced, class_chunks)
+    selector = selector_from_checkpoint(checkpoint, pooling, fits=model_kwargs(dataset), trust=trust)
+    ordered = dataset.train.ordered
+    indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced, class_chunks, ordered)
+    subset = subset_fingerprint(dataset.train.labels, subset_seed, balanced, class_chunks, ordered)
     return record(selector, dataset, indices, store, batch_size, progress, subset, wait)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import torch
@@ -40,8 +40,8 @@ MakeStep = Callable[[PathSelector, Path | None], StepForward]  # (selector, its 
 
 
 def validation_images(dataset: Dataset, samples: int) -> Tensor:
-    """The fixed class-balanced validation samples staleness is measured on, normalised."""
-    return dataset.normalize(dataset.test.images[validation_indices(dataset, samples)])
+    """The fixed (class-balanced) validation samples staleness is measured on, normalised."""
+    return dataset.inputs(dataset.test, validation_indices(dataset, samples))
 
 
 class SKMonitor:
@@ -144,6 +144,7 @@ def refresh_checkpoint(
     staleness_samples: int = 256,
     batch_size: int = 1024,
     progress: bool = True,
+    trust: Collection[str] = (),
 ) -> dict:
     """SK refresh of a run's checkpoint (`skqk refresh`): the selector becomes the checkpoint's current network
     (a QK run's estimator with its ReLUs back in), the patterns of `indices` are recorded into `store`, and
@@ -157,6 +158,7 @@ def refresh_checkpoint(
         out: the refresh's run folder: model.pt and refresh.json (cause, cost, staleness before).
         pooling: the max-pooling mode (`resolve_pooling`: a QK checkpoint keeps its own, a network's is live).
         staleness_samples: validation samples the staleness before the refresh is measured on (0: not measured).
+        trust: import paths of models that may be built (`skqk.models.resolve`); zoo names need none.
 
     Returns:
         What ``out/refresh.json`` records.
@@ -168,11 +170,11 @@ def refresh_checkpoint(
         raise RunDirError(f"{out} already holds a run; choose another --out")
     pooling = resolve_pooling(ckpt, pooling, path=str(checkpoint))
     start = time.perf_counter()
-    network = build_network(ckpt, path=str(checkpoint)).eval()  # the current QK, ReLUs back in
+    network = build_network(ckpt, path=str(checkpoint), trust=trust).eval()  # the current QK, ReLUs back in
     selector = build_selector(network, pooling)
     before = None
     if ckpt["kind"] == "decoupled" and staleness_samples:
-        old = load_decoupled(ckpt, str(checkpoint))
+        old = load_decoupled(ckpt, str(checkpoint), trust)
         before = sk_staleness(old.selector, old.estimator, network, validation_images(dataset, staleness_samples))
     record(selector, dataset, indices, store, batch_size, progress)
     decoupled = DecoupledModel(selector, build_estimator(network, pooling))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ from skqk.pipeline.refresh import SKMonitor
 from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 from skqk.pipeline.train import fit_network
 from skqk.store import PatternStore
+from skqk.store.sizing import bytes_per_sample, size_notice
 
 
 def retrain(
@@ -47,6 +49,7 @@ def retrain(
     pooling: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    trust: Collection[str] = (),
 ) -> RunResult:
     """Phase 4 (``cfg.method == "qk"``) or traditional re-training from `checkpoint` on `cfg.samples` samples.
 
@@ -54,19 +57,22 @@ def retrain(
     reading each batch's patterns from the pattern `store` (or computing them on the fly); its final
     checkpoint is a decoupled one. A checkpoint of an earlier QK run continues with the same SK. The max-pooling
     mode follows `resolve_pooling` (checkpoint, store and `pooling` must agree) and is recorded in the run
-    folder's config.json, which `resume` checks.
+    folder's config.json, which `resume` checks. A model named by import path is built only if `trust` names it
+    (`skqk.models.resolve`).
     """
     # everything that can refuse the inputs runs before the run folder is created
     kwargs = model_kwargs(dataset)
     ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
-    indices = training_indices(dataset.train.labels, cfg)
+    indices = training_indices(dataset.train.labels, cfg, dataset.train.ordered)
     source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None, "data": dataset.fingerprint}
     if cfg.method == "traditional":
         if ckpt["kind"] != "network":
             raise CheckpointError(
                 f"{checkpoint} is a QK (decoupled) checkpoint; traditional re-training needs a network checkpoint"
             )
-        network = build_network(ckpt, path=str(checkpoint)).to(memory_format=memory_format(cfg.layout, ckpt["model"]))
+        network = build_network(ckpt, path=str(checkpoint), trust=trust).to(
+            memory_format=memory_format(cfg.layout, ckpt["model"])
+        )
         run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source)
         torch.manual_seed(cfg.seed)
         built = ckpt["model_kwargs"]  # the data's sizes and an imported model's options
@@ -76,9 +82,9 @@ def retrain(
     from_store = store is not None and cfg.patterns == "store"
     store_pooling = PatternStore.open(store, verify=False).pooling if from_store else None
     pooling = resolve_pooling(ckpt, pooling, store_pooling, str(checkpoint))
-    selector = load_selector(ckpt, pooling, str(checkpoint))
+    selector = load_selector(ckpt, pooling, str(checkpoint), trust)
     layout = memory_format(cfg.layout, ckpt["model"])
-    estimator = load_estimator(ckpt, pooling, str(checkpoint)).to(memory_format=layout)
+    estimator = load_estimator(ckpt, pooling, str(checkpoint), trust).to(memory_format=layout)
     decoupled = DecoupledModel(selector, estimator)
     model = distributed.wrap(estimator)
     device = next(estimator.parameters()).device
@@ -91,6 +97,8 @@ def retrain(
         return lambda x, idx: model(x, selector(x))
 
     make_step(selector, store)  # refuses a store that lacks samples before the run folder is created
+    if progress and distributed.current().is_main:
+        print(patterns_notice(selector, dataset, indices, store if cfg.patterns == "store" else None), file=sys.stderr)
     read = patterns_from_store(selector, store, indices, dataset, cfg) if cfg.patterns == "store" else None
     removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
@@ -98,7 +106,7 @@ def retrain(
         prepare_run_dir, out, resume, cfg, source, pooling, removal and {"dead_unit_removal": removal.summary()}
     )
     torch.manual_seed(cfg.seed)
-    network = build_network(ckpt, path=str(checkpoint)).to(next(estimator.parameters()).device)
+    network = build_network(ckpt, path=str(checkpoint), trust=trust).to(next(estimator.parameters()).device)
     monitor = SKMonitor(cfg, decoupled, network, ckpt[sk_key], dataset, indices, run_dir, make_step, store)
     history = fit(
         run_dir,
@@ -117,11 +125,11 @@ def retrain(
     return RunResult(decoupled, history, run_dir, cfg.patience)
 
 
-def training_indices(labels: Tensor, cfg: RetrainConfig) -> Tensor:
+def training_indices(labels: Tensor, cfg: RetrainConfig, ordered: bool = False) -> Tensor:
     """The samples a re-training visits: the range ``cfg.sample_start`` .. ``cfg.samples - 1`` of the run's
-    permutation (all n + m samples by default, only the new ones for data arriving in chunks), then the
-    class-balanced replay buffer of ``cfg.replay`` samples from before the range."""
-    order = subset_indices(labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    permutation (of the time order when `ordered`; all n + m samples by default, only the new ones for data
+    arriving in chunks), then the class-balanced replay buffer of ``cfg.replay`` samples from before the range."""
+    order = subset_indices(labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks, ordered)
     new = order[cfg.sample_start :]
     if not cfg.replay:
         return new
@@ -197,6 +205,18 @@ def dead_unit_removal(cfg, estimator, selector, read, dataset: Dataset, indices:
     return DeadUnitRemoval(estimator, active, removal_report(estimator, active))
 
 
+def patterns_notice(selector, dataset: Dataset, indices: Tensor, store) -> str:
+    """What a QK run says before it starts: the size of the store it reads (`store`), or of the one it could read
+    instead of computing patterns on the fly (`store` None), and the measured trade-off."""
+    if store is not None:
+        per_sample = PatternStore.open(store, verify=False).bytes_per_sample
+    else:
+        device = next(selector.parameters(), torch.empty(0)).device
+        example = selector(dataset.normalize(dataset.train.images[indices[:1]]).to(device))
+        per_sample = bytes_per_sample(selector, example)
+    return size_notice(per_sample, len(indices), store, reading=True)
+
+
 def in_layout(pattern: Pattern, layout: torch.memory_format) -> Pattern:
     """`pattern` with its per-position states in `layout`, so a gate multiplies tensors of one layout."""
     if layout == torch.contiguous_format:
@@ -211,7 +231,9 @@ def patterns_from_store(
     data and subset order."""
     if store is None:
         raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
-    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    subset = subset_fingerprint(
+        dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks, dataset.train.ordered
+    )
     opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
     missing = (~torch.isin(indices, opened.indices)).sum().item()
     if missing:

@@ -36,10 +36,12 @@ def train(
         >>> result = train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
         >>> result.history[-1]["val_accuracy"]
     """
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    order = (cfg.subset_seed, cfg.balanced, cfg.class_chunks, dataset.train.ordered)
+    indices = subset_indices(dataset.train.labels, cfg.samples, *order)
     kwargs = model_kwargs(dataset) | cfg.model_kwargs  # the checkpoint records both: it rebuilds without flags
     torch.manual_seed(cfg.seed)
-    network = models.build(cfg.model, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
+    trust = (cfg.model,)  # the model the caller chose to train (configs are never read back from files)
+    network = models.build(cfg.model, trust=trust, **kwargs).to(memory_format=memory_format(cfg.layout, cfg.model))
     warn_if_not_decouplable(network, cfg.model)
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, {"data": dataset.fingerprint})
     return fit_network(run_dir, network, cfg.model, kwargs, dataset, indices, cfg, resume, progress, on_epoch, on_step)
