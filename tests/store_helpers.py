@@ -10,6 +10,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from skqk import decouple, models
 from skqk.gates import MaxPoolGate
@@ -20,6 +21,15 @@ from skqk.store.format import BITS_PER_UNIT
 
 def selector_of(name: str = "lenet5", pooling: str = "frozen"):
     return decouple(models.build(name).eval(), pooling)[0]
+
+
+def stem_net() -> nn.Module:
+    """A ResNet-like stem: 3x3 max pooling, stride 2, padding 1 (switches need 4 bits; windows reach the padding)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+        nn.Conv2d(4, 5, 3), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 2 * 2, 7),
+    ).eval()  # fmt: skip
 
 
 def recorded(tmp_path: Path, selector, appends=(7, 5)):

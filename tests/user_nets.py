@@ -27,3 +27,8 @@ def gelu_net(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(in_channels, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes)
     )
+
+
+def gelu_mlp(in_features: int = 4, num_classes: int = 1) -> nn.Module:
+    """Not piecewise linear: `decouple` refuses its GELU."""
+    return nn.Sequential(nn.Linear(in_features, 8), nn.GELU(), nn.Linear(8, num_classes))

@@ -308,7 +308,7 @@ def held_out_indices(paths: Sequence[str | os.PathLike], labels: Tensor, count: 
 def held_out_samples(paths: Sequence[str | os.PathLike], dataset, count: int) -> tuple[Tensor, Tensor]:
     """The images (normalised) and labels of `held_out_indices`."""
     indices = held_out_indices(paths, dataset.train.labels, count)
-    return dataset.normalize(dataset.train.images[indices]), dataset.train.labels[indices]
+    return dataset.inputs(dataset.train, indices), dataset.train.labels[indices]
 
 
 def merge_checkpoints(

@@ -56,6 +56,8 @@ def test_decay_yardstick_compares_when_flips_and_weight_updates_fall_below_a_fra
     assert rate_patterns > rate_weights > 0 and d["rate_ratio"] == pytest.approx(rate_patterns / rate_weights)
     s = stabilisation(epochs([2.0, 1.5, 1.2]), points, 0.01, steps_per_epoch=8)
     assert s["decay"] == d
+    rising = [{**p, "flips": 0.1 * (i + 1), "update": 0.01 * (i + 1)} for i, p in enumerate(points)]
+    assert decay_yardstick(rising)["rate_ratio"] is None  # neither series decays: no ratio of two growth rates
 
 
 def test_decay_rate_of_an_exponential_is_its_rate_and_skips_zeros():

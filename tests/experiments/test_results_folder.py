@@ -15,6 +15,7 @@ from skqk.experiments import PRESETS
 def stubbed_runs(monkeypatch):
     """Every cell finishes at once with no result: only the folder's bookkeeping runs."""
     monkeypatch.setattr(fig5.SKRun, "fig5_cells", lambda *args, **kwargs: [])
+    monkeypatch.setattr(fig5, "check_before_training", lambda *args, **kwargs: None)
     monkeypatch.setattr(fig5, "plot_fig5", lambda *args, **kwargs: None)
     monkeypatch.setattr(report, "summary_table", lambda results: "")
 
@@ -82,7 +83,7 @@ def test_incremental_and_federated_results_folders_are_claimed_too(monkeypatch, 
     [
         ("federated", ["--seeds", "0,1"]),
         ("qkgap", ["--max-samples", "1024"]),
-        ("incremental", ["--epochs", "3"]),
+        ("incremental", ["--samples", "1024"]),
         ("fig4", ["--mode", "successive"]),
         ("fig5", ["--every-steps", "4"]),
     ],

@@ -84,7 +84,7 @@ def test_one_round_is_fedavg_of_the_clients_local_training(start, tmp_path):
     assert row["bytes_down"] == 2 * row["bytes_up"]
     assert 2 * 4 * params <= row["bytes_up"] < 2 * 4 * params * 1.05
     assert [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == history
-    with pytest.raises(RunDirError, match="already holds a federated run"):
+    with pytest.raises(RunDirError, match="already holds a finished federated run"):
         run_federated(cfg, start["pre"], tmp_path / "run", *start["dirs"], progress=False)
     module, _ = load_for_evaluation(tmp_path / "run" / "model.pt")
     accuracy = module(start["data"].normalize(start["data"].test.images)).argmax(1) == start["data"].test.labels

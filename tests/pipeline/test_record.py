@@ -18,7 +18,7 @@ from pipeline_helpers import (
 
 from skqk.data import subset_indices
 from skqk.pipeline.config import RetrainConfig, TrainConfig
-from skqk.pipeline.record import selector_from_checkpoint
+from skqk.pipeline.record import record_from_checkpoint, selector_from_checkpoint
 from skqk.pipeline.retrain import retrain
 from skqk.pipeline.train import train
 from skqk.store import PatternStore
@@ -169,3 +169,18 @@ def test_pooling_follows_checkpoint_store_and_flag_and_a_conflict_is_a_one_line_
     assert json.loads((tmp_path / "c" / "config.json").read_text())["pooling"] == "frozen"
     code, _, err = main_in_process(capsys, *fly, "--resume")  # live by default: not what the run started with
     assert_one_line_error(code, err, "--resume with other settings", "pooling: 'frozen' -> 'live'")
+
+
+def test_record_and_retrain_say_how_large_the_store_is_before_they_start(setup, tmp_path, capsys):
+    store = tmp_path / "store"
+    record_from_checkpoint(setup["pre"], setup["data"], 60, store, progress=True)
+    per_sample = PatternStore.open(store).bytes_per_sample
+    size = f"{per_sample:,} bytes per sample x 60 samples"
+    assert f"pattern store {store}: {size}" in capsys.readouterr().err
+    cfg = RetrainConfig(method="qk", samples=60, epochs=1, batch_size=20, patterns="on-the-fly")
+    retrain(cfg, setup["pre"], setup["data"], tmp_path / "fly", progress=True)
+    assert f"patterns on the fly: a store of them would take {size}" in capsys.readouterr().err
+    cfg = RetrainConfig(method="qk", samples=60, epochs=1, batch_size=20)
+    retrain(cfg, setup["pre"], setup["data"], tmp_path / "read", store=store, progress=True)
+    err = capsys.readouterr().err
+    assert f"pattern store {store}: {size} = " in err and "it fits in memory" in err

@@ -8,21 +8,11 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from store_helpers import assert_same_pattern, recorded, selector_of
-from torch import nn
+from store_helpers import assert_same_pattern, recorded, selector_of, stem_net
 
 from skqk import decouple, models
 from skqk.estimator import build_estimator
 from skqk.store import MANIFEST, PatternStore, StoreError
-
-
-def stem_net() -> nn.Module:
-    """A ResNet-like stem: 3x3 max pooling, stride 2, padding 1 (switches need 4 bits; windows reach the padding)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
-        nn.Conv2d(4, 5, 3), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 2 * 2, 7),
-    ).eval()  # fmt: skip
 
 
 def outputs_and_gradients(estimator, x, pattern):

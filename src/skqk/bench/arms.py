@@ -61,7 +61,7 @@ class Arm:
         self.opt = make_optimizer(self.trainable, self.sgd, fused=self.fused_sgd)
 
     def inputs(self, dataset: Dataset, idx: Tensor) -> tuple[Tensor, Tensor]:
-        x = dataset.normalize(dataset.train.images[idx])
+        x = dataset.inputs(dataset.train, idx)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, dataset.train.labels[idx]

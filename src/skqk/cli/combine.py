@@ -10,6 +10,7 @@ from skqk.cli.options import (
     config_from_args,
     load_data,
     number_list,
+    refuse_tables,
     trust_of,
 )
 from skqk.federated.config import FederatedConfig
@@ -60,6 +61,7 @@ def cmd_merge(args) -> None:
     lambdas = number_list(args.lambdas, "--lambda")
     tune = None
     if args.method == "task-arithmetic" and lambdas is None and args.start is not None:
+        refuse_tables(args, "tuning λ of a merge")
         x, y = held_out_samples(args.checkpoints, load_data(args), args.tune_samples)
         tune = (x, y, number_list(args.lambda_grid, "--lambda-grid"))
     record = merge_checkpoints(
@@ -106,6 +108,7 @@ def add_federated(sub) -> None:
 
 
 def cmd_federated(args) -> None:
+    refuse_tables(args, "federated re-training")
     require_flower()
     from skqk.federated.simulation import run_federated
     from skqk.pipeline.checkpoint import load_model_checkpoint

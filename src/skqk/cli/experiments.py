@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from skqk.cli.combine import require_flower
-from skqk.cli.options import add_command, add_data_options, load_data, parse_int_list
+from skqk.cli.options import add_command, add_data_options, json_object, load_data, parse_int_list, refuse_tables
 
 
 def add_parsers(sub) -> None:
@@ -24,8 +24,8 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--models",
-        help="comma-separated (default: alexnet for fig4, lenet5,alexnet,vgg8 for fig5, lenet5 for qkgap, "
-        "lenet5,vgg8 for federated and incremental)",
+        help="comma-separated (default: the preset's; paper and cpu: alexnet for fig4, lenet5,alexnet,vgg8 for "
+        "fig5, lenet5 for qkgap, lenet5,vgg8 for federated and incremental; smoke: lenet5 only)",
     )
     p.add_argument(
         "--mode",
@@ -39,9 +39,20 @@ def add_parsers(sub) -> None:
         help="comma-separated seeds; each changes initialisation, sample choice and batch order (default 0; "
         "incremental: the preset's)",
     )
-    p.add_argument("--sk-samples", help="fig5: comma-separated SK sizes n (overrides the preset's)")
-    p.add_argument("--max-samples", type=int, help="fig5: largest N (overrides the preset's)")
-    p.add_argument("--epochs", type=int, help="fig4: training epochs (overrides the preset's)")
+    p.add_argument(
+        "--model",
+        help="fig5, qkgap, incremental: one network instead of the preset's, a zoo name (mlp, ...) or your own as "
+        "package.module:callable (as for `skqk train`); it runs with the preset's protocol for it, else its first "
+        "one, changed by the options below",
+    )
+    p.add_argument("--model-kwargs", help="JSON object of options for --model, e.g. '{\"widths\": [64, 32]}'")
+    p.add_argument("--sk-samples", help="fig5, qkgap: comma-separated SK sizes n (qkgap: one; overrides the preset's)")
+    p.add_argument("--samples", help="fig5, qkgap: comma-separated re-training sizes N, e.g. 1024,2048,4096")
+    p.add_argument("--max-samples", type=int, help="fig5: largest N of the powers of two (overrides the preset's)")
+    p.add_argument(
+        "--epochs", type=int, help="fig4: training epochs; fig5, qkgap, incremental: pre-training epochs (overrides)"
+    )
+    p.add_argument("--retrain-epochs", type=int, help="fig5, qkgap, incremental: re-training epochs (overrides)")
     p.add_argument("--every-steps", type=int, help="fig4: also compare patterns every K SGD steps (0 = per epoch)")
     p.add_argument("--flip-threshold", type=float, help="fig4: flip fraction below which patterns count as settled")
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
@@ -54,9 +65,13 @@ REPRODUCE_OPTIONS = {
     "mode": (("fig5",), "independent"),
     "precision": (("fig5",), "fp32"),
     "seeds": (("fig4", "fig5", "qkgap", "incremental"), None),
-    "sk_samples": (("fig5",), None),
+    "model": (("fig5", "qkgap", "incremental"), None),
+    "model_kwargs": (("fig5", "qkgap", "incremental"), None),
+    "sk_samples": (("fig5", "qkgap"), None),
+    "samples": (("fig5", "qkgap"), None),
     "max_samples": (("fig5",), None),
-    "epochs": (("fig4",), None),
+    "epochs": (("fig4", "fig5", "qkgap", "incremental"), None),
+    "retrain_epochs": (("fig5", "qkgap", "incremental"), None),
     "every_steps": (("fig4",), None),
     "flip_threshold": (("fig4",), None),
 }
@@ -73,35 +88,41 @@ def cmd_reproduce(args) -> None:
 
     from skqk import models
     from skqk.experiments import PRESETS, run_fig4, run_fig5, run_qk_gap
+    from skqk.experiments.presets import customised
     from skqk.experiments.report import summary_table
 
     overrides = {"fig4_epochs": args.epochs, "fig4_every_steps": args.every_steps}
     overrides["fig4_flip_threshold"] = args.flip_threshold
-    if any(v is not None and v < 0 for v in overrides.values()) or args.epochs == 0:
-        raise ValueError("--epochs must be positive; --every-steps and --flip-threshold non-negative")
-    preset = replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
-    protocol = {}
-    if args.sk_samples:
-        protocol["sk_samples"] = parse_int_list(args.sk_samples, "--sk-samples")
-        if 0 in protocol["sk_samples"]:
-            raise ValueError(f"--sk-samples must be positive, got {args.sk_samples!r}")
-    if args.max_samples is not None:
-        if args.max_samples <= 0:
-            raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
-        protocol["max_samples"] = args.max_samples
-    if protocol:  # the overrides are part of the preset written into results.json and printed with its scaling
-        preset = replace(preset, fig5={name: replace(p, **protocol) for name, p in preset.fig5.items()})
+    if any(v is not None and v < 0 for v in overrides.values()) or args.epochs == 0 or args.retrain_epochs == 0:
+        raise ValueError(
+            "--epochs and --retrain-epochs must be positive; --every-steps and --flip-threshold non-negative"
+        )
+    preset = PRESETS[args.preset]
+    if args.figure == "fig4":
+        preset = replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+    else:  # the changes are part of the preset written into results.json and printed with its scaling
+        preset = customised(preset, protocol_changes(args))
     seeds = parse_int_list(args.seeds or "0")
-    if args.seeds:
-        preset = replace(preset, incremental={n: replace(p, seeds=seeds) for n, p in preset.incremental.items()})
-    default = {"fig4": "alexnet", "incremental": "lenet5,vgg8", "qkgap": "lenet5"}.get(
-        args.figure, "lenet5,alexnet,vgg8"
+    default = (
+        ",".join(preset.default_models)
+        or {  # else every model of the study
+            "fig4": preset.fig4_model,
+            "fig5": ",".join(preset.fig5),
+            "qkgap": ",".join(g.model for g in preset.qk_gap[:1]),
+            "incremental": ",".join(preset.incremental),
+        }[args.figure]
     )
-    names = (args.models or default).split(",")
+    if args.model_kwargs is not None and args.model is None:
+        raise ValueError("--model-kwargs are the options of --model; give the model too")
+    if args.model is not None and args.models is not None:
+        raise ValueError("give --model (one network, any) or --models (the preset's), not both")
+    names = [args.model] if args.model is not None else (args.models or default).split(",")
     studies = {"fig5": preset.fig5, "incremental": preset.incremental, "qkgap": [g.model for g in preset.qk_gap]}
     protocols = studies.get(args.figure, models.list_models())
     for name in names:
-        if name not in models.list_models() or name not in protocols:
+        if args.model is not None:
+            models.resolve(name, trust=(name,))  # --model is the user's consent; imported now, before the data
+        elif name not in models.list_models() or name not in protocols:
             raise ValueError(
                 f"unknown model {name!r} for {args.figure} in preset {preset.name}; choose from "
                 f"{', '.join(protocols) or 'none (the preset has no such study)'}"
@@ -122,11 +143,38 @@ def cmd_reproduce(args) -> None:
     print(f"results in {args.out}/{'qkgap-' if args.figure == 'qkgap' else ''}results.json")
 
 
+def protocol_changes(args):
+    """The options that change the Fig. 5, QK-gap and incremental protocols, checked."""
+    from skqk.experiments.presets import Overrides
+
+    sizes = {}
+    for option in ("sk_samples", "samples"):
+        text = getattr(args, option)
+        if text is not None:
+            flag = "--" + option.replace("_", "-")
+            sizes[option] = parse_int_list(text, flag)
+            if 0 in sizes[option]:
+                raise ValueError(f"{flag} must be positive, got {text!r}")
+    if args.max_samples is not None and args.max_samples <= 0:
+        raise ValueError(f"--max-samples must be positive, got {args.max_samples}")
+    options = json_object(args.model_kwargs, "--model-kwargs") if args.model_kwargs is not None else {}
+    return Overrides(
+        model=args.model,
+        model_kwargs=options,
+        max_samples=args.max_samples,
+        epochs=args.epochs,
+        retrain_epochs=args.retrain_epochs,
+        seeds=parse_int_list(args.seeds) if args.seeds else None,
+        **sizes,
+    )
+
+
 def reproduce_federated(args) -> None:
     from skqk.experiments.federated import PRESETS
 
     if args.preset not in PRESETS:
         raise ValueError(f"reproduce federated has the presets {', '.join(PRESETS)}, not {args.preset!r}")
+    refuse_tables(args, "reproduce federated")
     require_flower()
     from skqk.experiments.federated import run_federated_experiment as run
     from skqk.experiments.report import summary_table

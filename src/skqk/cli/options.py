@@ -75,10 +75,51 @@ def sample_range(text: str) -> tuple[int, int]:
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
-        help="CIFAR-10 folder, image-folder tree or its .tar(.gz) (default: $SKQK_DATA, "
-        "then the cache, downloading CIFAR-10 there if absent)",
+        help="CIFAR-10 folder, image-folder tree or its .tar(.gz); or a table: .csv or .parquet (with --target), or "
+        ".npz of x_train, y_train, x_test, y_test (default: $SKQK_DATA, then the cache, downloading CIFAR-10 there "
+        "if absent)",
     )
     p.add_argument("--cache-dir", help="where decoded data is cached (default: $SKQK_CACHE or ~/.cache/skqk)")
+    table = p.add_argument_group("tables (--data-dir FILE.csv|.parquet|.npz; pip install -e '.[tabular]')")
+    table.add_argument("--target", help="the target column of a table")
+    table.add_argument("--features", help="comma-separated feature columns (default: all but target and time)")
+    table.add_argument(
+        "--time", help="a column that orders the rows: samples arrive in time order, the test split is the latest"
+    )
+    table.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        help="regression: a numeric target, trained with MSE, reported as RMSE, MAE and R² (default classification)",
+    )
+    table.add_argument("--test-fraction", type=float, help="share of the rows held out for testing (default 0.2)")
+    table.add_argument("--test-from", help="with --time: the rows from this time on are the test split")
+    table.add_argument(
+        "--missing",
+        choices=["refuse", "impute"],
+        help="missing feature values: refuse (default), or impute (numeric: the train median; categorical: a "
+        "category of its own)",
+    )
+
+
+TABLE_OPTIONS = ("target", "features", "time", "task", "test_fraction", "test_from", "missing")
+
+
+def table_spec(args):
+    """How to read a table, from the options given; None when none was (images, or an .npz's defaults)."""
+    given = {name: getattr(args, name) for name in TABLE_OPTIONS if getattr(args, name, None) is not None}
+    if not given:
+        return None
+    from skqk.data import TableSpec
+
+    if "features" in given:
+        given["features"] = tuple(c.strip() for c in given["features"].split(",") if c.strip())
+    return TableSpec(**given)
+
+
+def refuse_tables(args, command: str) -> None:
+    """Commands whose library side reads images with class labels only."""
+    if table_spec(args) is not None:
+        raise ValueError(f"{command} takes image data with class labels; the table options are for the other commands")
 
 
 def add_selection_options(p: argparse.ArgumentParser) -> None:
@@ -148,7 +189,7 @@ def load_data(args):
         if path is not None:
             load_model_checkpoint(path)
     with distributed.local_main_first():  # under torchrun, one process per machine fills the cache
-        return load_dataset(args.data_dir, args.cache_dir, progress=not args.quiet)
+        return load_dataset(args.data_dir, args.cache_dir, progress=not args.quiet, table=table_spec(args))
 
 
 def parse_int_list(text: str, option: str = "--seeds") -> tuple[int, ...]:

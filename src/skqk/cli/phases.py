@@ -28,14 +28,16 @@ def add_train(sub) -> None:
     p = add_command(sub, "train", help="Phase 1: train a zoo network from scratch on n samples")
     p.add_argument(
         "--model",
-        help="zoo model: lenet5, alexnet, vgg8 (default lenet5), or your own as package.module:callable returning "
-        "an nn.Module (importable from the current directory or PYTHONPATH; it gets in_channels, image_size, "
-        "num_classes where its signature takes them)",
+        help="zoo model: lenet5, alexnet, vgg8 (default lenet5), mlp (tables), or your own as "
+        "package.module:callable returning an nn.Module (importable from the current directory or PYTHONPATH; it "
+        "gets in_channels, image_size (images) or in_features (tables) and num_classes (1 for regression) where "
+        "its signature takes them)",
     )
     p.add_argument(
         "--model-kwargs",
-        help="JSON object of keyword arguments for an imported model, e.g. '{\"width\": 64}'; recorded in the "
-        "checkpoint, so record/retrain/evaluate rebuild the model without these flags",
+        help="JSON object of options for mlp (width, depth, widths, batchnorm, dropout) or an imported model, e.g. "
+        "'{\"widths\": [64, 32]}'; recorded in the checkpoint, so record/retrain/evaluate rebuild the model "
+        "without these flags",
     )
     p.add_argument("--samples", type=int, help="n, samples to train on (default 1024)")
     p.add_argument("--out", required=True, help="run folder (model.pt, config.json, metrics.jsonl)")
@@ -198,7 +200,8 @@ def cmd_refresh(args) -> None:
 
     class_chunks = class_chunks_of(args)
     dataset = load_data(args)
-    indices = subset_indices(dataset.train.labels, args.samples, args.subset_seed, args.balanced, class_chunks)
+    order = (args.subset_seed, args.balanced, class_chunks, dataset.train.ordered)
+    indices = subset_indices(dataset.train.labels, args.samples, *order)
     summary = refresh_checkpoint(
         args.checkpoint,
         dataset,
@@ -232,34 +235,32 @@ def cmd_evaluate(args) -> None:
 
     dataset = load_data(args)
     module, ckpt = load_for_evaluation(args.checkpoint, fits=model_kwargs(dataset), trust=trust_of(args))
-    metrics = evaluate(module, dataset)
-    loss = metrics["val_loss"]
-    result = {
-        "checkpoint": args.checkpoint,
-        "kind": ckpt["kind"],
-        "model": ckpt["model"],
-        "accuracy": metrics["val_accuracy"],
-        "loss": loss if math.isfinite(loss) else None,  # JSON has no NaN or infinity
-        "finite": math.isfinite(loss),  # false: the network's outputs are NaN or infinite
-        "samples": len(dataset.test),
-        "data": dataset.source,
-    }
+    metrics = evaluate(module, dataset, progress=not args.quiet)
+    result = {"checkpoint": args.checkpoint, "kind": ckpt["kind"], "model": ckpt["model"]}
+    finite = math.isfinite(metrics["val_loss"])  # false: the outputs are NaN or infinite
+    # JSON has no NaN or infinity: such a metric is null
+    result |= {name.removeprefix("val_"): value if math.isfinite(value) else None for name, value in metrics.items()}
+    result |= {"finite": finite, "samples": len(dataset.test), "data": dataset.source}
     print(
         json.dumps(result, allow_nan=False)
         if args.json
-        else f"{ckpt['model']} ({ckpt['kind']}): accuracy {result['accuracy']:.4f}, loss {loss:.4f} "
-        f"on {result['samples']} test samples of {dataset.source}"
+        else f"{ckpt['model']} ({ckpt['kind']}): {metrics_text(metrics)} on {result['samples']} test samples of "
+        f"{dataset.source}"
     )
+
+
+def metrics_text(metrics: dict) -> str:
+    """'accuracy 0.5123, loss 1.3456', or for regression 'rmse …, mae …, r2 …, loss …' (the standardised MSE)."""
+    names = ("val_accuracy", "val_loss") if "val_accuracy" in metrics else ("val_rmse", "val_mae", "val_r2", "val_loss")
+    return ", ".join(f"{name.removeprefix('val_')} {metrics[name]:.4f}" for name in names)
 
 
 def print_final(result) -> None:
     if not is_main():
         return
     last = result.saved  # the epoch model.pt holds (the best one with --patience)
-    print(
-        f"{result.run_dir}/model.pt: epoch {last['epoch']}, val accuracy {last['val_accuracy']:.4f}, "
-        f"val loss {last['val_loss']:.4f}"
-    )
+    metrics = ", ".join(f"val {part}" for part in metrics_text(last).split(", "))
+    print(f"{result.run_dir}/model.pt: epoch {last['epoch']}, {metrics}")
 
 
 def is_main() -> bool:

@@ -1,4 +1,6 @@
-"""Datasets fully in memory as uint8 tensors, with deterministic subsets, epoch orders and batches.
+"""Datasets fully in memory (uint8 images, or tables of float32 features), with deterministic subsets, epoch
+orders and batches; `load_dataset` reads image folders, CIFAR-10, CSV/Parquet tables and .npz arrays, `from_torch`
+any torch Dataset of (tensor, target) pairs.
 
 Example:
     >>> from skqk import data
@@ -8,17 +10,22 @@ Example:
     ...     pass
 """
 
-from skqk.data.dataset import DataError, Dataset, ImageData, content_fingerprint
+from skqk.data.dataset import DataError, Dataset, ImageData, TableData, content_fingerprint
 from skqk.data.loading import load_dataset
 from skqk.data.sampling import batches, epoch_order, subset_fingerprint, subset_indices
+from skqk.data.tables import TableSpec
+from skqk.data.torch_datasets import from_torch
 
 __all__ = [
     "DataError",
     "Dataset",
     "ImageData",
+    "TableData",
+    "TableSpec",
     "batches",
     "content_fingerprint",
     "epoch_order",
+    "from_torch",
     "load_dataset",
     "subset_fingerprint",
     "subset_indices",

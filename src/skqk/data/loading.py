@@ -10,6 +10,7 @@ from skqk.data.cache import cache_file, cache_root, read_cache, write_cache
 from skqk.data.dataset import DataError, Dataset
 from skqk.data.download import CIFAR10_ARCHIVE, download_cifar10
 from skqk.data.sources import read_source, source_signature
+from skqk.data.tables import TableSpec, is_table, read_table
 
 DATA_ENV = "SKQK_DATA"
 
@@ -19,18 +20,21 @@ def load_dataset(
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
     progress: bool = True,
+    table: TableSpec | None = None,
 ) -> Dataset:
-    """Load a train/test image dataset into memory, decoding its files only on the first load.
+    """Load a train/test dataset into memory: images (decoded only on the first load) or a table.
 
     Args:
         data_dir: the data, read-only is fine: a ``cifar-10-batches-py`` folder or its parent, the official
             ``cifar-10-python.tar.gz``, an image-folder tree ``ROOT/{train,test}/<class>/<image>`` or its
-            parent, or a tar archive of such a tree. None: $SKQK_DATA, else CIFAR-10 from the cache folder,
-            downloaded there if missing.
+            parent, or a tar archive of such a tree; or a table: a ``.csv`` or ``.parquet`` file (read as
+            `table` says) or an ``.npz`` of ``x_train``, ``y_train``, ``x_test``, ``y_test`` (`skqk.data.tables`).
+            None: $SKQK_DATA, else CIFAR-10 from the cache folder, downloaded there if missing.
         cache_dir: writable folder for decoded datasets and the download. None: $SKQK_CACHE, else
             ~/.cache/skqk.
         download: whether CIFAR-10 may be downloaded when no data is given or cached.
         progress: show progress bars while downloading and decoding.
+        table: for a table, its target column, features, task and split (an .npz: its task).
 
     Returns:
         The dataset, with normalization statistics from its train split.
@@ -44,6 +48,10 @@ def load_dataset(
     """
     root = cache_root(cache_dir)
     source = locate_source(data_dir, root, download, progress)
+    if is_table(source):  # read in seconds at most: not cached
+        return read_table(source, table or TableSpec())
+    if table is not None:
+        raise DataError(f"{source} holds images, labelled by class folders: a target or task is for tables")
     path = cache_file(root, source, source_signature(source))
     dataset = read_cache(path)
     if dataset is None:

@@ -8,11 +8,16 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from skqk.data.dataset import DataError, Dataset, ImageData
+from skqk.data.dataset import DataError, Dataset, Split
 
 
 def subset_indices(
-    labels: Tensor, n: int, seed: int = 0, balanced: bool = False, class_chunks: tuple[int, int] | None = None
+    labels: Tensor,
+    n: int,
+    seed: int = 0,
+    balanced: bool = False,
+    class_chunks: tuple[int, int] | None = None,
+    ordered: bool = False,
 ) -> Tensor:
     """The first `n` samples of one seeded permutation of a split: subsets of one seed are nested.
 
@@ -23,21 +28,37 @@ def subset_indices(
         balanced: interleave the classes round-robin, so every prefix is as class-balanced as possible.
         class_chunks: ``(classes_per_chunk, chunk_samples)`` for the class-incremental order
             (`class_incremental_permutation`): data arriving in chunks that each bring new classes.
+        ordered: the split is in time order (`TableData.ordered`): the first `n` samples in time, whatever the
+            seed, so chunks of a stream follow time.
 
     Returns:
         int64 (n,) sample indices into the split.
 
     Raises:
-        DataError: `n` is out of range, or a chunk's classes have fewer than `chunk_samples` samples.
+        DataError: `n` is out of range, a chunk's classes have fewer than `chunk_samples` samples, or an order
+            that counts classes is asked of regression targets or of time-ordered samples.
     """
     if not 0 < n <= len(labels):
         raise DataError(f"cannot take a subset of {n} samples: the split has {len(labels)}")
+    check_order(labels, balanced, class_chunks, ordered)
+    if ordered:
+        return torch.arange(n)
     generator = torch.Generator().manual_seed(seed)
     if class_chunks is not None:
         return class_incremental_permutation(labels, *class_chunks, generator)[:n]
     if balanced:
         return class_interleaved_permutation(labels, generator)[:n]
     return torch.randperm(len(labels), generator=generator)[:n]
+
+
+def check_order(labels: Tensor, balanced: bool, class_chunks: tuple[int, int] | None, ordered: bool) -> None:
+    """Class-balanced and class-incremental orders count classes: regression targets have none, and time-ordered
+    samples keep their time order."""
+    wanted = "class-balanced subsets" if balanced else "the class-incremental order" if class_chunks else None
+    if wanted and labels.is_floating_point():
+        raise DataError(f"{wanted} count classes; regression targets have none (drop --balanced/--class-incremental)")
+    if wanted and ordered:
+        raise DataError(f"{wanted} would reorder time-ordered samples; drop --balanced/--class-incremental or --time")
 
 
 def class_incremental_permutation(
@@ -76,7 +97,8 @@ def replay_indices(labels: Tensor, earlier: Tensor, k: int, seed: int = 0) -> Te
     """A replay buffer: `k` of the `earlier` samples, class-balanced and fixed by (`seed`, the earlier samples).
 
     Incremental re-training on a new chunk may revisit a few old samples to limit forgetting (experience replay,
-    Rolnick et al. 2019); drawing them round-robin over the classes keeps every old class represented.
+    Rolnick et al. 2019); drawing them round-robin over the classes keeps every old class represented. Regression
+    targets have no classes: their buffer is a uniform draw.
 
     Args:
         labels: int64 (N,) labels of the split.
@@ -93,11 +115,17 @@ def replay_indices(labels: Tensor, earlier: Tensor, k: int, seed: int = 0) -> Te
     if k == 0:
         return earlier[:0]
     generator = torch.Generator().manual_seed(mixed_seed(seed, -len(earlier)))  # never an epoch's seed
+    if labels.is_floating_point():
+        return earlier[torch.randperm(len(earlier), generator=generator)[:k]]
     return earlier[class_interleaved_permutation(labels[earlier], generator)[:k]]
 
 
 def subset_fingerprint(
-    labels: Tensor, seed: int = 0, balanced: bool = False, class_chunks: tuple[int, int] | None = None
+    labels: Tensor,
+    seed: int = 0,
+    balanced: bool = False,
+    class_chunks: tuple[int, int] | None = None,
+    ordered: bool = False,
 ) -> str:
     """sha256 of the permutation whose prefixes are the subsets of (`seed`, `balanced`, `class_chunks`): names
     every subset `subset_indices` draws with them, whatever its size.
@@ -106,7 +134,7 @@ def subset_fingerprint(
     same permutation: another seed or `balanced` choice selects other samples, which the dataset fingerprint
     alone cannot see.
     """
-    order = subset_indices(labels, len(labels), seed, balanced, class_chunks)
+    order = subset_indices(labels, len(labels), seed, balanced, class_chunks, ordered)
     return hashlib.sha256(order.numpy()).hexdigest()
 
 
@@ -144,9 +172,7 @@ def mixed_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def batches(
-    data: ImageData, dataset: Dataset, indices: Tensor, batch_size: int
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+def batches(data: Split, dataset: Dataset, indices: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Consecutive batches of `indices`, in their order, the last one possibly smaller.
 
     Args:
@@ -156,11 +182,12 @@ def batches(
         batch_size: samples per batch, > 0.
 
     Yields:
-        (x, y, idx): float32 normalized images (B, C, H, W), int64 labels (B,) and the int64 indices (B,) of
-        the samples in `data`, so per-sample records (e.g. activation patterns) can be looked up.
+        (x, y, idx): float32 normalized images (B, C, H, W) or features (B, F), the targets (B,) (int64 labels, or
+        standardised float32 values for regression: `Dataset.targets`) and the int64 indices (B,) of the samples
+        in `data`, so per-sample records (e.g. activation patterns) can be looked up.
     """
     for idx in batch_indices(indices, batch_size):
-        yield dataset.normalize(data.images[idx]), data.labels[idx], idx
+        yield dataset.inputs(data, idx), dataset.targets(data, idx), idx
 
 
 def batch_indices(indices: Tensor, batch_size: int) -> tuple[Tensor, ...]:

@@ -13,6 +13,36 @@ from skqk.pipeline.provenance import machine_info
 from skqk.pipeline.rundir import changed_settings
 
 
+def check_before_training(
+    model: str, model_kwargs: dict, dataset, sample_counts: list[int], poolings: tuple[str, ...] = ("live",)
+) -> None:
+    """What would fail hours into an experiment, checked before anything trains: `model` builds for the data and
+    decouples with each of `poolings` (a refusal names the node), and every sample count fits the training split.
+
+    Raises:
+        ValueError: one line naming the model and what to change.
+    """
+    from skqk import models
+    from skqk.decoupled import decouple
+    from skqk.pipeline.checkpoint import model_kwargs as data_arguments
+
+    available = len(dataset.train)
+    too_many = sorted({n for n in sample_counts if n > available})
+    if too_many:
+        raise ValueError(
+            f"{model}: {', '.join(f'{n:,}' for n in too_many)} samples asked for, the training split has "
+            f"{available:,}; pass --sk-samples and --samples that fit"
+        )
+    network = models.build(
+        model, trust=(model,), **data_arguments(dataset), **model_kwargs
+    ).eval()  # chosen by the caller
+    for pooling in poolings:
+        try:
+            decouple(network, pooling)
+        except ValueError as error:  # DecouplingError names the node and where it is in the source
+            raise ValueError(f"{model} cannot be decoupled with {pooling} pooling: {error}") from None
+
+
 def claim_results_folder(out: Path, experiment: str, dataset, preset, **settings) -> None:
     """Record in ``out/reproduce.json`` the data, preset and `settings` of `experiment` in a results folder, or,
     when it has them, refuse to continue it with others: its cached cells would mix two experiments in one table.

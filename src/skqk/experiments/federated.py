@@ -137,7 +137,9 @@ def run_federated_experiment(
     for name in model_names:
         for clients in preset.models[name].clients:
             mine = [c for c in cells if c["model"] == name and c["clients"] == clients]
-            plot_federated(mine, f"{name}, K = {clients}", out / f"federated_{name}_K{clients}.png", preset.name)
+            plot_federated(
+                mine, f"{name}, K = {clients}", out / f"federated_{name}_K{clients}.png", preset.name, dataset.source
+            )
     return results
 
 

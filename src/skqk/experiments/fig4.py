@@ -51,6 +51,10 @@ def run_fig4(
     """Train each model from scratch once per seed, log pattern flips, losses and accuracy, apply the criterion."""
     out = Path(out)
     started = time.time()
+    if dataset.task == "regression":
+        raise ValueError(
+            "Fig. 4 (pattern flips against the validation accuracy) needs classes; regression data has none"
+        )
     claim_results_folder(out, "fig4", dataset, preset)
     runs = []
     for name in model_names:
@@ -80,7 +84,7 @@ def run_fig4(
                     for m in r["steps"]
                 ],
             )
-        plot_fig4(mine, name, out / f"fig4_{name}.png", preset.name)
+        plot_fig4(mine, name, out / f"fig4_{name}.png", preset.name, dataset.source)
     return results
 
 
@@ -102,7 +106,7 @@ def stabilisation_run(
         subset_seed=seed,
     )
     run_dir = out / name / f"seed{seed}" / "fig4"
-    val_x = dataset.normalize(dataset.test.images[validation_indices(dataset, preset.fig4_val_samples)])
+    val_x = dataset.inputs(dataset.test, validation_indices(dataset, preset.fig4_val_samples))
     fresh = not (run_dir / "resume.pt").exists()  # a fresh run compares its first patterns with the initial weights
     first = pattern_of(initial_network(cfg, dataset), val_x) if fresh else None
     first_weights = UpdateTracker.snapshot(initial_network(cfg, dataset)) if fresh else None
@@ -229,7 +233,8 @@ def decay_yardstick(points: list[dict]) -> dict:
         str(f): ratio(out["weights"]["decay_epoch"][str(f)], out["patterns"]["decay_epoch"][str(f)])
         for f in DECAY_FRACTIONS
     }
-    out["rate_ratio"] = ratio(out["patterns"]["decay_rate_per_epoch"], out["weights"]["decay_rate_per_epoch"])
+    rates = out["patterns"]["decay_rate_per_epoch"], out["weights"]["decay_rate_per_epoch"]
+    out["rate_ratio"] = ratio(*rates) if all(r is not None and r > 0 for r in rates) else None  # both must decay
     return out
 
 

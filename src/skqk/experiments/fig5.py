@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Literal
 
 from skqk.data import Dataset, subset_fingerprint, subset_indices
-from skqk.experiments.common import claim_results_folder, write_csv, write_json, write_results
+from skqk.experiments.common import check_before_training, claim_results_folder, write_csv, write_json, write_results
 from skqk.experiments.plots import plot_fig5, plot_qk_gap
 from skqk.experiments.presets import BASE, Fig5Protocol, Preset, Variant
 from skqk.pipeline.config import RetrainConfig, SGDConfig, TrainConfig
+from skqk.pipeline.loop import progress_label
 from skqk.pipeline.record import record, selector_from_checkpoint
 from skqk.pipeline.retrain import retrain
 from skqk.pipeline.train import train
 
 METHODS = ("qk", "traditional")
+CELL_METRICS = ("val_accuracy", "val_loss", "val_rmse", "val_mae", "val_r2")  # classification's, regression's
 
 
 def run_fig5(
@@ -42,6 +44,9 @@ def run_fig5(
     """
     out = Path(out)
     started = time.time()
+    for name in model_names:
+        p = preset.fig5[name]
+        check_before_training(name, p.model_kwargs, dataset, [*p.sk_samples, *p.sample_counts(0)])
     claim_results_folder(out, "fig5", dataset, preset, mode=mode, precision=precision)
     cells = []
     for seed in seeds:
@@ -63,7 +68,8 @@ def run_fig5(
     )
     write_csv(out / "fig5.csv", [{k: v for k, v in c.items() if k != "config"} for c in cells])
     for name in model_names:
-        plot_fig5([c for c in cells if c["model"] == name], name, out / f"fig5_{name}.png", preset.name)
+        mine = [c for c in cells if c["model"] == name]
+        plot_fig5(mine, name, out / f"fig5_{name}.png", preset.name, dataset.source)
     return results
 
 
@@ -83,6 +89,10 @@ def run_qk_gap(
     if not studies:
         raise ValueError(f"preset {preset.name} has no QK-gap study of {', '.join(model_names)}")
     out, started = Path(out), time.time()
+    for gap in studies:
+        poolings = tuple(dict.fromkeys(["live", *(v.pooling for v in gap.variants)]))
+        counts = [gap.sk_samples, *gap.sample_counts]
+        check_before_training(gap.model, preset.fig5[gap.model].model_kwargs, dataset, counts, poolings)
     claim_results_folder(out, "qkgap", dataset, preset)
     cells = []
     for seed in seeds:
@@ -96,7 +106,7 @@ def run_qk_gap(
     results = write_results(out, "qkgap", preset, names, dataset, started, seeds=list(seeds), cells=cells)
     write_csv(out / "qkgap.csv", [{k: v for k, v in c.items() if k != "config"} for c in cells])
     for name in names:
-        plot_qk_gap([c for c in cells if c["model"] == name], out / f"qkgap_{name}.png", preset.name)
+        plot_qk_gap([c for c in cells if c["model"] == name], out / f"qkgap_{name}.png", preset.name, dataset.source)
     return results
 
 
@@ -130,7 +140,13 @@ class SKRun:
         return {"model": self.model, "seed": self.seed, "n": self.n, "N": N, "method": method, "variant": variant}
 
     def pretrain(self) -> dict:
-        cfg = TrainConfig(model=self.model, samples=self.n, epochs=self.protocol.pretrain_epochs, **self.common)
+        cfg = TrainConfig(
+            model=self.model,
+            model_kwargs=self.protocol.model_kwargs,
+            samples=self.n,
+            epochs=self.protocol.pretrain_epochs,
+            **self.common,
+        )
         run = lambda d: train(cfg, self.dataset, d, resume=True, progress=self.progress)  # noqa: E731
         return cached_cell(self.folder / "pretrain", run, self.key(self.n, "pretrain"), cfg)
 
@@ -166,14 +182,18 @@ class SKRun:
 
         def run(d: Path):
             if variant.method == "traditional":
-                return retrain(cfg, start, self.dataset, d, resume=True, progress=self.progress)
+                return retrain(cfg, start, self.dataset, d, resume=True, progress=self.progress, trust=(self.model,))
             store = self.folder / ("patterns" if variant.pooling == "live" else f"patterns-{variant.pooling}")
             t0 = time.perf_counter()
             labels = self.dataset.train.labels
-            indices, subset = subset_indices(labels, N, self.seed), subset_fingerprint(labels, self.seed)
+            ordered = self.dataset.train.ordered
+            indices = subset_indices(labels, N, self.seed, ordered=ordered)
+            subset = subset_fingerprint(labels, self.seed, ordered=ordered)
             record(self.selector(variant.pooling), self.dataset, indices, store, progress=self.progress, subset=subset)
             record_seconds = time.perf_counter() - t0
-            result = retrain(cfg, start, self.dataset, d, store=store, resume=True, progress=self.progress)
+            result = retrain(
+                cfg, start, self.dataset, d, store=store, resume=True, progress=self.progress, trust=(self.model,)
+            )
             return result, {"record_seconds": record_seconds}
 
         key = {**self.key(N, variant.method, variant.name), "pooling": variant.pooling}
@@ -181,7 +201,7 @@ class SKRun:
 
     def selector(self, pooling: str):
         if pooling not in self._selectors:
-            self._selectors[pooling] = selector_from_checkpoint(self.pretrained, pooling)
+            self._selectors[pooling] = selector_from_checkpoint(self.pretrained, pooling, trust=(self.model,))
         return self._selectors[pooling]
 
 
@@ -196,13 +216,14 @@ def cached_cell(cell_dir: Path, run, key: dict, cfg) -> dict:
         if "config" not in cell or not cfg.matches(cell["config"]):
             raise ValueError(f"{cell_dir} holds a result of another configuration; use another --out")
         return cell
-    outcome = run(cell_dir)
+    named = [f"{k}={v}" for k, v in key.items() if k != "model" and v not in ("base", "live")]  # not the defaults
+    with progress_label(" ".join([str(key["model"]), *named])):
+        outcome = run(cell_dir)
     result, extra = outcome if isinstance(outcome, tuple) else (outcome, {})
     last = result.history[-1]
     cell = {
         **key,
-        "val_accuracy": last["val_accuracy"],
-        "val_loss": last["val_loss"],
+        **{metric: last[metric] for metric in CELL_METRICS if metric in last},
         "train_loss": last["train_loss"],
         "epochs": last["epoch"],
         "train_seconds": sum(h["seconds"] for h in result.history),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from skqk.atomic import atomic_write_text
 from skqk.data import Dataset
-from skqk.experiments.common import claim_results_folder, write_csv, write_json, write_results
+from skqk.experiments.common import check_before_training, claim_results_folder, write_csv, write_json, write_results
 from skqk.experiments.fig5 import cached_cell
 from skqk.experiments.plots import plot_incremental
 from skqk.experiments.report import mean_std
@@ -57,6 +57,16 @@ def run_incremental(preset, model_names: list[str], dataset: Dataset, out: Path,
     """Run (or pick up) every cell; write results.json, incremental.csv and one PNG per model and order."""
     out = Path(out)
     started = time.time()
+    if dataset.task == "regression":
+        raise ValueError("the incremental study (accuracy and forgetting per chunk) needs classes; regression has none")
+    if dataset.train.ordered:
+        raise ValueError(
+            "the incremental study draws its own chunk orders; for time-ordered rows, re-train chunk by "
+            "chunk with skqk retrain --sample-range A:B"
+        )
+    for name in model_names:
+        p = preset.incremental[name]
+        check_before_training(name, p.model_kwargs, dataset, [p.chunks * p.chunk_samples])
     claim_results_folder(out, "incremental", dataset, preset)
     streams = []
     for name in model_names:
@@ -71,7 +81,8 @@ def run_incremental(preset, model_names: list[str], dataset: Dataset, out: Path,
     for name in model_names:
         for order in preset.incremental[name].orders:
             rows = [s for s in streams if s["model"] == name and s["order"] == order]
-            plot_incremental(rows, f"{name}, {order} order", out / f"incremental_{name}_{order}.png", preset.name)
+            title, path = f"{name}, {order} order", out / f"incremental_{name}_{order}.png"
+            plot_incremental(rows, title, path, preset.name, dataset.source)
     return results
 
 
@@ -87,7 +98,8 @@ def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, prog
     eval_sets = experience_eval_indices(
         dataset.test.labels, chunk_classes, protocol.chunks, protocol.eval_per_chunk, seed
     )
-    pre_cfg = TrainConfig(model=name, samples=S, epochs=protocol.pretrain_epochs, **common)
+    options = {"model_kwargs": protocol.model_kwargs}
+    pre_cfg = TrainConfig(model=name, samples=S, epochs=protocol.pretrain_epochs, **options, **common)
     key = {"model": name, "order": order, "seed": seed}
 
     def pretrain(cell_dir: Path):

@@ -7,12 +7,15 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from skqk.experiments.report import aggregate
+from skqk.experiments.report import COMPARED, LABELS, aggregate, task_of
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-DATA_NOTE = "CIFAR-10 (JPEG q75 re-encoding)"
+
+def data_title(source: str) -> str:
+    """What a plot calls the data: its source without the path ("CIFAR-10 (JPEG q75 re-encoding)", "table ...")."""
+    return source.rsplit(" from ", 1)[0]
 
 
 def band(ax, x, rows: list[list[float]], style: str, color: str, label: str, spread: str = "std") -> None:
@@ -30,7 +33,7 @@ def band(ax, x, rows: list[list[float]], style: str, color: str, label: str, spr
         ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
 
 
-def plot_fig4(runs: list[dict], model: str, path: Path, preset: str) -> None:
+def plot_fig4(runs: list[dict], model: str, path: Path, preset: str, data: str) -> None:
     """Pattern change and losses against epochs, two y-axes, like the paper's Fig. 4; bands over seeds (losses:
     ± std, flips: min-max), the criterion's settle epochs and validation-loss minima as vertical marks."""
     fig, left = plt.subplots(figsize=(7.5, 4.2))
@@ -60,15 +63,16 @@ def plot_fig4(runs: list[dict], model: str, path: Path, preset: str) -> None:
     lines = left.get_lines() + right.get_lines()
     labelled = [line for line in lines if not line.get_label().startswith("_")]
     left.legend(labelled, [line.get_label() for line in labelled], loc="upper right", fontsize=7)
-    left.set_title(f"SK stabilisation, {model}, {DATA_NOTE}, preset {preset}", fontsize=9)
+    left.set_title(f"SK stabilisation, {model}, {data_title(data)}, preset {preset}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_fig5(cells: list[dict], model: str, path: Path, preset: str) -> None:
-    """Validation accuracy and CCE loss against N (log2 axis), one line per method and SK size n, mean ± std
-    band over seeds."""
+def plot_fig5(cells: list[dict], model: str, path: Path, preset: str, data: str) -> None:
+    """Validation accuracy and CCE loss (regression: RMSE and R²) against N (log2 axis), one line per method and SK
+    size n, mean ± std band over seeds."""
+    compared = COMPARED[task_of(cells)][:2]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     styles = {"traditional": ("tab:blue", "o-", "traditional SGD"), "qk": ("tab:red", "s-", "QK-only")}
     rows = [r for r in aggregate(cells) if r["variant"] == "base"]
@@ -79,35 +83,38 @@ def plot_fig5(cells: list[dict], model: str, path: Path, preset: str) -> None:
                 continue
             shade = 1.0 if n == min(r["n"] for r in rows) else 0.55
             seeds = max(len(r["seeds"]) for r in line)
-            for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+            for ax, key in zip(axes, compared):
                 x = [r["N"] for r in line]
                 mean, std = np.array([r[key] for r in line]), np.array([r[f"{key}_std"] for r in line])
                 ax.plot(x, mean, marker, color=color, alpha=shade, label=f"{label}, SK from n={n}")
                 if seeds > 1:
                     ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2 * shade, linewidth=0)
-    for ax, ylabel in zip(axes, ("validation accuracy", "validation CCE loss")):
+    for ax, key in zip(axes, compared):
+        ylabel = LABELS[key]
         ax.set_xscale("log", base=2)
         ax.set_xlabel("samples N = n + m")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     seeds = sorted({c.get("seed", 0) for c in cells})
-    fig.suptitle(f"Re-training, {model}, {DATA_NOTE}, preset {preset}, seeds {seeds} (band: ± std)", fontsize=10)
+    title = f"Re-training, {model}, {data_title(data)}, preset {preset}, seeds {seeds} (band: ± std)"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_qk_gap(cells: list[dict], path: Path, preset: str) -> None:
-    """One panel per N, one horizontal bar per re-training cell (validation accuracy, mean ± std over seeds), the
-    traditional base cell as a dashed line: each factor reads as moving QK-only towards, or past, that line."""
+def plot_qk_gap(cells: list[dict], path: Path, preset: str, data: str) -> None:
+    """One panel per N, one horizontal bar per re-training cell (validation accuracy or RMSE, mean ± std over seeds),
+    the traditional base cell as a dashed line: each factor reads as moving QK-only towards, or past, that line."""
+    metric = COMPARED[task_of(cells)][0]
     rows = [r for r in aggregate(cells) if r["method"] != "pretrain"]
     counts = sorted({r["N"] for r in rows})
     most = max(sum(r["N"] == N for r in rows) for N in counts)
     fig, axes = plt.subplots(1, len(counts), figsize=(5 * len(counts), 1.2 + 0.35 * most), squeeze=False)
     for ax, N in zip(axes[0], counts):
         at = [r for r in rows if r["N"] == N]
-        accuracy, spread = np.array([r["val_accuracy"] for r in at]), np.array([r["val_accuracy_std"] for r in at])
+        accuracy, spread = np.array([r[metric] for r in at]), np.array([r[f"{metric}_std"] for r in at])
         colors = ["tab:blue" if r["method"] == "traditional" else "tab:red" for r in at]
         ax.barh(range(len(at)), accuracy, xerr=spread, color=colors, capsize=3)
         labels = [f"{r['method']}{'' if r['variant'] == 'base' else ' ' + r['variant']}" for r in at]
@@ -115,14 +122,14 @@ def plot_qk_gap(cells: list[dict], path: Path, preset: str) -> None:
         ax.invert_yaxis()
         for r in at:
             if r["method"] == "traditional" and r["variant"] == "base":
-                ax.axvline(r["val_accuracy"], linestyle="--", color="tab:blue", linewidth=1)
+                ax.axvline(r[metric], linestyle="--", color="tab:blue", linewidth=1)
         ax.set_xlim(max(0.0, (accuracy - spread).min() - 0.03), (accuracy + spread).max() + 0.01)
-        ax.set_xlabel("validation accuracy (mean ± std over seeds)")
+        ax.set_xlabel(f"{LABELS[metric]} (mean ± std over seeds)")
         ax.set_title(f"N = {N:,}", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     seeds = sorted({c.get("seed", 0) for c in cells})
     fig.suptitle(
-        f"QK gap factors, {cells[0]['model']}, SK from n={cells[0]['n']:,}, {DATA_NOTE}, preset {preset}, "
+        f"QK gap factors, {cells[0]['model']}, SK from n={cells[0]['n']:,}, {data_title(data)}, preset {preset}, "
         f"seeds {seeds}",
         fontsize=9,
     )
@@ -131,7 +138,7 @@ def plot_qk_gap(cells: list[dict], path: Path, preset: str) -> None:
     plt.close(fig)
 
 
-def plot_incremental(streams: list[dict], title: str, path: Path, preset: str) -> None:
+def plot_incremental(streams: list[dict], title: str, path: Path, preset: str, data: str) -> None:
     """Average accuracy over the chunks seen so far and average forgetting after each chunk, one line per arm
     (mean over seeds)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -149,7 +156,7 @@ def plot_incremental(streams: list[dict], title: str, path: Path, preset: str) -
         axes,
         "chunk trained on (0 = pre-training)",
         ("average accuracy over chunks seen", "average forgetting"),
-        f"Incremental re-training, {title}, {DATA_NOTE}, preset {preset}",
+        f"Incremental re-training, {title}, {data_title(data)}, preset {preset}",
         path,
     )
 
@@ -159,7 +166,7 @@ def mean_or_nan(values: list) -> float:
     return sum(present) / len(present) if present else float("nan")
 
 
-def plot_federated(cells: list[dict], title: str, path: Path, preset: str) -> None:
+def plot_federated(cells: list[dict], title: str, path: Path, preset: str, data: str) -> None:
     """Global validation accuracy and CCE loss against rounds: QK-FedAvg and full-network FedAvg as lines, the
     merge-once baseline as a point at the last round; one line style per partition."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -196,7 +203,7 @@ def plot_federated(cells: list[dict], title: str, path: Path, preset: str) -> No
         axes,
         "round",
         ("validation accuracy", "validation CCE loss"),
-        f"Federated re-training, {title}, {DATA_NOTE}, preset {preset}",
+        f"Federated re-training, {title}, {data_title(data)}, preset {preset}",
         path,
     )
 

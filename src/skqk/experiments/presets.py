@@ -3,7 +3,7 @@ is printed and written into every result file, never hidden."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -16,9 +16,14 @@ class Fig5Protocol:
     pretrain_epochs: int = 200  # paper: 200
     retrain_epochs: int = 50  # paper: 50
     eval_samples: int = 0  # validation samples (0 = the whole test split)
+    samples: tuple[int, ...] = ()  # N values given explicitly (--samples); () = the powers of two above
+    model_kwargs: dict = field(default_factory=dict)  # options of the model's builder (mlp's, an imported one's)
 
     def sample_counts(self, n: int) -> list[int]:
-        """N values for SK size n: powers of two from max(n, min_samples) to max_samples."""
+        """N values for SK size n: the explicit ones >= n, else powers of two from max(n, min_samples) to
+        max_samples."""
+        if self.samples:
+            return [N for N in self.samples if N >= n]
         counts, N = [], self.min_samples
         while N <= self.max_samples:
             if N >= n:
@@ -42,6 +47,7 @@ class IncrementalProtocol:
     seeds: tuple[int, ...] = (0, 1, 2)
     orders: tuple[str, ...] = ("random", "class-incremental")
     arms: tuple[str, ...] = ()  # names from skqk.experiments.incremental.ARMS; () = every arm
+    model_kwargs: dict = field(default_factory=dict)  # options of the model's builder (mlp's, an imported one's)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ class Preset:
     name: str
     description: str
     fig5: dict[str, Fig5Protocol] = field(default_factory=dict)
+    fig4_model: str = "alexnet"  # the paper's Fig. 4 network (the default of `reproduce fig4`)
+    default_models: tuple[str, ...] = ()  # what `reproduce` runs without --models; () = every model of the study
     fig4_epochs: int = 200
     fig4_samples: int = 1024  # paper: 1,024 for LeNet-5 and AlexNet ...
     fig4_model_samples: dict[str, int] = field(default_factory=lambda: {"vgg8": 512})  # ... and 512 for VGG8
@@ -96,10 +104,16 @@ class Preset:
         """The protocol actually run, spelled out from the values (printed and saved with every result)."""
         lines = [f"preset {self.name}: {self.description}"]
         for name, p in self.fig5.items():
+            counts = (
+                f"{', '.join(f'{N:,}' for N in p.samples)}"
+                if p.samples
+                else (f"{p.min_samples:,}..{p.max_samples:,} (powers of 2, N >= n)")
+            )
+            options = f" with options {p.model_kwargs}" if p.model_kwargs else ""
             lines.append(
-                f"  fig5 {name}: SK from n in {list(p.sk_samples)}, pre-train {p.pretrain_epochs} epochs, re-train "
-                f"{p.retrain_epochs} epochs on N = {p.min_samples:,}..{p.max_samples:,} (powers of 2, N >= n), "
-                f"validation on {p.eval_samples or 'all'} test samples"
+                f"  fig5 {name}{options}: SK from n in {list(p.sk_samples)}, pre-train {p.pretrain_epochs} epochs, "
+                f"re-train {p.retrain_epochs} epochs on N = {counts}, validation on {p.eval_samples or 'all'} test "
+                "samples"
             )
         lines.append(
             f"  fig4: {self.fig4_epochs} epochs on {self.fig4_samples:,} samples"
@@ -190,11 +204,12 @@ CPU = Preset(
 SMOKE = Preset(
     "smoke",
     "a few minutes, for CI: n = 256, N = 256 and 512, 2 pre-training and 1 re-training epochs, 500 validation "
-    "samples; Fig. 4 trains 3 epochs on 256 samples (every model)",
+    "samples; Fig. 4 trains 3 epochs on 256 samples; LeNet-5 unless --models names others",
     fig5={
         name: Fig5Protocol((256,), 512, 256, pretrain_epochs=2, retrain_epochs=1, eval_samples=500)
         for name in ("lenet5", "alexnet", "vgg8")
     },
+    default_models=("lenet5",),  # the others on request (--models vgg8,alexnet): they take minutes more
     fig4_epochs=3,
     fig4_samples=256,
     fig4_model_samples={},
@@ -222,3 +237,47 @@ SMOKE = Preset(
 )
 
 PRESETS = {p.name: p for p in (PAPER, CPU, SMOKE)}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line changes in a preset's protocols (None: the preset's value)."""
+
+    model: str | None = None  # run this network (a zoo name or package.module:callable) instead of the preset's
+    model_kwargs: dict = field(default_factory=dict)
+    sk_samples: tuple[int, ...] | None = None  # n values (qkgap: the first)
+    max_samples: int | None = None
+    samples: tuple[int, ...] | None = None  # N values
+    epochs: int | None = None  # pre-training epochs
+    retrain_epochs: int | None = None
+    seeds: tuple[int, ...] | None = None  # incremental: the seeds of every protocol
+
+
+def customised(preset: Preset, changes: Overrides) -> Preset:
+    """`preset` with `changes` applied to its Fig. 5, QK-gap and incremental protocols; the result is what
+    results.json records and the scaling prints. A `changes.model` the preset has no protocol for runs with its
+    first protocol of each study as a template."""
+    fig5 = dict(preset.fig5)
+    gaps = list(preset.qk_gap)
+    incremental = dict(preset.incremental)
+    if changes.model is not None:
+        name = changes.model
+        fig5 = {name: replace(fig5.get(name) or next(iter(fig5.values())), model_kwargs=changes.model_kwargs)}
+        template = next((g for g in gaps if g.model == name), gaps[0] if gaps else None)
+        gaps = [replace(template, model=name)] if template else []
+        template = incremental.get(name) or next(iter(incremental.values()), None)
+        incremental = {name: replace(template, model_kwargs=changes.model_kwargs)} if template else {}
+    given = lambda **values: {k: v for k, v in values.items() if v is not None}  # noqa: E731
+    fig5_changes = given(
+        sk_samples=changes.sk_samples,
+        max_samples=changes.max_samples,
+        samples=changes.samples,
+        pretrain_epochs=changes.epochs,
+        retrain_epochs=changes.retrain_epochs,
+    )
+    fig5 = {name: replace(p, **fig5_changes) for name, p in fig5.items()}
+    gap_changes = given(sk_samples=changes.sk_samples and changes.sk_samples[0], sample_counts=changes.samples)
+    gaps = [replace(g, **gap_changes) for g in gaps]
+    chunk_changes = given(pretrain_epochs=changes.epochs, retrain_epochs=changes.retrain_epochs, seeds=changes.seeds)
+    incremental = {name: replace(p, **chunk_changes) for name, p in incremental.items()}
+    return replace(preset, fig5=fig5, qk_gap=tuple(gaps), incremental=incremental)

@@ -6,6 +6,23 @@ from __future__ import annotations
 import statistics
 
 CELL_KEY = ("model", "n", "N", "method", "variant")
+# what the methods are compared on: (metric, its second metric, column name, gap scale, gap unit, higher is better)
+COMPARED = {
+    "classification": ("val_accuracy", "val_loss", "acc", 100, "points", True),
+    "regression": ("val_rmse", "val_r2", "RMSE", 1, "RMSE", False),
+}
+LABELS = {
+    "val_accuracy": "validation accuracy",
+    "val_loss": "validation CCE loss",
+    "val_rmse": "validation RMSE",
+    "val_r2": "validation R²",
+}
+SECOND = {"val_loss": "CCE", "val_r2": "R²"}
+
+
+def task_of(cells: list[dict]) -> str:
+    """Regression cells report RMSE (and no accuracy)."""
+    return "regression" if any("val_rmse" in c for c in cells) else "classification"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -13,8 +30,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(cells: list[dict], metrics: tuple[str, ...] = ("val_accuracy", "val_loss")) -> list[dict]:
-    """One row per (model, n, N, method, variant) with mean, std and the seeds of each metric, in first-seen order."""
+def aggregate(cells: list[dict], metrics: tuple[str, ...] | None = None) -> list[dict]:
+    """One row per (model, n, N, method, variant) with mean, std and the seeds of each metric (default: the two the
+    task compares), in first-seen order."""
+    metrics = metrics or COMPARED[task_of(cells)][:2]
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
         groups.setdefault(tuple(c.get(k, "base") for k in CELL_KEY), []).append(c)
@@ -28,11 +47,13 @@ def aggregate(cells: list[dict], metrics: tuple[str, ...] = ("val_accuracy", "va
 
 
 def qk_gaps(cells: list[dict]) -> dict[tuple, list[float]]:
-    """Per QK-only row (model, n, N, "qk", variant): QK-only minus traditional validation accuracy in points, one
-    value per seed, paired with the traditional cell of the same seed (its same-named variant where there is one,
-    e.g. more epochs, else its base cell). Pairing by seed removes what the seed does to both methods alike."""
+    """Per QK-only row (model, n, N, "qk", variant): QK-only minus traditional validation accuracy in points (for
+    regression: RMSE), one value per seed, paired with the traditional cell of the same seed (its same-named variant
+    where there is one, e.g. more epochs, else its base cell). Pairing by seed removes what the seed does to both
+    methods alike."""
+    metric, _, _, scale, _, _ = COMPARED[task_of(cells)]
     traditional = {
-        (c["model"], c["n"], c["N"], c.get("variant", "base"), c.get("seed", 0)): c["val_accuracy"]
+        (c["model"], c["n"], c["N"], c.get("variant", "base"), c.get("seed", 0)): c[metric]
         for c in cells
         if c["method"] == "traditional"
     }
@@ -44,16 +65,19 @@ def qk_gaps(cells: list[dict]) -> dict[tuple, list[float]]:
         at = (c["model"], c["n"], c["N"])
         baseline = traditional.get((*at, variant, seed), traditional.get((*at, "base", seed)))
         if baseline is not None:
-            gaps.setdefault((*at, "qk", variant), []).append(100 * (c["val_accuracy"] - baseline))
+            gaps.setdefault((*at, "qk", variant), []).append(scale * (c[metric] - baseline))
     return gaps
 
 
-def gap_text(gaps: list[float]) -> str:
-    """ "−2.4 ± 1.1 (QK ahead 0/3)": mean ± std over seeds, and on how many seeds QK-only was ahead."""
+def gap_text(gaps: list[float], higher_is_better: bool = True) -> str:
+    """ "−2.4 ± 1.1 (QK ahead 0/3)": mean ± std over seeds, and on how many seeds QK-only was ahead (a higher
+    accuracy, or a lower RMSE)."""
+    digits = ".2f" if higher_is_better else ".4f"
     if len(gaps) <= 1:
-        return "".join(f"{g:+.2f}" for g in gaps)
+        return "".join(f"{g:+{digits}}" for g in gaps)
     mean, std = mean_std(gaps)
-    return f"{mean:+.2f} ± {std:.2f} (QK ahead {sum(g > 0 for g in gaps)}/{len(gaps)})"
+    ahead = sum(g > 0 if higher_is_better else g < 0 for g in gaps)
+    return f"{mean:+{digits}} ± {std:{digits}} (QK ahead {ahead}/{len(gaps)})"
 
 
 def pm(mean: float, std: float, seeds: int, fmt: str = ".4f") -> str:
@@ -84,16 +108,19 @@ def summary_table(results: dict) -> str:
     if results["experiment"] == "fig5":
         return fig5_table(results["cells"])
     if results["experiment"] == "qkgap":
+        cells = results["cells"]
+        metric, second, name, _, unit, higher = COMPARED[task_of(cells)]
         rows = [
-            "| model | n (SK) | N | method | variant | seeds | val acc | val CCE | QK − traditional (points) |",
+            f"| model | n (SK) | N | method | variant | seeds | val {name} | val {SECOND[second]} | "
+            f"QK − traditional ({unit}) |",
             "|---" * 9 + "|",
         ]
-        gaps = qk_gaps(results["cells"])
-        for r in aggregate(results["cells"]):
-            gap = gap_text(gaps.get(tuple(r[key] for key in CELL_KEY), []))
+        gaps = qk_gaps(cells)
+        for r in aggregate(cells):
+            gap = gap_text(gaps.get(tuple(r[key] for key in CELL_KEY), []), higher)
             rows.append(
                 f"| {r['model']} | {r['n']} | {r['N']} | {r['method']} | {r['variant']} | {len(r['seeds'])} | "
-                f"{cell_metric(r, 'val_accuracy')} | {cell_metric(r, 'val_loss')} | {gap} |"
+                f"{cell_metric(r, metric)} | {cell_metric(r, second)} | {gap} |"
             )
         return "\n".join(rows)
     rows = [
@@ -128,23 +155,26 @@ def number(value: float | None, fmt: str, missing: str) -> str:
 
 
 def fig5_table(cells: list[dict]) -> str:
-    """Fig. 5 side by side: per model, SK size n and N, both methods' accuracy and CCE (mean ± std over seeds) and
-    QK-only minus traditional paired by seed; each n starts with its pre-trained network."""
+    """Fig. 5 side by side: per model, SK size n and N, both methods' accuracy and CCE (regression: RMSE and R²;
+    mean ± std over seeds) and QK-only minus traditional paired by seed; each n starts with its pre-trained
+    network."""
+    metric, second, name, _, unit, higher = COMPARED[task_of(cells)]
+    other = SECOND[second]
     rows = [
-        "| model | n (SK) | N | seeds | QK-only acc | traditional acc | QK − traditional (points) | QK-only CCE | "
-        "traditional CCE |",
+        f"| model | n (SK) | N | seeds | QK-only {name} | traditional {name} | QK − traditional ({unit}) | "
+        f"QK-only {other} | traditional {other} |",
         "|---" * 9 + "|",
     ]
     found = {(r["model"], r["n"], r["N"], r["method"]): r for r in aggregate(cells) if r["variant"] == "base"}
     gaps = qk_gaps(cells)
     for (model, n, N, method), r in found.items():
-        k, acc, cce = len(r["seeds"]), cell_metric(r, "val_accuracy"), cell_metric(r, "val_loss")
+        k, acc, cce = len(r["seeds"]), cell_metric(r, metric), cell_metric(r, second)
         if method == "pretrain":
             rows.append(f"| {model} | {n:,} | pre-trained | {k} | {acc} | | | {cce} | |")
         elif method == "qk":
             t = found.get((model, n, N, "traditional"))
-            t_acc, t_cce = cell_metric(t, "val_accuracy"), cell_metric(t, "val_loss")
-            gap = gap_text(gaps.get((model, n, N, "qk", "base"), []))
+            t_acc, t_cce = cell_metric(t, metric), cell_metric(t, second)
+            gap = gap_text(gaps.get((model, n, N, "qk", "base"), []), higher)
             rows.append(f"| {model} | {n:,} | {N:,} | {k} | {acc} | {t_acc} | {gap} | {cce} | {t_cce} |")
     return "\n".join(rows)
 

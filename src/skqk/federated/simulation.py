@@ -7,11 +7,13 @@ The ServerApp and ClientApp are the ones a real deployment runs (`docs/federated
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Collection
+import warnings
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from skqk.data import load_dataset
@@ -36,6 +38,23 @@ def bind_ray_to_loopback() -> None:
             "Ray was imported before the federated simulation could bind it to 127.0.0.1; set "
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing it"
         )
+
+
+@contextlib.contextmanager
+def engine_output(progress: bool) -> Iterator[None]:
+    """Flower's and Ray's log lines and warnings: their INFO progress with `progress`, else errors only (``-q``: their
+    deprecation and start-up warnings say nothing about the run)."""
+    levels = {name: logging.getLogger(name).level for name in ("flwr", "ray")}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.INFO if progress else logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            if not progress:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def backend_config(threads: int, progress: bool) -> dict:
@@ -114,15 +133,14 @@ def run_federated(
             outcome["error"] = e
             raise
 
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.INFO if progress else logging.WARNING)
     try:
-        run_simulation(
-            server_app(main),
-            client_app(data_dir, cache_dir, tuple(trust)),
-            num_supernodes=cfg.clients,
-            backend_config=backend,
-        )
+        with engine_output(progress):
+            run_simulation(
+                server_app(main),
+                client_app(data_dir, cache_dir, tuple(trust)),
+                num_supernodes=cfg.clients,
+                backend_config=backend,
+            )
     finally:
         stop.set()  # after a Ctrl-C or an engine crash the ServerApp's thread ends too, so the process can exit
     if "error" in outcome:

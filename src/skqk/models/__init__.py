@@ -10,7 +10,8 @@ Example:
     >>> from skqk import models
     >>> net = models.build("vgg8", in_channels=3, image_size=32, num_classes=10)
     >>> models.list_models()
-    ['alexnet', 'lenet5', 'vgg8']
+    ['alexnet', 'lenet5', 'mlp', 'vgg8']
+    >>> net = models.build("mlp", in_features=12, num_classes=1, widths=[64, 32], dropout=0.1)
     >>> net = models.build("my_pkg.nets:build_net", num_classes=10, width=64, trust=["my_pkg.nets:build_net"])
 """
 
@@ -27,7 +28,9 @@ from torch import nn
 from skqk._errors import one_line
 from skqk.patterns import unknown_name_message
 
-DATA_ARGUMENTS = ("in_channels", "image_size", "num_classes")  # what the data decides, not the user
+# what the data decides, not the user: images give in_channels, image_size and num_classes, tables in_features and
+# num_classes (1 for regression)
+DATA_ARGUMENTS = ("in_channels", "image_size", "in_features", "num_classes")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -50,17 +53,9 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(
-    name: str,
-    /,
-    in_channels: int = 3,
-    image_size: int = 32,
-    num_classes: int = 10,
-    *,
-    trust: Collection[str] = (),
-    **options,
-) -> nn.Module:
-    """Build model `name` for images of `in_channels` x `image_size` x `image_size` and `num_classes`.
+def build(name: str, /, *, trust: Collection[str] = (), **options) -> nn.Module:
+    """Build model `name` for the data the `DATA_ARGUMENTS` among `options` describe (none: the builder's defaults,
+    CIFAR-10 images for the paper's networks), the other `options` its own (`mlp`'s widths, ...).
 
     `name` is a zoo name or an import path ``package.module:callable`` that `trust` names (`resolve`). The
     callable gets `options` and those of `in_channels`, `image_size`, `num_classes` its signature takes; it must
@@ -68,13 +63,18 @@ def build(
     callable's own parameters (Python refuses an unknown one; a callable taking ``**kwargs`` gets whatever was
     recorded) and never `trust`, which callers pass by keyword. Failures are one-line `ValueError`s.
     """
-    data = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+    data = {k: options.pop(k) for k in DATA_ARGUMENTS if k in options}
     builder = resolve(name, trust)
-    if ":" not in name:
-        if options:
-            raise ValueError(f"zoo model {name!r} takes no model keyword arguments, got {sorted(options)}")
-        return builder(**data)
     parameters = inspect.signature(builder).parameters
+    if ":" not in name:  # a zoo network gets every data argument and refuses data it is not built for
+        check_options(name, options)
+        unfit = sorted(set(data) - set(parameters))
+        if unfit:
+            raise ValueError(
+                f"zoo model {name!r} is not built for data with {', '.join(unfit)}: for a table, use mlp or your "
+                "own model (--model package.module:callable)"
+            )
+        return builder(**data, **options)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     data = {k: v for k, v in data.items() if takes_any or k in parameters}
     try:
@@ -85,6 +85,16 @@ def build(
     if not issubclass(type(network), nn.Module):  # type(), not isinstance: an object cannot pose as a module
         raise ValueError(f"model {name!r} returned a {type(network).__name__}, not a torch.nn.Module")
     return network
+
+
+def check_options(name: str, options: dict) -> None:
+    """A zoo model's options must be parameters of its builder (`mlp`'s widths, ...); the paper's nets take none."""
+    taken = [p for p in inspect.signature(resolve(name)).parameters if p not in DATA_ARGUMENTS]
+    unknown = sorted(set(options) - set(taken))
+    if unknown and not taken:
+        raise ValueError(f"zoo model {name!r} takes no model keyword arguments, got {', '.join(unknown)}")
+    if unknown:
+        raise ValueError(f"zoo model {name!r} has no option {', '.join(unknown)} (its options: {', '.join(taken)})")
 
 
 def resolve(name: str, trust: Collection[str] = ()) -> Callable[..., nn.Module]:
@@ -133,6 +143,14 @@ def import_trusted(module_name: str):
     return importlib.import_module(module_name)
 
 
-from skqk.models import paper_nets  # noqa: E402,F401  (registers the paper's networks)
+from skqk.models import paper_nets, tabular  # noqa: E402,F401  (register the paper's networks and mlp)
 
-__all__ = ["DATA_ARGUMENTS", "UntrustedModelError", "build", "list_models", "register_model", "resolve"]
+__all__ = [
+    "DATA_ARGUMENTS",
+    "UntrustedModelError",
+    "build",
+    "check_options",
+    "list_models",
+    "register_model",
+    "resolve",
+]

@@ -21,6 +21,7 @@ from torch import nn
 from skqk import models
 from skqk._errors import one_line
 from skqk.atomic import atomic_write
+from skqk.data.dataset import TableData
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import Estimator, build_estimator
 from skqk.selector import PathSelector, build_selector
@@ -93,7 +94,10 @@ def is_keywords(kwargs) -> bool:
 
 
 def model_kwargs(dataset) -> dict:
-    """What a checkpoint records about the data its network was built for (beside an imported model's options)."""
+    """What a checkpoint records about the data its network was built for (beside the model's options): the image
+    shape or a table's feature count, and the outputs (one per class, or 1 for regression)."""
+    if isinstance(dataset.train, TableData):
+        return {"in_features": dataset.in_features, "num_classes": dataset.num_classes}
     return {"in_channels": dataset.in_channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes}
 
 

@@ -77,18 +77,18 @@ class TrainConfig(SGDConfig):
     """Phase 1: initial training of the network from scratch on n samples."""
 
     model: str = "lenet5"  # a name from skqk.models.list_models(), or an import path package.module:callable
-    model_kwargs: dict = field(default_factory=dict)  # keyword arguments of an imported model's callable
+    model_kwargs: dict = field(default_factory=dict)  # options of the model's builder (mlp's, an imported one's)
     samples: int = 1024  # n; paper: 1,024 (LeNet-5, AlexNet), 512 (VGG8), and 4,096 for the larger SK
     epochs: int = 200  # paper: 200 pre-training epochs
 
     def __post_init__(self):
         super().__post_init__()
-        from skqk.models import DATA_ARGUMENTS, resolve  # not at the top: the zoo imports torch
+        from skqk.models import DATA_ARGUMENTS, check_options, resolve  # not at the top: the zoo imports torch
 
         resolve(self.model, trust=(self.model,))  # the caller's choice; refused here, before a run folder exists
-        if self.model_kwargs and ":" not in self.model:
-            raise ValueError(f"zoo model {self.model!r} takes no model keyword arguments (they are for imported ones)")
         taken = sorted(set(self.model_kwargs) & set(DATA_ARGUMENTS))
+        if ":" not in self.model and not taken:
+            check_options(self.model, self.model_kwargs)
         if taken:
             raise ValueError(f"model keyword arguments cannot set {', '.join(taken)}: the data decides them")
 

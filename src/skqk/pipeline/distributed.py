@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from skqk.data.dataset import Dataset, ImageData
+from skqk.data.dataset import Dataset, Split
 from skqk.data.sampling import batch_indices, mixed_seed
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,7 +66,7 @@ class Context:
         return indices.tensor_split(self.world_size)[self.rank] if self.is_distributed else indices
 
     def batches(
-        self, data: ImageData, dataset: Dataset, order: Tensor, batch_size: int
+        self, data: Split, dataset: Dataset, order: Tensor, batch_size: int
     ) -> Iterator[tuple[Tensor, Tensor, Tensor, int]]:
         """This rank's share of every global batch of `order`, as ``(x, y, idx, global batch size)``.
 
@@ -75,7 +75,7 @@ class Context:
         """
         for batch in batch_indices(order, batch_size):
             idx = self.share(batch)
-            yield dataset.normalize(data.images[idx]), data.labels[idx], idx, len(batch)
+            yield dataset.inputs(data, idx), dataset.targets(data, idx), idx, len(batch)
 
     def sum_over_ranks(self, values: Tensor) -> Tensor:
         """`values` summed over all ranks (returned as a new tensor; `values` itself unchanged)."""

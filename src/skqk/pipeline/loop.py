@@ -8,6 +8,7 @@ so a QK run and a traditional run from one checkpoint are a controlled compariso
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import time
@@ -32,6 +33,21 @@ StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> 
 EpochHook = Callable[[int, nn.Module], dict]
 StepHook = Callable[[int, nn.Module], dict | None]  # (SGD steps so far, trained module) -> metrics at that step
 EpochContext = Callable[[torch.optim.Optimizer], contextlib.AbstractContextManager]  # wraps an epoch's steps
+
+
+# what the progress bar of a run calls it (default: its folder's name); an experiment names its cells, e.g.
+# "lenet5 seed=0 n=1024 N=4096 qk", so a reproduction's bars say where it is
+PROGRESS_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("progress_label", default=None)
+
+
+@contextlib.contextmanager
+def progress_label(label: str):
+    """Runs inside this block name their progress bars `label`."""
+    token = PROGRESS_LABEL.set(label)
+    try:
+        yield
+    finally:
+        PROGRESS_LABEL.reset(token)
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,13 +75,15 @@ def evaluate(
     batch_size: int = 1000,
     sharded: bool = False,
     indices: Tensor | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
-    """Accuracy and categorical cross-entropy on the validation (test) split, in eval mode, on the module's device.
+    """Validation metrics on the test split, in eval mode, on the module's device: accuracy and categorical
+    cross-entropy (``val_accuracy``, ``val_loss``), or for regression the MSE of the standardised targets
+    (``val_loss``, what training minimises) and RMSE, MAE and R² in the targets' own units.
 
-    With `limit`, on a fixed class-balanced subset of that many test samples (the split is stored by class);
-    with `indices`, on those test samples (e.g. one chunk's, for the accuracy matrix of incremental training).
-    With `sharded` under torch.distributed, every rank evaluates its share and the sums are added up (every
-    rank must call it).
+    With `limit`, on a fixed subset of that many test samples (class-balanced for classification); with `indices`,
+    on those test samples (e.g. one chunk's, for the accuracy matrix of incremental training). With `sharded`
+    under torch.distributed, every rank evaluates its share and the sums are added up (every rank must call it).
     """
     was_training = module.training
     module.eval()
@@ -73,23 +91,77 @@ def evaluate(
     ctx = distributed.current() if sharded else distributed.Context()
     indices = validation_indices(dataset, limit) if indices is None else indices
     n = len(indices)
-    correct, loss_sum = 0, 0.0
-    for x, y, _ in batches(dataset.test, dataset, ctx.share(indices), batch_size):
+    regression = dataset.task == "regression"
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, correct | loss, squared error, absolute error, y, y²
+    shown = tqdm(
+        batches(dataset.test, dataset, ctx.share(indices), batch_size),
+        desc="evaluating",
+        total=math.ceil(len(ctx.share(indices)) / batch_size),
+        disable=not progress,
+        unit="batch",
+        leave=False,
+    )
+    for x, y, _ in shown:
         x, y = x.to(device), y.to(device)
-        logits = module(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        outputs = module(x).float()
+        sums += batch_sums(outputs, y, dataset).cpu() if regression else classification_sums(outputs, y).cpu()
     module.train(was_training)
     if ctx.is_distributed:
-        loss_sum, correct = ctx.sum_over_ranks(torch.tensor([loss_sum, correct], dtype=torch.float64)).tolist()
-    return {"val_accuracy": correct / n, "val_loss": loss_sum / n}
+        sums = ctx.sum_over_ranks(sums).cpu()
+    if not regression:
+        return {"val_accuracy": sums[1].item() / n, "val_loss": sums[0].item() / n}
+    return regression_metrics(sums, n)
+
+
+def classification_sums(logits: Tensor, y: Tensor) -> Tensor:
+    loss = F.cross_entropy(logits, y, reduction="sum").double()
+    return torch.stack([loss, (logits.argmax(1) == y).sum().double(), *torch.zeros(3, dtype=torch.float64)])
+
+
+def batch_sums(outputs: Tensor, z: Tensor, dataset: Dataset) -> Tensor:
+    """A regression batch's sums: loss on the standardised targets `z`, errors and targets in their own units."""
+    prediction = regression_output(outputs, z).double()
+    z = z.double()
+    scale, shift = dataset.target_std, dataset.target_mean
+    error, y = (prediction - z) * scale, z * scale + shift
+    return torch.stack(
+        [(prediction - z).square().sum(), error.square().sum(), error.abs().sum(), y.sum(), y.square().sum()]
+    )
+
+
+def regression_metrics(sums: Tensor, n: int) -> dict[str, float]:
+    loss, squared, absolute, y_sum, y_square = sums.tolist()
+    total = y_square - y_sum**2 / n  # the targets' sum of squares about their mean
+    r2 = 1 - squared / total if total > 0 else float("nan")
+    return {"val_loss": loss / n, "val_rmse": math.sqrt(squared / n), "val_mae": absolute / n, "val_r2": r2}
+
+
+def regression_output(outputs: Tensor, y: Tensor) -> Tensor:
+    """A regression network's one output per sample, (B,); any other shape is refused in one line."""
+    if outputs.shape not in ((len(y), 1), (len(y),)):
+        raise ValueError(
+            f"a regression network needs one output per sample, got outputs of shape {list(outputs.shape)}"
+        )
+    return outputs.reshape(len(y))
+
+
+def task_loss(outputs: Tensor, y: Tensor, regression: bool, reduction: str = "mean") -> Tensor:
+    """What training minimises: cross-entropy of the class logits, or the MSE of the standardised targets."""
+    if regression:
+        return F.mse_loss(regression_output(outputs, y), y, reduction=reduction)
+    return F.cross_entropy(outputs, y, reduction=reduction)
+
+
+def score(metrics: dict) -> float:
+    """Higher is better: validation accuracy, or minus the validation loss for regression (early stopping)."""
+    return metrics["val_accuracy"] if "val_accuracy" in metrics else -metrics["val_loss"]
 
 
 def validation_indices(dataset: Dataset, limit: int = 0) -> Tensor:
-    """All test samples, or a fixed class-balanced subset of `limit` of them."""
+    """All test samples, or a fixed subset of `limit` of them (class-balanced for classification)."""
     if limit <= 0 or limit >= len(dataset.test):
         return torch.arange(len(dataset.test))
-    return subset_indices(dataset.test.labels, limit, seed=0, balanced=True)
+    return subset_indices(dataset.test.labels, limit, seed=0, balanced=dataset.task == "classification")
 
 
 def fit(
@@ -142,9 +214,10 @@ def fit(
         if hasattr(on_epoch, "load_state_dict"):
             on_epoch.load_state_dict(state.get("hook", {}))
     autocast = precision_context(cfg.precision, ctx.device.type)
+    regression = dataset.task == "regression"
     epochs = tqdm(
         range(len(history), cfg.epochs),
-        desc=run_dir.name,
+        desc=PROGRESS_LABEL.get() or run_dir.name,
         disable=not progress or not ctx.is_main,
         unit="epoch",
         initial=len(history),
@@ -168,20 +241,21 @@ def fit(
                 with autocast:
                     logits = step_forward(x, idx)
                 if ctx.is_distributed:
-                    loss, batch_loss, batch_correct = sharded_loss(ctx, logits.float(), y, global_size)
+                    loss, batch_loss, batch_correct = sharded_loss(ctx, logits.float(), y, global_size, regression)
                 else:
-                    loss = batch_loss = F.cross_entropy(logits.float(), y)
+                    loss = batch_loss = task_loss(logits.float(), y, regression)
                 if not torch.isfinite(batch_loss):
                     raise diverged(batch_loss.item(), epoch, cfg, state_path)
                 sgd_step(opt, loss)
                 if on_step is not None and (extra := on_step(step, trainable)):
                     steps.append({"step": step, **extra})
                 loss_sum += batch_loss.item() * global_size
-                correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
+                if not regression:
+                    correct += batch_correct if ctx.is_distributed else (logits.argmax(1) == y).sum().item()
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / len(indices),
-            "train_accuracy": correct / len(indices),
+            **({} if regression else {"train_accuracy": correct / len(indices)}),
             **evaluate(eval_module, dataset, cfg.eval_samples, sharded=True),
             "seconds": time.perf_counter() - start,
             **({"steps": steps} if on_step is not None else {}),
@@ -191,7 +265,8 @@ def fit(
             metrics.update(on_epoch(epoch + 1, trainable))
             check_finite(metrics, epoch, cfg, state_path)
         history.append(metrics)
-        epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_accuracy']:.3f}")
+        shown = {"val_rmse": metrics["val_rmse"]} if regression else {"val_acc": metrics["val_accuracy"]}
+        epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", **{k: f"{v:.3f}" for k, v in shown.items()})
         if patience and epochs_since_best(history) == 0:  # before resume.pt: a resumed run never lacks it
             ctx.on_main(save_checkpoint, run_dir / "best.pt", {**entry(), "epoch": epoch + 1})
         state = {
@@ -214,9 +289,9 @@ def fit(
 
 
 def epochs_since_best(history: list[dict]) -> int:
-    """Epochs after the first one with the best validation accuracy (early stopping)."""
-    accuracies = [m["val_accuracy"] for m in history]
-    return len(accuracies) - 1 - accuracies.index(max(accuracies)) if accuracies else 0
+    """Epochs after the first one with the best validation `score` (early stopping)."""
+    scores = [score(m) for m in history]
+    return len(scores) - 1 - scores.index(max(scores)) if scores else 0
 
 
 CHANNELS_LAST_PAYS = {"lenet5", "vgg8"}  # layout="auto": measured in docs/benchmarks.md (not for AlexNet)
@@ -282,13 +357,16 @@ def write_epoch(run_dir: Path, history: list[dict], state: dict) -> None:
     save_checkpoint(run_dir / "resume.pt", state)
 
 
-def sharded_loss(ctx: distributed.Context, logits: Tensor, y: Tensor, global_size: int) -> tuple[Tensor, Tensor, int]:
+def sharded_loss(
+    ctx: distributed.Context, logits: Tensor, y: Tensor, global_size: int, regression: bool = False
+) -> tuple[Tensor, Tensor, int]:
     """This rank's loss for DDP, and the global batch's mean loss and number of correct predictions.
 
     DDP averages the ranks' gradients; weighting each rank's summed loss by ``world_size / global_size`` makes
     that average the gradient of the mean loss over the whole global batch, also when the shares are unequal
     (a last batch not divisible by the number of ranks) or empty.
     """
-    loss = F.cross_entropy(logits, y, reduction="sum") * (ctx.world_size / global_size)
-    totals = ctx.sum_over_ranks(torch.stack([loss.detach().double(), (logits.argmax(1) == y).sum().double()]))
+    loss = task_loss(logits, y, regression, reduction="sum") * (ctx.world_size / global_size)
+    correct = torch.zeros((), dtype=torch.float64) if regression else (logits.argmax(1) == y).sum().double()
+    totals = ctx.sum_over_ranks(torch.stack([loss.detach().double(), correct.to(loss.device)]))
     return loss, totals[0] / ctx.world_size, int(totals[1])

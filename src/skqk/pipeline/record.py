@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Collection
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from tqdm.auto import tqdm
 from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import load_model_checkpoint, load_selector, model_kwargs, resolve_pooling
+from skqk.pipeline.loop import PROGRESS_LABEL
 from skqk.selector import PathSelector
 from skqk.store import PatternStore
+from skqk.store.sizing import size_notice
 
 
 def selector_from_checkpoint(
@@ -77,9 +80,11 @@ def record(
         ctx.on_main(lambda: prepared.update(store=open_store(selector, dataset, indices, store, subset)))
         opened = prepared["store"] if ctx.is_main else PatternStore.open(store, selector, verify=False)
         todo = indices[~torch.isin(indices, opened.indices)]
+        if progress and ctx.is_main:  # before the work: the user can still stop and choose patterns on the fly
+            print(size_notice(opened.bytes_per_sample, len(opened) + len(todo), store), file=sys.stderr)
         rounds = todo.split(commit_every * batch_size * ctx.world_size) if len(todo) else ()
         bar = tqdm(
-            desc="record patterns",
+            desc=" ".join(filter(None, ["record patterns", PROGRESS_LABEL.get()])),
             total=sum(-(-len(ctx.share(part)) // batch_size) for part in rounds),
             disable=not progress or not ctx.is_main,
             unit="batch",
@@ -114,7 +119,7 @@ def open_store(
         opened.remove_strays()  # chunks of an earlier recording killed before its commit
         return opened
     device = next(selector.parameters(), torch.empty(0)).device
-    example = selector(dataset.normalize(dataset.train.images[indices[:1]]).to(device))
+    example = selector(dataset.inputs(dataset.train, indices[:1]).to(device))
     return PatternStore.create(store, selector, example, data=dataset.fingerprint, subset=subset)
 
 
@@ -135,6 +140,7 @@ def record_from_checkpoint(
     """`record` for the first `samples` samples of the run's nested subset (what `skqk record` runs); the store
     gets only those it lacks, so recording n + m after n appends the m new samples' patterns."""
     selector = selector_from_checkpoint(checkpoint, pooling, fits=model_kwargs(dataset), trust=trust)
-    indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced, class_chunks)
-    subset = subset_fingerprint(dataset.train.labels, subset_seed, balanced, class_chunks)
+    ordered = dataset.train.ordered
+    indices = subset_indices(dataset.train.labels, samples, subset_seed, balanced, class_chunks, ordered)
+    subset = subset_fingerprint(dataset.train.labels, subset_seed, balanced, class_chunks, ordered)
     return record(selector, dataset, indices, store, batch_size, progress, subset, wait)

@@ -40,8 +40,8 @@ MakeStep = Callable[[PathSelector, Path | None], StepForward]  # (selector, its 
 
 
 def validation_images(dataset: Dataset, samples: int) -> Tensor:
-    """The fixed class-balanced validation samples staleness is measured on, normalised."""
-    return dataset.normalize(dataset.test.images[validation_indices(dataset, samples)])
+    """The fixed (class-balanced) validation samples staleness is measured on, normalised."""
+    return dataset.inputs(dataset.test, validation_indices(dataset, samples))
 
 
 class SKMonitor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from skqk.pipeline.refresh import SKMonitor
 from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 from skqk.pipeline.train import fit_network
 from skqk.store import PatternStore
+from skqk.store.sizing import bytes_per_sample, size_notice
 
 
 def retrain(
@@ -61,7 +63,7 @@ def retrain(
     # everything that can refuse the inputs runs before the run folder is created
     kwargs = model_kwargs(dataset)
     ckpt = load_model_checkpoint(checkpoint, fits=kwargs)
-    indices = training_indices(dataset.train.labels, cfg)
+    indices = training_indices(dataset.train.labels, cfg, dataset.train.ordered)
     source = {"checkpoint_sha256": file_sha256(checkpoint), "store": None, "data": dataset.fingerprint}
     if cfg.method == "traditional":
         if ckpt["kind"] != "network":
@@ -95,6 +97,8 @@ def retrain(
         return lambda x, idx: model(x, selector(x))
 
     make_step(selector, store)  # refuses a store that lacks samples before the run folder is created
+    if progress and distributed.current().is_main:
+        print(patterns_notice(selector, dataset, indices, store if cfg.patterns == "store" else None), file=sys.stderr)
     read = patterns_from_store(selector, store, indices, dataset, cfg) if cfg.patterns == "store" else None
     removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
@@ -121,11 +125,11 @@ def retrain(
     return RunResult(decoupled, history, run_dir, cfg.patience)
 
 
-def training_indices(labels: Tensor, cfg: RetrainConfig) -> Tensor:
+def training_indices(labels: Tensor, cfg: RetrainConfig, ordered: bool = False) -> Tensor:
     """The samples a re-training visits: the range ``cfg.sample_start`` .. ``cfg.samples - 1`` of the run's
-    permutation (all n + m samples by default, only the new ones for data arriving in chunks), then the
-    class-balanced replay buffer of ``cfg.replay`` samples from before the range."""
-    order = subset_indices(labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    permutation (of the time order when `ordered`; all n + m samples by default, only the new ones for data
+    arriving in chunks), then the class-balanced replay buffer of ``cfg.replay`` samples from before the range."""
+    order = subset_indices(labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks, ordered)
     new = order[cfg.sample_start :]
     if not cfg.replay:
         return new
@@ -201,6 +205,18 @@ def dead_unit_removal(cfg, estimator, selector, read, dataset: Dataset, indices:
     return DeadUnitRemoval(estimator, active, removal_report(estimator, active))
 
 
+def patterns_notice(selector, dataset: Dataset, indices: Tensor, store) -> str:
+    """What a QK run says before it starts: the size of the store it reads (`store`), or of the one it could read
+    instead of computing patterns on the fly (`store` None), and the measured trade-off."""
+    if store is not None:
+        per_sample = PatternStore.open(store, verify=False).bytes_per_sample
+    else:
+        device = next(selector.parameters(), torch.empty(0)).device
+        example = selector(dataset.normalize(dataset.train.images[indices[:1]]).to(device))
+        per_sample = bytes_per_sample(selector, example)
+    return size_notice(per_sample, len(indices), store, reading=True)
+
+
 def in_layout(pattern: Pattern, layout: torch.memory_format) -> Pattern:
     """`pattern` with its per-position states in `layout`, so a gate multiplies tensors of one layout."""
     if layout == torch.contiguous_format:
@@ -215,7 +231,9 @@ def patterns_from_store(
     data and subset order."""
     if store is None:
         raise ValueError("QK re-training from a pattern store needs --store (or use on-the-fly patterns)")
-    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    subset = subset_fingerprint(
+        dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks, dataset.train.ordered
+    )
     opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
     missing = (~torch.isin(indices, opened.indices)).sum().item()
     if missing:

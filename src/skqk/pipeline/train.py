@@ -36,7 +36,8 @@ def train(
         >>> result = train(TrainConfig(model="lenet5", samples=1024, epochs=200), dataset, "runs/a")
         >>> result.history[-1]["val_accuracy"]
     """
-    indices = subset_indices(dataset.train.labels, cfg.samples, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    order = (cfg.subset_seed, cfg.balanced, cfg.class_chunks, dataset.train.ordered)
+    indices = subset_indices(dataset.train.labels, cfg.samples, *order)
     kwargs = model_kwargs(dataset) | cfg.model_kwargs  # the checkpoint records both: it rebuilds without flags
     torch.manual_seed(cfg.seed)
     trust = (cfg.model,)  # the model the caller chose to train (configs are never read back from files)

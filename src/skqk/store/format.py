@@ -372,6 +372,9 @@ def _typed(doc: dict, key: str, kind: type, optional: bool = False):
     raise TypeError(f"{key!r} must be {kind.__name__}, got {type(value).__name__}")
 
 
+WINDOW_FIELDS = (("kernel_size", 1), ("stride", 1), ("padding", 0), ("dilation", 1))  # `PoolWindow`'s, least values
+
+
 def _pair_of(doc: dict, key: str, low: int) -> tuple[int, int]:
     value = _typed(doc, key, list)
     if len(value) != 2 or not all(type(v) is int and low <= v < 1 << 16 for v in value):
@@ -392,8 +395,7 @@ def _parse_sites(docs: list, version: int) -> tuple[SiteSpec, ...]:
         if (kind == "switch") != (window is not None) and version >= 2:
             raise ValueError(f"site {name!r}: a window belongs to every switch site and to nothing else")
         if window is not None:
-            window = PoolWindow(*(_pair_of(window, k, low) for k, low in (("kernel_size", 1), ("stride", 1),
-                                                                          ("padding", 0), ("dilation", 1))))
+            window = PoolWindow(*(_pair_of(window, key, low) for key, low in WINDOW_FIELDS))
             if window.size > 1 << SWITCH_BITS or len(shape) < 2:
                 raise ValueError(f"site {name!r}: window {window.kernel_size} on shape {shape}")
         width = window.switch_bits if window is not None else BITS_PER_UNIT[kind]
