@@ -33,42 +33,54 @@ def shell_commands(text: str) -> list[list[str]]:
 
 
 class ReadmeState:
-    """What the README's commands have made so far: run folders, files, and stores with their recorded samples."""
+    """What the README's commands have made so far: run folders and files with the SK they hold, and stores with
+    the SK that recorded them and their samples."""
 
     def __init__(self):
-        self.runs: set[str] = set()
-        self.files: set[str] = set()
-        self.stores: dict[str, int] = {}
+        self.sk: dict[str, str] = {}  # run folder or checkpoint file -> the run whose network is its SK
+        self.stores: dict[str, tuple[str, int]] = {}  # store -> (SK, samples recorded)
 
-    def check_checkpoint(self, path: str, command: str) -> None:
+    def sk_of(self, path: str, command: str) -> str:
         folder, _, name = path.rpartition("/")
-        made = (folder in self.runs and name == "model.pt") or path in self.files
-        assert made, f"`skqk {command}` reads {path}, which no earlier README command makes"
+        made = folder if name == "model.pt" and folder in self.sk else path
+        assert made in self.sk, f"`skqk {command}` reads {path}, which no earlier README command makes"
+        return self.sk[made]
+
+    def record_into(self, store: str, sk: str, samples: int, command: str) -> None:
+        if store in self.stores:
+            assert self.stores[store][0] == sk, f"`skqk {command}` records into {store}, which another SK recorded"
+        self.stores[store] = (sk, max(samples, self.stores.get(store, (sk, 0))[1]))
 
     def check(self, args) -> None:
         """Refuse references to what does not exist yet; then record what the command makes."""
         command = args.command
-        for path in [
-            getattr(args, "checkpoint", None),
-            getattr(args, "start", None),
-            *getattr(args, "checkpoints", []),
-        ]:
-            if path is not None:
-                self.check_checkpoint(path, command)
+        sks = [self.sk_of(p, command) for p in [getattr(args, "checkpoint", None), getattr(args, "start", None)]
+               + getattr(args, "checkpoints", []) if p is not None]  # fmt: skip
+        out = getattr(args, "out", None)
+        if out is not None and command in ("train", "retrain", "refresh", "federated"):  # refuse a finished run
+            assert out not in self.sk or getattr(args, "resume", False), f"`skqk {command}` reuses the run {out}"
         store = getattr(args, "store", None)
-        if command in ("record", "refresh"):
-            self.stores[store] = max(self.stores.get(store, 0), args.samples)
+        if command == "record":
+            self.record_into(store, sks[0], args.samples, command)
+        elif command == "refresh":
+            self.record_into(store, out, args.samples, command)  # the refreshed SK is the new run's
         elif store is not None:
             assert store in self.stores, f"`skqk {command}` reads the store {store}, which no earlier command records"
+            recorded_by, samples = self.stores[store]
             if command == "retrain":
+                assert recorded_by == sks[0], f"`skqk retrain` reads {store}, which another SK recorded"
                 needed = args.sample_range[1] if args.sample_range else args.samples or 4096
-                assert self.stores[store] >= needed, (
-                    f"`skqk retrain` reads samples up to {needed} from {store}, which holds {self.stores[store]}"
+                assert samples >= needed, (
+                    f"`skqk retrain` reads samples up to {needed} from {store}, which holds {samples}"
                 )
         if command == "merge":
-            self.files.add(args.out)
-        elif getattr(args, "out", None) is not None:
-            self.runs.add(args.out)
+            self.sk[args.out] = sks[0]
+        elif command == "train" or (command == "retrain" and args.method == "traditional"):
+            self.sk[out] = out  # a network: its own SK
+        elif command == "refresh":
+            self.sk[out] = out
+        elif out is not None:
+            self.sk[out] = sks[0] if sks else out  # a QK run keeps its start's SK
 
 
 def test_every_readme_command_parses_and_uses_only_what_earlier_commands_made():
@@ -100,6 +112,12 @@ def test_every_readme_command_parses_and_uses_only_what_earlier_commands_made():
             "samples up to 20 from S, which holds 10",
         ),
         ("skqk train --out R\nskqk merge R/model.pt RUN_D/model.pt -o M.pt", "RUN_D/model.pt"),
+        (
+            "skqk train --out R\nskqk record --checkpoint R/model.pt --samples 10 --store S\n"
+            "skqk train --out R0\nskqk record --checkpoint R0/model.pt --samples 20 --store S",
+            "records into S, which another SK recorded",
+        ),
+        ("skqk train --out R\nskqk train --out R", "reuses the run R"),
         ("skqk train --out R --epochz 3", "does not parse"),
     ],
 )
