@@ -30,8 +30,8 @@ def reproduce(figure: str, out: Path, data: str, *extra: str) -> subprocess.Comp
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
-def test_fig5_smoke_all_models_then_resume_from_cache(cifar10, tmp_path):
-    done = reproduce("fig5", tmp_path, cifar10)
+def test_fig5_smoke_default_model_then_resume_from_cache(cifar10, tmp_path):
+    done = reproduce("fig5", tmp_path, cifar10)  # the smoke preset runs LeNet-5 unless --models names others
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["preset"]["name"] == "smoke" and results["preset"]["description"]  # the scaling is written
@@ -39,14 +39,14 @@ def test_fig5_smoke_all_models_then_resume_from_cache(cifar10, tmp_path):
     expected = {
         (m, n, N, method)
         for m, proto in PRESETS["smoke"].fig5.items()
+        if m == "lenet5"
         for n in proto.sk_samples
         for N in proto.sample_counts(n)
         for method in ("qk", "traditional")
     }
     assert {(c["model"], c["n"], c["N"], c["method"]) for c in cells if c["method"] != "pretrain"} == expected
     assert all(0.0 <= c["val_accuracy"] <= 1.0 and c["val_loss"] > 0 for c in cells)
-    for name in ("lenet5", "alexnet", "vgg8"):
-        assert (tmp_path / f"fig5_{name}.png").stat().st_size > 10_000
+    assert (tmp_path / "fig5_lenet5.png").stat().st_size > 10_000 and not (tmp_path / "fig5_vgg8.png").exists()
     assert "| lenet5 | 256 | 512 | 1 | " in done.stdout  # both methods side by side
     assert (tmp_path / "fig5.csv").read_text().count("\n") == len(cells) + 1
     # every cell is cached: a second invocation recomputes nothing and reports the same numbers
