@@ -42,3 +42,14 @@ def flower() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must install the federated extra (pip install -e '.[federated]'); missing {missing}")
     pytest.skip(f"Flower's simulation engine is not installed ({', '.join(missing)}): pip install -e '.[federated]'")
+
+
+@pytest.fixture
+def task_identity(flower):
+    """Messages need the identity of the task creating them, which Flower sets in its own processes."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved

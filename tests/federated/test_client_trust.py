@@ -13,20 +13,13 @@ if importlib.util.find_spec("flwr") is None and os.environ.get("CI") != "true": 
     pytest.skip("Flower is not installed: pip install -e '.[federated]'", allow_module_level=True)
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from pipeline_helpers import make_dataset  # noqa: E402
 
 from skqk.federated.client_app import client_app  # noqa: E402
 from skqk.federated.config import FederatedConfig  # noqa: E402
 from skqk.pipeline.checkpoint import CheckpointError  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def task_identity(flower):
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # Flower messages need a task identity
 
 
 @pytest.fixture
