@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from skqk.atomic import atomic_write
+from skqk.pipeline.checkpoint import load_torch_file
 
 FORMAT = "skqk-analytic-statistics"
 VERSION = 1
@@ -212,12 +213,7 @@ class Statistics:
     def load(path: str | os.PathLike) -> tuple[Statistics, dict]:
         """`Statistics` and the `extra` saved with them, loaded as data (never code)."""
         path = Path(path)
-        if not path.is_file():
-            raise StatisticsError(f"{path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise StatisticsError(f"{path} is unreadable (truncated or corrupt?): {type(e).__name__}") from None
+        state = load_torch_file(path, StatisticsError)
         if not isinstance(state, dict):
             raise StatisticsError(f"{path} holds no skqk analytic statistics")
         extra = state.get("extra", {})

@@ -42,14 +42,20 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
         f.write(serialized.getbuffer())
 
 
+def load_torch_file(path: Path, error: type[Exception], label: str = "") -> Any:
+    """The content of a torch file loaded as data (``weights_only``: never code), a missing or unreadable file
+    raised as one line of `error`, the file named after `label`."""
+    if not path.is_file():
+        raise error(f"{label}{path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise error(f"{label}{path} is unreadable (truncated or corrupt?): {type(e).__name__}") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt?): {type(e).__name__}") from None
+    ckpt = load_torch_file(path, CheckpointError, "checkpoint ")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an skqk checkpoint")
     if ckpt.get("version") != VERSION:
