@@ -101,10 +101,11 @@ def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, prog
     options = {"model_kwargs": protocol.model_kwargs}
     pre_cfg = TrainConfig(model=name, samples=S, epochs=protocol.pretrain_epochs, **options, **common)
     key = {"model": name, "order": order, "seed": seed}
+    trust = (name,)  # the caller chose the model (reproduce --model): re-training and evaluation build it too
 
     def pretrain(cell_dir: Path):
         result = train(pre_cfg, dataset, cell_dir, resume=True, progress=progress)
-        return result, {"row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets)}
+        return result, {"row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets, trust)}
 
     pre = cached_cell(folder / "pretrain", pretrain, {**key, "arm": "pretrain", "chunk": 0}, pre_cfg)
     pretrained = folder / "pretrain" / "model.pt"
@@ -122,7 +123,7 @@ def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, prog
                 **common,
             )
             cell_dir = folder / arm_name / f"chunk{k}"
-            run = chunk_run(cfg, start, dataset, folder, eval_sets[: k + 1], progress)
+            run = chunk_run(cfg, start, dataset, folder, eval_sets[: k + 1], progress, trust)
             cells.append(diverged_or_cached(cell_dir, run, {**key, "arm": arm_name, "chunk": k}, cfg))
             if "diverged" in cells[-1]:  # the arm's stream ends here: nothing to continue from
                 break
@@ -141,22 +142,22 @@ def diverged_or_cached(cell_dir: Path, run, key: dict, cfg: RetrainConfig) -> di
         return cell
 
 
-def chunk_run(cfg: RetrainConfig, start: Path, dataset: Dataset, folder: Path, eval_sets, progress: bool):
+def chunk_run(cfg: RetrainConfig, start: Path, dataset: Dataset, folder: Path, eval_sets, progress: bool, trust=()):
     """One chunk of one arm: Phase 3 for the patterns its SK's store lacks (QK), Phase 4 or the baseline, then the
-    accuracy on every chunk so far (`eval_sets`)."""
+    accuracy on every chunk so far (`eval_sets`); a model named by import path is built only if `trust` names it."""
 
     def run(cell_dir: Path):
         store, record_seconds = None, 0.0
         if cfg.method == "qk":
             t0 = time.perf_counter()
-            selector = selector_from_checkpoint(start)
+            selector = selector_from_checkpoint(start, trust=trust)
             store = folder / "patterns" / selector.fingerprint[:16]  # one store per SK, shared by the arms
             record(selector, dataset, training_indices(dataset.train.labels, cfg), store, progress=False)
             record_seconds = time.perf_counter() - t0
-        result = retrain(cfg, start, dataset, cell_dir, store=store, resume=True, progress=progress)
+        result = retrain(cfg, start, dataset, cell_dir, store=store, resume=True, progress=progress, trust=trust)
         refreshes = [h["sk_refresh"] for h in result.history if "sk_refresh" in h]
         return result, {
-            "row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets),
+            "row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets, trust),
             "record_seconds": record_seconds,
             "samples_processed": cfg.epochs * len(training_indices(dataset.train.labels, cfg)),
             "refreshes": len(refreshes),
@@ -167,9 +168,9 @@ def chunk_run(cfg: RetrainConfig, start: Path, dataset: Dataset, folder: Path, e
     return run
 
 
-def accuracy_row(checkpoint: Path, dataset: Dataset, eval_sets) -> list[float]:
+def accuracy_row(checkpoint: Path, dataset: Dataset, eval_sets, trust=()) -> list[float]:
     """Accuracy of a checkpoint, as it deploys, on the test samples of every chunk in `eval_sets`."""
-    module, _ = load_for_evaluation(checkpoint)
+    module, _ = load_for_evaluation(checkpoint, trust=trust)
     return [evaluate(module, dataset, indices=s)["val_accuracy"] for s in eval_sets]
 
 
