@@ -16,7 +16,7 @@ from pipeline_helpers import (
     tiny_models,  # noqa: F401  (fixture: the test models)
 )
 
-import skqk.pipeline.loop as loop_module
+import skqk.pipeline.validation as validation_module
 from skqk.pipeline.checkpoint import load_checkpoint, load_for_evaluation, save_checkpoint
 from skqk.pipeline.config import RetrainConfig, TrainConfig
 from skqk.pipeline.loop import evaluate
@@ -100,7 +100,7 @@ def test_pruned_channels_last_qk_retraining_resumes_bit_identically(pretrained, 
         return evaluate(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(loop_module, "evaluate", evaluate_then_crash_in_epoch_2)
+        patch.setattr(validation_module, "evaluate", evaluate_then_crash_in_epoch_2)  # a QK run's evaluation
         with pytest.raises(Interrupt):
             retrain(cfg, pretrained, data, tmp_path / "resumed", store=tmp_path / "store", progress=False)
     retrain(cfg, pretrained, data, tmp_path / "resumed", store=tmp_path / "store", resume=True, progress=False)
