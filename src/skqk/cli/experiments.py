@@ -56,6 +56,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--retrain-epochs", type=int, help="fig5, qkgap, incremental: re-training epochs (overrides)")
     p.add_argument("--every-steps", type=int, help="fig4: also compare patterns every K SGD steps (0 = per epoch)")
     p.add_argument("--flip-threshold", type=float, help="fig4: flip fraction below which patterns count as settled")
+    p.add_argument(
+        "--studies", help="analytic: comma-separated studies of fig5, incremental, federated (default: all three)"
+    )
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
     add_data_options(p)
 
@@ -75,6 +78,7 @@ REPRODUCE_OPTIONS = {
     "retrain_epochs": (("fig5", "qkgap", "incremental"), None),
     "every_steps": (("fig4",), None),
     "flip_threshold": (("fig4",), None),
+    "studies": (("analytic",), None),
 }
 
 
@@ -194,7 +198,7 @@ def reproduce_federated(args) -> None:
 
 
 def reproduce_analytic(args) -> None:
-    from skqk.experiments.analytic import PRESETS, run_analytic
+    from skqk.experiments.analytic import PRESETS, STUDIES, run_analytic
     from skqk.experiments.report import summary_table
 
     if args.preset not in PRESETS:
@@ -208,9 +212,11 @@ def reproduce_analytic(args) -> None:
             raise ValueError(f"unknown model {name!r} for analytic; choose from {', '.join(preset.studies.fig5)}")
     print(preset.studies.scaling(), preset.federated.scaling(), sep="\n", file=sys.stderr)
     seeds = parse_int_list(args.seeds or "0")
-    results = run_analytic(
-        preset, names, load_data(args), args.out, args.data_dir, args.cache_dir, not args.quiet, seeds
-    )
+    studies = (args.studies or ",".join(STUDIES)).split(",")
+    if not set(studies) <= set(STUDIES):
+        raise ValueError(f"--studies takes {', '.join(STUDIES)}, got {args.studies!r}")
+    data = load_data(args)
+    results = run_analytic(preset, names, data, args.out, args.data_dir, args.cache_dir, not args.quiet, seeds, studies)
     for study, result in results.items():
         print(f"{study}:\n{summary_table(result)}")
     print(f"results in {args.out}/{{{','.join(results)}}}/results.json")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from skqk.pipeline.checkpoint import load_for_evaluation
 from skqk.pipeline.loop import evaluate
 from skqk.pipeline.record import record, selector_from_checkpoint
 
+STUDIES = ("fig5", "incremental", "federated")
 SOLVES = ("mse", "ce")  # the analytic cells' losses: ridge on one-hot targets, Newton on cross-entropy
 AFTER_RIDGE = Variant("after-ridge", pooling="frozen")  # SGD QK (frozen switches, as the solve) from the ridge head
 INCREMENTAL_ARMS = ("analytic", "qk-new", "qk-replay", "traditional-replay", "traditional-all")
@@ -283,20 +285,23 @@ def run_analytic(
     cache_dir: str | None = None,
     progress: bool = True,
     seeds: tuple[int, ...] = (0,),
+    studies: Sequence[str] = STUDIES,
 ) -> dict[str, dict]:
-    """The three studies one after the other into out/fig5, out/incremental and out/federated (the latter two
-    LeNet-5 only, whatever `model_names`); their results by study."""
+    """The `studies` one after the other into out/fig5, out/incremental and out/federated (the latter two for the
+    models their protocols have, LeNet-5); their results by study."""
     out = Path(out)
-    studies = preset.studies
-    incremental = replace(studies, incremental={
-        name: replace(p, seeds=seeds) for name, p in studies.incremental.items()
+    protocols = preset.studies
+    incremental = replace(protocols, incremental={
+        name: replace(p, seeds=seeds) for name, p in protocols.incremental.items()
     })  # fmt: skip
-    results = {"fig5": run_analytic_fig5(studies, model_names, dataset, out / "fig5", progress, seeds)}
+    results = {}
+    if "fig5" in studies:
+        results["fig5"] = run_analytic_fig5(protocols, model_names, dataset, out / "fig5", progress, seeds)
     names = [n for n in model_names if n in incremental.incremental]
-    if names:
+    if names and "incremental" in studies:
         results["incremental"] = run_incremental(incremental, names, dataset, out / "incremental", progress)
     names = [n for n in model_names if n in preset.federated.models]
-    if names:
+    if names and "federated" in studies:
         results["federated"] = run_federated_experiment(
             preset.federated, names, dataset, out / "federated", data_dir, cache_dir, progress
         )

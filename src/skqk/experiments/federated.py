@@ -141,7 +141,7 @@ def run_federated_experiment(
     write_csv(out / "federated.csv", [{k: v for k, v in c.items() if k not in ("rounds", "config")} for c in cells])
     for name in model_names:
         for clients in preset.models[name].clients:
-            mine = [c for c in cells if c["model"] == name and c["clients"] == clients]
+            mine = [c for c in cells if c["model"] == name and c["clients"] == clients and "infeasible" not in c]
             plot_federated(
                 mine, f"{name}, K = {clients}", out / f"federated_{name}_K{clients}.png", preset.name, dataset.source
             )
@@ -170,8 +170,14 @@ def cached(cell_dir: Path, key: dict, cfg: FederatedConfig, run, context: tuple)
         return cell
     if cell_dir.exists():  # an interrupted federated run does not resume: start the cell again
         shutil.rmtree(cell_dir)
-    started = time.perf_counter()
     start, dataset, data_dir, cache_dir, progress = context
+    try:
+        client_shard(dataset, cfg, 0)  # the split is drawn before anything trains: e.g. Dirichlet 0.01 over 20
+    except ValueError as e:  # clients leaves some without samples, a result of the setting, cached like one
+        cell = {**key, "infeasible": str(e), "config": cfg.to_dict()}
+        write_json(cell_file, cell)
+        return cell
+    started = time.perf_counter()
     result = run(cfg, start, dataset, cell_dir, data_dir, cache_dir, progress)
     cell = {**key, **result, "wall_seconds": time.perf_counter() - started, "config": cfg.to_dict()}
     write_json(cell_file, cell)

@@ -99,6 +99,11 @@ def summary_table(results: dict) -> str:
         rows = ["| model | K | partition | method | val acc | val CCE | MiB down | MiB up | wall s |", "|---" * 9 + "|"]
         for c in results["cells"]:
             partition = f"Dirichlet {c['alpha']:g}" if c["partition"] == "dirichlet" else "IID"
+            if "infeasible" in c:
+                rows.append(
+                    f"| {c['model']} | {c['clients']} | {partition} | {c['method']} | not run: {c['infeasible']} |"
+                )
+                continue
             rows.append(
                 f"| {c['model']} | {c['clients']} | {partition} | {c['method']} | {c['val_accuracy']:.4f} | "
                 f"{c['val_loss']:.4f} | {c['bytes_down'] / 2**20:.1f} | {c['bytes_up'] / 2**20:.1f} | "
