@@ -57,13 +57,17 @@ PRESETS = {
         Preset(
             "cpu",
             "scaled for a 2-core CPU shared by five: Fig. 5 cells of LeNet-5 with SK from n = 1,024 (the paper's "
-            "200 pre-training epochs), N = 1,024, 4,096, 16,384, SGD cells with the cpu preset's 10 re-training "
-            "epochs; VGG8 (n = 512, N up to 8,192) and AlexNet (n = 1,024, N up to 4,096) with the cpu preset's "
-            "short schedules, on request; the class-incremental stream of the cpu preset (LeNet-5, 5 chunks of "
-            "300 samples, 15 + 3 epochs), five arms",
+            "200 pre-training epochs), N = 1,024, 4,096, 16,384, 32,768, SGD cells with the cpu preset's 10 re-"
+            "training epochs; VGG8 (n = 512, N up to 8,192) and AlexNet (n = 1,024, N up to 4,096) with the cpu "
+            "preset's short schedules, on request; the class-incremental stream of the cpu preset (LeNet-5, 5 "
+            "chunks of 300 samples, 15 + 3 epochs), five arms",
             fig5={
                 "lenet5": Fig5Protocol(
-                    (1024,), samples=(1024, 4096, 16384), pretrain_epochs=200, retrain_epochs=10, eval_samples=2000
+                    (1024,),
+                    samples=(1024, 4096, 16384, 32768),
+                    pretrain_epochs=200,
+                    retrain_epochs=10,
+                    eval_samples=2000,
                 ),
                 "vgg8": Fig5Protocol(
                     (512,), samples=(512, 2048, 8192), pretrain_epochs=10, retrain_epochs=3, eval_samples=2000
