@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from skqk.analytic import find_block, solve_ridge, statistics
+from skqk.analytic.run import Problem
 from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.data.sampling import replay_indices
 from skqk.decoupled import DecoupledModel
@@ -110,9 +113,14 @@ def retrain(
     read = patterns_from_store(selector, store, indices, dataset, cfg) if cfg.patterns == "store" else None
     removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
-    run_dir = distributed.current().on_main(
-        prepare_run_dir, out, resume, cfg, source, pooling, removal and {"dead_unit_removal": removal.summary()}
-    )
+    extra = {"dead_unit_removal": removal.summary()} if removal else {}
+    if cfg.optimizer == "ridge-head":  # on resume too: resume.pt then replaces the weights, solved or trained
+        opened = PatternStore.open(store, verify=False) if cfg.patterns == "store" else None
+        subset = subset_fingerprint(
+            dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks, dataset.train.ordered
+        )
+        extra["head_solve"] = solve_head(Problem(ckpt, decoupled, opened, dataset, indices, subset))
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source, pooling, extra or None)
     torch.manual_seed(cfg.seed)
     network = build_network(ckpt, path=str(checkpoint), trust=trust).to(next(estimator.parameters()).device)
     validate = RecordedValidation(decoupled, dataset, cfg.eval_samples, prepare)
@@ -134,6 +142,25 @@ def retrain(
         validate=validate,
     )
     return RunResult(decoupled, history, run_dir, cfg.patience)
+
+
+def solve_head(problem: Problem) -> dict:
+    """``--optimizer ridge-head``: the estimator's head set to its exact ridge solution on all of the problem's
+    samples (one-hot targets, λ chosen by GCV; `skqk.analytic`), its input computed in eval mode through the
+    fixed SK. With the SK fixed the output is linear in the head's weights, so this is the least-squares optimum
+    of that layer in one pass over the data, where SGD takes epochs to approach it. Returns what config.json
+    records: the head, λ and how it was chosen, and the seconds it took (a QK run's time to accuracy)."""
+    start = time.perf_counter()
+    estimator = problem.estimator
+    block = find_block(estimator)
+    was_training = estimator.training
+    estimator.eval()
+    try:
+        solution = solve_ridge(statistics(problem, block, torch.arange(len(problem.order))))
+    finally:
+        estimator.train(was_training)
+    block.assign(solution.theta)
+    return {"block": block.name, **solution.record(), "seconds": time.perf_counter() - start}
 
 
 def training_indices(labels: Tensor, cfg: RetrainConfig, ordered: bool = False) -> Tensor:
