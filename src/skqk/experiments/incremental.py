@@ -50,6 +50,7 @@ ARMS = {
     "traditional-all": Arm("traditional", "all"),
     "qk-new-refresh": Arm("qk", "new", sk_refresh="auto"),
     "qk-all-refresh": Arm("qk", "all", sk_refresh="auto"),  # does refreshing close the Fig. 5 gap?
+    "analytic": Arm("analytic", "new"),  # the head's ridge statistics, chunk by chunk (skqk.analytic; not the paper's)
 }
 
 
@@ -111,25 +112,40 @@ def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, prog
     pretrained = folder / "pretrain" / "model.pt"
     streams = []
     for arm_name in protocol.arms or ARMS:
-        arm, start, cells = ARMS[arm_name], pretrained, []
-        for k in range(1, protocol.chunks):
-            cfg = RetrainConfig(
-                samples=(k + 1) * S,
-                sample_start=k * S if arm.data == "new" else 0,
-                replay=protocol.replay if arm.replay else 0,
-                method=arm.method,
-                sk_refresh=arm.sk_refresh,
-                epochs=protocol.retrain_epochs,
-                **common,
+        arm_key = {**key, "arm": arm_name}
+        if ARMS[arm_name].method == "analytic":
+            from skqk.experiments.analytic import analytic_chunks
+
+            cells = analytic_chunks(arm_key, protocol, common, pretrained, dataset, folder / arm_name, eval_sets, trust)
+        else:
+            cells = sgd_chunks(
+                ARMS[arm_name], arm_key, protocol, common, pretrained, dataset, folder, eval_sets, progress, trust
             )
-            cell_dir = folder / arm_name / f"chunk{k}"
-            run = chunk_run(cfg, start, dataset, folder, eval_sets[: k + 1], progress, trust)
-            cells.append(diverged_or_cached(cell_dir, run, {**key, "arm": arm_name, "chunk": k}, cfg))
-            if "diverged" in cells[-1]:  # the arm's stream ends here: nothing to continue from
-                break
-            start = cell_dir / "model.pt"
         streams.append(stream_result(key, arm_name, pre, cells, folder / arm_name))
     return streams
+
+
+def sgd_chunks(arm: Arm, key: dict, protocol, common: dict, pretrained: Path, dataset, folder: Path, eval_sets,
+               progress: bool, trust=()) -> list[dict]:  # fmt: skip
+    """One SGD arm over chunks 1.. , each chunk re-trained from the previous chunk's result."""
+    S, start, cells = protocol.chunk_samples, pretrained, []
+    for k in range(1, protocol.chunks):
+        cfg = RetrainConfig(
+            samples=(k + 1) * S,
+            sample_start=k * S if arm.data == "new" else 0,
+            replay=protocol.replay if arm.replay else 0,
+            method=arm.method,
+            sk_refresh=arm.sk_refresh,
+            epochs=protocol.retrain_epochs,
+            **common,
+        )
+        cell_dir = folder / key["arm"] / f"chunk{k}"
+        run = chunk_run(cfg, start, dataset, folder, eval_sets[: k + 1], progress, trust)
+        cells.append(diverged_or_cached(cell_dir, run, {**key, "chunk": k}, cfg))
+        if "diverged" in cells[-1]:  # the arm's stream ends here: nothing to continue from
+            break
+        start = cell_dir / "model.pt"
+    return cells
 
 
 def diverged_or_cached(cell_dir: Path, run, key: dict, cfg: RetrainConfig) -> dict:
