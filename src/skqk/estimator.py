@@ -13,6 +13,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from skqk.fuse import fuse_relu_pool
+from skqk.gates import ReluGate
 from skqk.sites import Pooling, Site, has_max_pooling, rewrite_gates, trace
 
 
@@ -69,3 +70,19 @@ def build_estimator(
     if fuse and pooling == "frozen":
         fuse_relu_pool(gm)
     return Estimator(gm, sites, [p.target for p in placeholders if not p.args])
+
+
+def mask_sites(estimator: Estimator) -> set[str]:
+    """The sites whose states only ReLU gates read, as 0/1 masks they multiply by (``x * mask``): a step can be
+    given them already as masks of its dtype (`skqk.pipeline.retrain.for_step`). The other gates select with
+    their bool or uint8 states (``torch.where``, a gather) and keep them."""
+    gm = estimator.net
+    pattern = next(n for n in gm.graph.nodes if n.op == "placeholder")  # `build_estimator` puts it first
+    readers: dict[str, list[bool]] = {}
+    for node in pattern.users:
+        if node.target is operator.getitem:
+            readers[node.args[1]] = [
+                u.op == "call_module" and type(gm.get_submodule(u.target)) is ReluGate and u.args[-1] is node
+                for u in node.users
+            ]
+    return {site for site, by_relu in readers.items() if by_relu and all(by_relu)}

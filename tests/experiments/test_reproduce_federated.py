@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from skqk.experiments.federated import METHODS, PRESETS
+from skqk.experiments.federated import PRESETS
 
 
 def reproduce(out: Path, data: str, *extra: str) -> subprocess.CompletedProcess:
@@ -22,7 +22,9 @@ def test_federated_smoke_then_resume_from_cache(flower, cifar10, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     protocol = PRESETS["smoke"].models["lenet5"]
-    expected = {(k, kind, method) for k in protocol.clients for kind, _ in protocol.partitions for method in METHODS}
+    expected = {
+        (k, kind, method) for k in protocol.clients for kind, _ in protocol.partitions for method in protocol.methods
+    }
     cells = results["cells"]
     assert {(c["clients"], c["partition"], c["method"]) for c in cells} == expected
     for cell in cells:

@@ -1,4 +1,5 @@
-"""torch.distributed: `skqk record` and `skqk retrain` under torchrun, 2 CPU processes (gloo) over loopback.
+"""torch.distributed: `skqk record`, `skqk retrain` and `skqk solve` under torchrun, 2 CPU processes (gloo) over
+loopback.
 
 One single-process pipeline and one torchrun pipeline share a tiny image-folder dataset and a lenet5 checkpoint
 (no BatchNorm, no dropout, so DDP must reproduce the single-process run up to floating-point rounding):
@@ -6,6 +7,8 @@ One single-process pipeline and one torchrun pipeline share a tiny image-folder 
 * the store recorded by 2 ranks reads back exactly the patterns recorded by one process;
 * QK re-training (patterns from that 2-rank store) and traditional re-training (interrupted after epoch 1 and
   resumed under torchrun) end with the single-process weights, batch sizes leaving uneven and empty shares;
+* the analytic solve (ridge, cross-entropy, and forgetting samples from a run) sums the two ranks' statistics
+  into the single-process solve;
 * only rank 0 writes the run folder.
 """
 
@@ -27,6 +30,7 @@ from PIL import Image
 
 import skqk
 from skqk import cli
+from skqk.analytic import Statistics
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import load_checkpoint
 from skqk.pipeline.record import selector_from_checkpoint
@@ -41,6 +45,8 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 14, 5
 SAMPLES = 41  # of the 42 training images: 41 = 5 * 8 + 1 (a last QK batch of 1: rank 1's share is empty)
 QK_BATCH, TRADITIONAL_BATCH = 8, 7  # traditional: shares of 4 and 3 samples, and a last batch of 6
 RUN_FILES = {"config.json", "metrics.jsonl", "resume.pt", "model.pt"}
+SOLVE_FILES = {"config.json", "stats.pt", "model.pt"}
+SOLVES = ("solve", "solve-ce", "solve-forget")  # run folders <name>1 (one process) and <name>2 (torchrun)
 
 
 def write_image_folder(root: Path) -> Path:
@@ -129,6 +135,14 @@ def runs(tmp_path_factory) -> dict:
     config["config"]["epochs"] = 2
     (tmp / "traditional2" / "config.json").write_text(json.dumps(config))
     torchrun(*traditional, "--epochs", "2", "--resume", "--out", str(tmp / "traditional2"))
+
+    skqk_cli("record", *checkpoint, "--pooling", "frozen", "--store", str(tmp / "frozen"))
+    solve = ["solve", *checkpoint, "--store", str(tmp / "frozen"), "--batch-size", str(QK_BATCH)]
+    for n, run in ((1, skqk_cli), (2, torchrun)):  # batches of 8: rank 1's share of the last batch is empty
+        run(*solve, "--out", str(tmp / f"solve{n}"))
+        run(*solve, "--loss", "ce", "--out", str(tmp / f"solve-ce{n}"))
+        forget = ["solve", "--from", str(tmp / f"solve{n}"), "--store", str(tmp / "frozen"), "--forget", "3:20"]
+        run(*forget, *data, "--out", str(tmp / f"solve-forget{n}"))
     return {"tmp": tmp, "seconds": seconds}
 
 
@@ -162,6 +176,19 @@ def test_only_rank_0_writes_the_run_folder(runs, method):
     run = runs["tmp"] / f"{method}2"
     assert {f.name for f in run.iterdir()} == RUN_FILES
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("name", SOLVES)
+def test_two_ranks_solve_as_one_process(runs, name):
+    tmp = runs["tmp"]
+    one, two = (load_checkpoint(tmp / f"{name}{n}" / "model.pt") for n in (1, 2))
+    assert_same_weights(two["state_dict"], one["state_dict"])
+    assert two["analytic"]["samples"] == one["analytic"]["samples"] == SAMPLES - (17 if "forget" in name else 0)
+    assert two["analytic"]["ridge"]["lambda"] == pytest.approx(one["analytic"]["ridge"]["lambda"], rel=1e-5)
+    a, b = (Statistics.load(tmp / f"{name}{n}" / "stats.pt")[0] for n in (1, 2))
+    assert a.ranges == b.ranges and torch.equal(a.class_counts, b.class_counts)
+    assert (b.gram - a.gram).norm() <= 1e-6 * a.gram.norm()  # float32 features of other batch cuts
+    assert {f.name for f in (tmp / f"{name}2").iterdir()} == SOLVE_FILES
 
 
 def test_cuda_falls_back_to_the_cpu_with_a_message(monkeypatch, capsys):

@@ -16,12 +16,12 @@ from pipeline_helpers import (
     tiny_models,  # noqa: F401  (fixture: the test models)
 )
 
-import skqk.pipeline.loop as loop_module
+import skqk.pipeline.validation as validation_module
 from skqk.pipeline.checkpoint import load_checkpoint, load_for_evaluation, save_checkpoint
 from skqk.pipeline.config import RetrainConfig, TrainConfig
 from skqk.pipeline.loop import evaluate
 from skqk.pipeline.record import record_from_checkpoint
-from skqk.pipeline.retrain import retrain
+from skqk.pipeline.retrain import retrain, training_indices
 from skqk.pipeline.train import train
 
 
@@ -100,7 +100,7 @@ def test_pruned_channels_last_qk_retraining_resumes_bit_identically(pretrained, 
         return evaluate(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(loop_module, "evaluate", evaluate_then_crash_in_epoch_2)
+        patch.setattr(validation_module, "evaluate", evaluate_then_crash_in_epoch_2)  # a QK run's evaluation
         with pytest.raises(Interrupt):
             retrain(cfg, pretrained, data, tmp_path / "resumed", store=tmp_path / "store", progress=False)
     retrain(cfg, pretrained, data, tmp_path / "resumed", store=tmp_path / "store", resume=True, progress=False)
@@ -114,3 +114,29 @@ def test_negative_patience_is_a_one_line_error(pretrained, capsys, tmp_path):
     )
     assert_one_line_error(code, err, "patience must be non-negative")
     assert not (tmp_path / "r").exists()
+
+
+def test_ridge_head_optimizer_starts_sgd_from_the_heads_exact_ridge_solution(pretrained, data, tmp_path):
+    """With a learning rate too small to move anything, the trained head is the ridge solution with the λ the run
+    recorded, solved here independently from the pre-trained network's penultimate features."""
+    cfg = RetrainConfig(samples=64, epochs=1, batch_size=16, lr=1e-30, optimizer="ridge-head", patterns="on-the-fly")
+    retrain(cfg, pretrained, data, tmp_path / "run", progress=False)
+    solve = json.loads((tmp_path / "run" / "config.json").read_text())["head_solve"]
+    network = load_for_evaluation(pretrained)[0].double().eval()
+    head = str(len(network) - 1)  # the last Linear of tiny / tiny_dropout
+    assert solve["block"] == head and solve["chosen_by"] == "gcv" and solve["seconds"] > 0
+    idx = training_indices(data.train.labels, cfg)
+    with torch.no_grad():
+        z = network[:-1](data.inputs(data.train, idx).double())
+    z = torch.cat([z, torch.ones(len(z), 1, dtype=torch.float64)], 1)
+    y = torch.nn.functional.one_hot(data.train.labels[idx], data.num_classes).double()
+    penalty = torch.diag(torch.cat([torch.full((z.shape[1] - 1,), solve["lambda"]), torch.zeros(1)]))
+    theta = torch.linalg.solve(z.T @ z + penalty, z.T @ y)
+    trained = state_dict_of(tmp_path / "run" / "model.pt")
+    torch.testing.assert_close(trained[f"{head}.weight"].double(), theta[:-1].T, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(trained[f"{head}.bias"].double(), theta[-1], rtol=1e-4, atol=1e-5)
+
+
+def test_ridge_head_optimizer_needs_the_qk_method():
+    with pytest.raises(ValueError, match="needs --method qk"):
+        RetrainConfig(method="traditional", optimizer="ridge-head")

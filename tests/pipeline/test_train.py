@@ -17,7 +17,7 @@ from pipeline_helpers import (
     tiny_models,  # noqa: F401  (fixture: the test models)
 )
 
-import skqk.pipeline.loop as loop_module
+import skqk.pipeline.validation as validation_module
 from skqk import __version__
 from skqk.pipeline.checkpoint import load_checkpoint, load_for_evaluation
 from skqk.pipeline.config import RetrainConfig, TrainConfig
@@ -203,14 +203,14 @@ def test_qk_retrain_resumes_bit_identically_after_an_interruption_with_dropout(d
         return evaluate(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(loop_module, "evaluate", evaluate_then_crash_in_epoch_3)
+        patch.setattr(validation_module, "evaluate", evaluate_then_crash_in_epoch_3)  # a QK run's evaluation
         with pytest.raises(Interrupt):
             retrain(cfg, pre / "model.pt", data, tmp_path / "resumed", progress=False)
     assert len(load_checkpoint(tmp_path / "resumed" / "resume.pt")["history"]) == 2
 
     calls.clear()
     with monkeypatch.context() as patch:
-        patch.setattr(loop_module, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+        patch.setattr(validation_module, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
         retrain(cfg, pre / "model.pt", data, tmp_path / "resumed", resume=True, progress=False)
     assert len(calls) == 2  # epochs 3 and 4 only
     straight = load_checkpoint(tmp_path / "straight" / "model.pt")

@@ -18,12 +18,12 @@ from skqk.bench.levers import with_previous_gates
 from skqk.bench.protocol import BenchConfig
 from skqk.data import Dataset, ImageData
 from skqk.data.sampling import batch_indices
-from skqk.estimator import build_estimator
+from skqk.estimator import build_estimator, mask_sites
 from skqk.pipeline.config import SGDConfig
 from skqk.pipeline.loop import EpochContext, make_optimizer, memory_format, precision_context, sgd_step
 from skqk.pipeline.prefetch import Prefetcher
 from skqk.pipeline.prune import active_units, removal_report
-from skqk.pipeline.retrain import DeadUnitRemoval, in_layout
+from skqk.pipeline.retrain import DeadUnitRemoval, for_step
 
 
 def synthetic_dataset(samples: int, seed: int = 0, image_size: int = 32) -> Dataset:
@@ -216,7 +216,12 @@ def make_arms(
             with_previous_gates(est)
         store = stores[pooling]
         fmt = torch.channels_last if channels_last and masks_in_layout else torch.contiguous_format
-        read = store.read if fmt == torch.contiguous_format else (lambda idx: in_layout(store.read(idx), fmt))
+        masks = set() if previous_gates else mask_sites(est)  # the previous gates read bool states
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+        def read(idx: Tensor) -> dict[str, Tensor]:  # what `skqk retrain` hands its step
+            return for_step(store.read(idx), masks, dtype, fmt)
+
         sgd_cfg = replace(sgd, precision=precision)
         arm = Arm(name, est, lambda x, p: est(x, p), read, prefetch, sgd_cfg, channels_last=channels_last, **kw)
         if prune:

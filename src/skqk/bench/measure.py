@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -38,9 +41,24 @@ def step_flops(arm: Arm, dataset: Dataset, idx: Tensor) -> int:
     return counter.get_total_flops()
 
 
+@contextlib.contextmanager
+def quiet_profiler() -> Iterator[None]:
+    """Inside, nothing reaches file descriptor 2: torch.profiler's C++ side writes ``USDT ... profiler_start`` /
+    ``profiler_stop`` and allocator warnings there, past Python's sys.stderr, and they are no news to a user."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory(fn: Callable[[], object]) -> int:
     """Peak bytes allocated on top of what was live before `fn`, from torch.profiler's allocation events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
@@ -54,7 +72,7 @@ def top_operators(arm: Arm, dataset: Dataset, idx: Tensor, steps: int = 3, top: 
     """The operators that take the most self CPU time in `steps` training steps of `arm` (torch.profiler)."""
     x, y = arm.inputs(dataset, idx)
     arm.trainable.train()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             arm.step(x, y, arm.read(idx) if arm.read is not None else None)
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)

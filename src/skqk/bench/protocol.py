@@ -34,20 +34,25 @@ class BenchConfig:
     samples: int = 512  # training samples per timed epoch
     batch_size: int = 64  # SGDConfig's default
     lr: float = 1e-3  # SGD learning rate of the timed arms (the time of a step does not depend on it)
-    repeats: int = 4  # timed rounds (plus one warm-up round)
+    repeats: int = 5  # timed rounds (plus one warm-up round); every ratio: the median of its per-round ratios
+    round_s: float = 3.0  # at least this many seconds of the plain PyTorch arm per round (whole epochs, repeated)
     e2e_epochs: int = 50  # the paper's re-training epochs
     pooling: str = "live"  # the paper's setup; the other mode is measured as the "pooling" lever
     precisions: tuple[str, ...] = ("fp32", "bf16")
-    prefetch: bool = False  # read patterns in a background thread (skqk retrain reads them in the step)
+    prefetch: bool = True  # read patterns in a background thread, as skqk retrain does
     trained: bool = True  # time trained networks on real data (cached Phase 1 runs) when real data is given
     levers: tuple[str, ...] = DEFAULT_LEVERS
     accuracy: AccuracyProtocol | None = field(default_factory=AccuracyProtocol)
     seed: int = 0
     matmul_size: int = 1024
     profile: bool = False  # top operators of one traditional and one QK step (torch.profiler), for misses
+    smoke: bool = False  # --quick: says that its ratios are not comparable between runs
 
     def __post_init__(self):
         from skqk import models  # not at the top: the zoo imports torch
+
+        if self.round_s < 0:
+            raise ValueError(f"round_s must be non-negative, got {self.round_s}")
 
         for name in self.models:
             if name not in models.list_models():
@@ -65,14 +70,21 @@ class BenchConfig:
 
 
 def quick_config(**overrides) -> BenchConfig:
-    """Under a minute for lenet5: fewer samples and repeats, no levers, no accuracy protocol."""
-    base = BenchConfig(models=("lenet5",), samples=128, repeats=3, levers=(), accuracy=None, trained=False)
+    """A smoke run, under a minute for lenet5: fewer samples and repeats, rounds of one short epoch, no levers, no
+    accuracy protocol. Its rounds are too short for its ratios to be comparable between runs."""
+    base = BenchConfig(
+        models=("lenet5",), samples=128, repeats=3, round_s=0.0, levers=(), accuracy=None, trained=False, smoke=True
+    )
     return replace(base, **overrides)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="comma-separated (default lenet5,alexnet,vgg8; --quick: lenet5)")
-    p.add_argument("--quick", action="store_true", help="under a minute for lenet5: fewer samples and repeats")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run, under a minute for lenet5 (rounds of one short epoch): its ratios are not comparable",
+    )
     p.add_argument("--json", dest="json_path", help="write the results to this JSON file")
     p.add_argument("--markdown", help="write the markdown tables to this file (always printed)")
     p.add_argument("--samples", type=int, help="training samples per timed epoch (default 512; quick 128)")
@@ -82,7 +94,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="time randomly initialised networks on synthetic data (default: trained checkpoints on real data, "
         "trained once and cached, when real data is found; --quick: random)",
     )
-    p.add_argument("--repeats", type=int, help="timed rounds, after one warm-up round (default 4; quick 3)")
+    p.add_argument("--repeats", type=int, help="timed rounds, after one warm-up round (default 5; quick 3)")
+    p.add_argument(
+        "--round-seconds",
+        type=float,
+        dest="round_s",
+        help="seconds of plain PyTorch training per round at least, in whole epochs (default 3; quick 0: one epoch)",
+    )
     p.add_argument("--batch-size", type=int, help="SGD batch size (default 64)")
     p.add_argument("--epochs", type=int, help="re-training epochs of the end-to-end comparison (default 50)")
     p.add_argument("--precision", default=None, help="comma-separated precisions to time: fp32,bf16 (default both)")
@@ -104,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     over: dict = {}
     if args.models:
         over["models"] = tuple(args.models.split(","))
-    for key in ("samples", "repeats", "batch_size", "pooling"):
+    for key in ("samples", "repeats", "round_s", "batch_size", "pooling"):
         if getattr(args, key, None) is not None:
             over[key] = getattr(args, key)
     if args.epochs is not None:

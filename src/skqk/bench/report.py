@@ -13,9 +13,27 @@ def _fmt(v, digits=3) -> str:
     return str(v)
 
 
+def _ratio(m: dict, key: str) -> str:
+    """A ratio with its run-to-run spread: the median of the per-round ratios [smallest–largest]."""
+    if m.get(key) is None:
+        return "—"
+    low, high = m.get("spread", {}).get(key, (None, None))
+    return f"{m[key]:.3f}" + (f" [{low:.3f}–{high:.3f}]" if low is not None else "")
+
+
 def markdown(result: dict) -> str:
     mach = result["machine"]
+    cfg = result["config"]
     lines = [
+        *(
+            [
+                "**Smoke run (`--quick`): rounds of one short epoch; its ratios swing between runs and are not "
+                "comparable with any other run's.**",
+                "",
+            ]
+            if cfg.get("smoke")
+            else []
+        ),
         f"Machine: {mach['cpu']}, {mach['usable_cores']} usable cores, torch {mach['torch']} "
         f"({mach['cpu_capability']}, flags: {', '.join(mach['cpu_flags'])}), {mach['torch_threads']} threads; "
         f"load average {mach['loadavg_start'][0]:.1f} at start, {mach['loadavg_end'][0]:.1f} at end "
@@ -27,6 +45,9 @@ def markdown(result: dict) -> str:
         "`skqk retrain --method traditional` / `--method qk` run by default (fused SGD, the model's layout, "
         "QK with dead units removed).",
         "",
+        f"Every ratio: the median over {cfg['repeats']} interleaved rounds (each at least {cfg['round_s']:g} s of "
+        "plain PyTorch training, in whole epochs) of the per-round ratio, [smallest–largest] per-round ratio.",
+        "",
         "| model | layout | PyTorch epoch s | skqk trad. epoch s | skqk QK epoch s | QK / PyTorch | QK / trad. "
         "| trad. / PyTorch | e2e QK / PyTorch (Phase 3 + E epochs) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -34,8 +55,8 @@ def markdown(result: dict) -> str:
     for name, m in result["models"].items():
         lines.append(
             f"| {name} | {m['layout']} | {m['pytorch_epoch_s']:.3f} | {m['traditional_epoch_s']:.3f} | "
-            f"{m['qk_epoch_s']:.3f} | **{m['qk_over_pytorch']:.3f}** | {m['qk_over_traditional']:.3f} | "
-            f"{m['traditional_over_pytorch']:.3f} | {m['e2e_over_pytorch']:.3f} (E={m['e2e_epochs']}) |"
+            f"{m['qk_epoch_s']:.3f} | **{_ratio(m, 'qk_over_pytorch')}** | {_ratio(m, 'qk_over_traditional')} | "
+            f"{_ratio(m, 'traditional_over_pytorch')} | {_ratio(m, 'e2e_over_pytorch')} (E={m['e2e_epochs']}) |"
         )
     lines += [
         "",
@@ -47,10 +68,11 @@ def markdown(result: dict) -> str:
     for name, m in result["models"].items():
         lines.append(
             f"| {name} | {m['traditional_epoch_s']:.3f} | {m['qk_epoch_s']:.3f} | {m['qk_fly_epoch_s']:.3f} | "
-            f"{m['qk_over_traditional']:.3f} | {m['qk_fly_over_traditional']:.3f} | {m['phase3_samples_per_s']:,.0f} | "
+            f"{_ratio(m, 'qk_over_traditional')} | {_ratio(m, 'qk_fly_over_traditional')} | "
+            f"{m['phase3_samples_per_s']:,.0f} | "
             f"{m['phase3_over_training_throughput']:.2f} | {m['pattern_bytes_per_sample']:,} | "
             f"{100 * m['store_read_share_of_qk_step']:.2f}% / {100 * m['store_wait_share_of_qk_step']:.2f}% | "
-            f"{m['e2e_over_traditional']:.3f} (E={m['e2e_epochs']}) |"
+            f"{_ratio(m, 'e2e_over_traditional')} (E={m['e2e_epochs']}) |"
         )
     lines += [
         "",
@@ -62,8 +84,8 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {m['traditional_samples_per_s']:.1f} | {m['qk_samples_per_s']:.1f} | "
             f"{_fmt(m.get('traditional_bf16_epoch_s'))} | {_fmt(m.get('qk_bf16_epoch_s'))} | "
-            f"{_fmt(m.get('qk_over_traditional_bf16'))} | {_fmt(m.get('bf16_over_fp32_traditional'))} | "
-            f"{_fmt(m.get('bf16_over_fp32_qk'))} |"
+            f"{_ratio(m, 'qk_over_traditional_bf16')} | {_ratio(m, 'bf16_over_fp32_traditional')} | "
+            f"{_ratio(m, 'bf16_over_fp32_qk')} |"
         )
     lines += [
         "",
@@ -82,10 +104,14 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {name} | {arm} | {mem['step_peak_bytes'] / 2**20:.1f} | {mem['state_bytes'] / 2**20:.1f} |"
             )
-    lever_rows = [(name, k, v) for name, m in result["models"].items() for k, v in m["levers"].items()]
+    lever_rows = [
+        (name, k, {**m["levers"], "spread": m.get("spread", {})})
+        for name, m in result["models"].items()
+        for k in m["levers"]
+    ]
     if lever_rows:
-        lines += ["", "| model | lever (epoch-time ratio, < 1 = pays) | ratio |", "|---|---|---|"]
-        lines += [f"| {name} | {k} | {v:.3f} |" for name, k, v in lever_rows]
+        lines += ["", "| model | lever (epoch-time ratio, < 1 = pays) | ratio [spread] |", "|---|---|---|"]
+        lines += [f"| {name} | {k} | {_ratio(m, k)} |" for name, k, m in lever_rows]
     for name, m in result["models"].items():
         for arm, ops in m.get("profile_top_ops", {}).items():
             lines += ["", f"Top operators, {name} {arm} (self CPU per step):", "", "| op | ms/step | share | calls |"]

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import os
 import shutil
 import statistics
@@ -88,13 +89,21 @@ def bench_model(
         waits: dict[str, list[float]] = {a.name: [] for a in arms}
         phase3: list[float] = []
         reads: list[float] = []
+        epochs_per_round = 1
         for r in range(cfg.repeats + 1):
-            order = epoch_order(indices, cfg.seed, r)
-            seconds, read_waits = interleaved_epoch(arms, dataset, order, cfg.batch_size, r)
-            if r:
+            seconds, read_waits = [0.0] * len(arms), [0.0] * len(arms)
+            for e in range(epochs_per_round):
+                order = epoch_order(indices, cfg.seed, r * epochs_per_round + e)
+                for i, (sec, wait) in enumerate(zip(*interleaved_epoch(arms, dataset, order, cfg.batch_size, r + e))):
+                    seconds[i], read_waits[i] = seconds[i] + sec, read_waits[i] + wait
+            if not r:  # the warm-up round sizes the timed ones: whole epochs, `cfg.round_s` of plain PyTorch
+                plain = seconds[[a.name for a in arms].index("pytorch")]
+                epochs_per_round = max(1, math.ceil(cfg.round_s / plain))
+                log(f"  rounds of {epochs_per_round} epoch(s) of {cfg.samples} samples per arm")
+            else:  # per epoch: the mean over the round's epochs
                 for arm, sec, wait in zip(arms, seconds, read_waits):
-                    times[arm.name].append(sec)
-                    waits[arm.name].append(wait)
+                    times[arm.name].append(sec / epochs_per_round)
+                    waits[arm.name].append(wait / epochs_per_round)
             start = time.perf_counter()
             record(selectors[cfg.pooling], dataset, indices, tmp / f"phase3-{r}", progress=False)
             if r:
@@ -171,8 +180,24 @@ def removal_seconds(arm: Arm, repeats: int = 3) -> float:
 
 
 def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store, dead, setup_s) -> dict:
-    """Medians and ratios; end-to-end QK = Phase 3 + the dead-unit analysis (`setup_s`) + E epochs."""
+    """Medians and ratios; end-to-end QK = Phase 3 + the dead-unit analysis (`setup_s`) + E epochs.
+
+    A ratio of two arms is the median of its per-round ratios (the arms of a round ran interleaved, under the same
+    load), and its run-to-run spread, the smallest and largest per-round ratio, goes into ``spread`` by its key.
+    """
     med = {n: _median(v) for n, v in times.items()}
+    spread: dict[str, list[float]] = {}
+
+    def ratio(key: str, arm: str, base: str) -> float:
+        per_round = [a / b for a, b in zip(times[arm], times[base])]
+        spread[key] = [min(per_round), max(per_round)]
+        return _median(per_round)
+
+    def e2e(key: str, base: str) -> float:  # Phase 3 was timed in every round too
+        per_round = [(p + setup_s + e * q) / (e * b) for p, q, b in zip(phase3, times["qk_store"], times[base])]
+        spread[key] = [min(per_round), max(per_round)]
+        return _median(per_round)
+
     steps = -(-cfg.samples // cfg.batch_size)
     plain, trad, qk, fly = med["pytorch"], med["traditional"], med["qk_store"], med["qk_fly"]
     phase3_s = _median(phase3)
@@ -181,9 +206,9 @@ def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store
     e2e_qk = phase3_s + setup_s + e * qk
     out = {
         "pytorch_epoch_s": plain,
-        "qk_over_pytorch": qk / plain,
-        "traditional_over_pytorch": trad / plain,
-        "e2e_over_pytorch": e2e_qk / (e * plain),
+        "qk_over_pytorch": ratio("qk_over_pytorch", "qk_store", "pytorch"),
+        "traditional_over_pytorch": ratio("traditional_over_pytorch", "traditional", "pytorch"),
+        "e2e_over_pytorch": e2e("e2e_over_pytorch", "pytorch"),
         "samples_per_epoch": cfg.samples,
         "batch_size": cfg.batch_size,
         "pooling": cfg.pooling,
@@ -194,8 +219,8 @@ def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store
         "traditional_samples_per_s": train_sps,
         "qk_samples_per_s": cfg.samples / qk,
         "qk_fly_samples_per_s": cfg.samples / fly,
-        "qk_over_traditional": qk / trad,
-        "qk_fly_over_traditional": fly / trad,
+        "qk_over_traditional": ratio("qk_over_traditional", "qk_store", "traditional"),
+        "qk_fly_over_traditional": ratio("qk_fly_over_traditional", "qk_fly", "traditional"),
         "phase3_s": phase3_s,
         "phase3_samples_per_s": cfg.samples / phase3_s,
         "phase3_over_training_throughput": (cfg.samples / phase3_s) / train_sps,
@@ -207,7 +232,7 @@ def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store
         "e2e_epochs": cfg.e2e_epochs,
         "e2e_qk_s": e2e_qk,
         "e2e_traditional_s": e * trad,
-        "e2e_over_traditional": e2e_qk / (e * trad),
+        "e2e_over_traditional": e2e("e2e_over_traditional", "traditional"),
         "training_flops_per_sample": {n: f / cfg.batch_size for n, f in flops.items()},
         "memory": memory,
         "dead_unit_share": dead,
@@ -223,9 +248,9 @@ def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store
     if "traditional_bf16" in med:
         out["traditional_bf16_epoch_s"] = med["traditional_bf16"]
         out["qk_bf16_epoch_s"] = med["qk_store_bf16"]
-        out["qk_over_traditional_bf16"] = med["qk_store_bf16"] / med["traditional_bf16"]
-        out["bf16_over_fp32_traditional"] = med["traditional_bf16"] / trad
-        out["bf16_over_fp32_qk"] = med["qk_store_bf16"] / qk
+        out["qk_over_traditional_bf16"] = ratio("qk_over_traditional_bf16", "qk_store_bf16", "traditional_bf16")
+        out["bf16_over_fp32_traditional"] = ratio("bf16_over_fp32_traditional", "traditional_bf16", "traditional")
+        out["bf16_over_fp32_qk"] = ratio("bf16_over_fp32_qk", "qk_store_bf16", "qk_store")
     levers = {}
     for name, (arm, base) in {
         "prefetch (with / without)": ("qk_store", "qk_store_noprefetch"),
@@ -245,14 +270,18 @@ def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store
         },
     }.items():
         if arm in med and base in med:
-            levers[name] = med[arm] / med[base]
+            levers[name] = ratio(name, arm, base)
     if "qk_store_all_units" in med:
-        out["qk_all_units_over_traditional"] = med["qk_store_all_units"] / trad
-        levers["dead units removed / all units, QK"] = qk / med["qk_store_all_units"]
+        out["qk_all_units_over_traditional"] = ratio(
+            "qk_all_units_over_traditional", "qk_store_all_units", "traditional"
+        )
+        name = "dead units removed / all units, QK"
+        levers[name] = ratio(name, "qk_store", "qk_store_all_units")
     if "qk_store_frozen" in med:
-        out["qk_frozen_over_traditional"] = med["qk_store_frozen"] / trad
+        out["qk_frozen_over_traditional"] = ratio("qk_frozen_over_traditional", "qk_store_frozen", "traditional")
     if cfg.pooling == "frozen" and "qk_store_frozen_unfused" in med:
-        levers["fused ReLU+pool gate / separate gates (frozen pooling), QK"] = qk / med["qk_store_frozen_unfused"]
+        name = "fused ReLU+pool gate / separate gates (frozen pooling), QK"
+        levers[name] = ratio(name, "qk_store", "qk_store_frozen_unfused")
     for arm, base, name in (
         ("traditional_cl", "traditional", "channels_last / contiguous, traditional"),
         ("qk_store_cl", "qk_store", "channels_last / contiguous, QK"),
@@ -264,8 +293,9 @@ def _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store
         ("traditional", "pytorch", "skqk traditional (all levers) / plain PyTorch"),
     ):
         if arm in med and base in med:
-            levers[name] = med[arm] / med[base]
+            levers[name] = ratio(name, arm, base)
     out["levers"] = levers
+    out["spread"] = spread
     return out
 
 

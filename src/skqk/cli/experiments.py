@@ -13,9 +13,10 @@ def add_parsers(sub) -> None:
         sub,
         "reproduce",
         help="the experiments: fig4 (SK stabilisation), fig5 (re-training), qkgap (what closes the QK gap), "
-        "federated (QK-FedAvg vs FedAvg, docs/federated.md), incremental (data arriving in chunks)",
+        "federated (QK-FedAvg vs FedAvg, docs/federated.md), incremental (data arriving in chunks), analytic (the "
+        "analytic QK of `skqk solve` against SGD: Fig. 5 cells, class-incremental, federated; not in the paper)",
     )
-    p.add_argument("figure", choices=["fig4", "fig5", "qkgap", "federated", "incremental"])
+    p.add_argument("figure", choices=["fig4", "fig5", "qkgap", "federated", "incremental", "analytic"])
     p.add_argument(
         "--preset",
         choices=["paper", "cpu", "smoke"],
@@ -55,6 +56,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--retrain-epochs", type=int, help="fig5, qkgap, incremental: re-training epochs (overrides)")
     p.add_argument("--every-steps", type=int, help="fig4: also compare patterns every K SGD steps (0 = per epoch)")
     p.add_argument("--flip-threshold", type=float, help="fig4: flip fraction below which patterns count as settled")
+    p.add_argument(
+        "--studies", help="analytic: comma-separated studies of fig5, incremental, federated (default: all three)"
+    )
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
     add_data_options(p)
 
@@ -64,7 +68,7 @@ def add_parsers(sub) -> None:
 REPRODUCE_OPTIONS = {
     "mode": (("fig5",), "independent"),
     "precision": (("fig5",), "fp32"),
-    "seeds": (("fig4", "fig5", "qkgap", "incremental"), None),
+    "seeds": (("fig4", "fig5", "qkgap", "incremental", "analytic"), None),
     "model": (("fig5", "qkgap", "incremental"), None),
     "model_kwargs": (("fig5", "qkgap", "incremental"), None),
     "sk_samples": (("fig5", "qkgap"), None),
@@ -74,6 +78,7 @@ REPRODUCE_OPTIONS = {
     "retrain_epochs": (("fig5", "qkgap", "incremental"), None),
     "every_steps": (("fig4",), None),
     "flip_threshold": (("fig4",), None),
+    "studies": (("analytic",), None),
 }
 
 
@@ -84,6 +89,8 @@ def cmd_reproduce(args) -> None:
             raise ValueError(f"{flag} applies to {', '.join(figures)}, not to reproduce {args.figure}")
     if args.figure == "federated":
         return reproduce_federated(args)
+    if args.figure == "analytic":
+        return reproduce_analytic(args)
     from dataclasses import replace
 
     from skqk import models
@@ -188,6 +195,31 @@ def reproduce_federated(args) -> None:
     results = run(preset, names, load_data(args), args.out, args.data_dir, args.cache_dir, progress=not args.quiet)
     print(summary_table(results))
     print(f"results in {args.out}/results.json")
+
+
+def reproduce_analytic(args) -> None:
+    from skqk.experiments.analytic import PRESETS, STUDIES, run_analytic
+    from skqk.experiments.report import summary_table
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"reproduce analytic has the presets {', '.join(PRESETS)}, not {args.preset!r}")
+    refuse_tables(args, "reproduce analytic")
+    require_flower()
+    preset = PRESETS[args.preset]
+    names = (args.models or ",".join(preset.studies.default_models)).split(",")
+    for name in names:
+        if name not in preset.studies.fig5:
+            raise ValueError(f"unknown model {name!r} for analytic; choose from {', '.join(preset.studies.fig5)}")
+    print(preset.studies.scaling(), preset.federated.scaling(), sep="\n", file=sys.stderr)
+    seeds = parse_int_list(args.seeds or "0")
+    studies = (args.studies or ",".join(STUDIES)).split(",")
+    if not set(studies) <= set(STUDIES):
+        raise ValueError(f"--studies takes {', '.join(STUDIES)}, got {args.studies!r}")
+    data = load_data(args)
+    results = run_analytic(preset, names, data, args.out, args.data_dir, args.cache_dir, not args.quiet, seeds, studies)
+    for study, result in results.items():
+        print(f"{study}:\n{summary_table(result)}")
+    print(f"results in {args.out}/{{{','.join(results)}}}/results.json")
 
 
 COMMANDS = {"reproduce": cmd_reproduce}

@@ -132,6 +132,12 @@ def add_retrain(sub) -> None:
     p.add_argument(
         "--patience", type=int, help="stop after this many epochs without a better val accuracy, keep the best"
     )
+    p.add_argument(
+        "--optimizer",
+        choices=["sgd", "ridge-head"],
+        help="qk: sgd (the paper's, default), or ridge-head: the head's exact ridge solution on the samples first "
+        "(skqk.analytic), then SGD; with --patience the best epoch is kept",
+    )
     defaults = RetrainConfig()
     p.add_argument(
         "--staleness-samples",

@@ -6,7 +6,9 @@ same pre-trained start, with the same local SGD, batch order and epochs per clie
 - ``qk-fedavg``: Flower FedAvg over R rounds of E local epochs, clients re-train the QK with the shared SK;
 - ``traditional-fedavg``: the same rounds, clients re-train whole networks (ReLUs live): plain FedAvg;
 - ``merge-once``: every client re-trains its QK alone for R x E epochs, then one `skqk merge` (weighted by
-  samples), so the copies are averaged once instead of every round.
+  samples), so the copies are averaged once instead of every round;
+- ``analytic`` (where the protocol names it; `skqk.analytic`, not in the paper): one round in which every client
+  sends the ridge statistics of the head over its shard and the server solves: the centralised solve, exactly.
 
 Every cell is cached as ``cell.json`` in its own folder; an interrupted reproduction reruns only the cells
 without one (an interrupted federated cell restarts from its first round).
@@ -34,7 +36,8 @@ from skqk.pipeline.config import TrainConfig
 from skqk.pipeline.loop import evaluate
 from skqk.pipeline.train import train
 
-METHODS = ("qk-fedavg", "traditional-fedavg", "merge-once")
+METHODS = ("qk-fedavg", "traditional-fedavg", "merge-once", "analytic")
+CONFIG_METHOD = {"qk-fedavg": "qk", "traditional-fedavg": "traditional", "merge-once": "qk", "analytic": "analytic"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class FederatedProtocol:
     pretrain_samples: int = 1024  # the start: trained from scratch on the first n samples
     pretrain_epochs: int = 200
     eval_samples: int = 2000  # validation samples of the global model, every round
+    methods: tuple[str, ...] = METHODS[:3]  # from METHODS; analytic: one round of the head's ridge statistics
 
 
 @dataclass(frozen=True)
@@ -114,29 +118,30 @@ def run_federated_experiment(
     for name in model_names:
         protocol = preset.models[name]
         start = pretrained_start(name, protocol, dataset, out / name / "pretrain", progress)
-        for clients in protocol.clients:
-            for kind, alpha in protocol.partitions:
-                folder = out / name / (f"K{clients}-{kind}" + (f"{alpha:g}" if kind == "dirichlet" else ""))
-                for method in METHODS:
+        for method in protocol.methods:  # method by method: the one-round analytic cells come first when listed so
+            for clients in protocol.clients:
+                for kind, alpha in protocol.partitions:
+                    folder = out / name / (f"K{clients}-{kind}" + (f"{alpha:g}" if kind == "dirichlet" else ""))
                     cfg = FederatedConfig(
                         epochs=protocol.local_epochs,
                         samples=protocol.samples,
                         clients=clients,
-                        rounds=protocol.rounds,
+                        rounds=protocol.rounds if method != "analytic" else 1,
                         partition=kind,
                         alpha=alpha if kind == "dirichlet" else FederatedConfig.alpha,
-                        method="traditional" if method == "traditional-fedavg" else "qk",
+                        method=CONFIG_METHOD[method],
                         eval_samples=protocol.eval_samples,
                     )
                     key = {"model": name, "clients": clients, "partition": kind, "alpha": alpha, "method": method}
                     run = merge_once_cell if method == "merge-once" else federated_cell
                     context = (start, dataset, data_dir, cache_dir, progress)
                     cells.append(cached(folder / method, key, cfg, run, context))
+                    write_results(out, "federated", preset, model_names, dataset, started, cells=cells)  # so far
     results = write_results(out, "federated", preset, model_names, dataset, started, cells=cells)
     write_csv(out / "federated.csv", [{k: v for k, v in c.items() if k not in ("rounds", "config")} for c in cells])
     for name in model_names:
         for clients in preset.models[name].clients:
-            mine = [c for c in cells if c["model"] == name and c["clients"] == clients]
+            mine = [c for c in cells if c["model"] == name and c["clients"] == clients and "infeasible" not in c]
             plot_federated(
                 mine, f"{name}, K = {clients}", out / f"federated_{name}_K{clients}.png", preset.name, dataset.source
             )
@@ -165,8 +170,14 @@ def cached(cell_dir: Path, key: dict, cfg: FederatedConfig, run, context: tuple)
         return cell
     if cell_dir.exists():  # an interrupted federated run does not resume: start the cell again
         shutil.rmtree(cell_dir)
-    started = time.perf_counter()
     start, dataset, data_dir, cache_dir, progress = context
+    try:
+        client_shard(dataset, cfg, 0)  # the split is drawn before anything trains: e.g. Dirichlet 0.01 over 20
+    except ValueError as e:  # clients leaves some without samples, a result of the setting, cached like one
+        cell = {**key, "infeasible": str(e), "config": cfg.to_dict()}
+        write_json(cell_file, cell)
+        return cell
+    started = time.perf_counter()
     result = run(cfg, start, dataset, cell_dir, data_dir, cache_dir, progress)
     cell = {**key, **result, "wall_seconds": time.perf_counter() - started, "config": cfg.to_dict()}
     write_json(cell_file, cell)
@@ -184,7 +195,8 @@ def federated_cell(cfg, start, dataset, cell_dir, data_dir, cache_dir, progress)
         "bytes_down": sum(r.get("bytes_down", 0) for r in history),
         "bytes_up": sum(r.get("bytes_up", 0) for r in history),
         "rounds": rounds,
-        "client_train_accuracy": [[c["train-accuracy"] for c in row["clients"]] for row in history[1:]],
+        "client_train_accuracy": [[c.get("train-accuracy") for c in row["clients"]] for row in history[1:]],
+        "bytes_up_per_client": [[c.get("bytes_up") for c in row["clients"]] for row in history[1:]],
     }
 
 

@@ -205,6 +205,15 @@ class SKRun:
         return self._selectors[pooling]
 
 
+def best_epoch(history: list[dict]) -> dict:
+    """The epoch of highest validation accuracy and that accuracy (classification; the final one is the cell's)."""
+    scored = [h for h in history if "val_accuracy" in h]
+    if not scored:
+        return {}
+    best = max(scored, key=lambda h: h["val_accuracy"])
+    return {"best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"]}
+
+
 def cached_cell(cell_dir: Path, run, key: dict, cfg) -> dict:
     """The cell's saved result, or run it (resuming an interrupted run) and save its result.
 
@@ -226,6 +235,7 @@ def cached_cell(cell_dir: Path, run, key: dict, cfg) -> dict:
         **{metric: last[metric] for metric in CELL_METRICS if metric in last},
         "train_loss": last["train_loss"],
         "epochs": last["epoch"],
+        **best_epoch(result.history),
         "train_seconds": sum(h["seconds"] for h in result.history),
         **extra,
         "config": cfg.to_dict(),

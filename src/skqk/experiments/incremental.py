@@ -50,6 +50,7 @@ ARMS = {
     "traditional-all": Arm("traditional", "all"),
     "qk-new-refresh": Arm("qk", "new", sk_refresh="auto"),
     "qk-all-refresh": Arm("qk", "all", sk_refresh="auto"),  # does refreshing close the Fig. 5 gap?
+    "analytic": Arm("analytic", "new"),  # the head's ridge statistics, chunk by chunk (skqk.analytic; not the paper's)
 }
 
 
@@ -101,34 +102,50 @@ def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, prog
     options = {"model_kwargs": protocol.model_kwargs}
     pre_cfg = TrainConfig(model=name, samples=S, epochs=protocol.pretrain_epochs, **options, **common)
     key = {"model": name, "order": order, "seed": seed}
+    trust = (name,)  # the caller chose the model (reproduce --model): re-training and evaluation build it too
 
     def pretrain(cell_dir: Path):
         result = train(pre_cfg, dataset, cell_dir, resume=True, progress=progress)
-        return result, {"row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets)}
+        return result, {"row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets, trust)}
 
     pre = cached_cell(folder / "pretrain", pretrain, {**key, "arm": "pretrain", "chunk": 0}, pre_cfg)
     pretrained = folder / "pretrain" / "model.pt"
     streams = []
     for arm_name in protocol.arms or ARMS:
-        arm, start, cells = ARMS[arm_name], pretrained, []
-        for k in range(1, protocol.chunks):
-            cfg = RetrainConfig(
-                samples=(k + 1) * S,
-                sample_start=k * S if arm.data == "new" else 0,
-                replay=protocol.replay if arm.replay else 0,
-                method=arm.method,
-                sk_refresh=arm.sk_refresh,
-                epochs=protocol.retrain_epochs,
-                **common,
+        arm_key = {**key, "arm": arm_name}
+        if ARMS[arm_name].method == "analytic":
+            from skqk.experiments.analytic import analytic_chunks
+
+            cells = analytic_chunks(arm_key, protocol, common, pretrained, dataset, folder / arm_name, eval_sets, trust)
+        else:
+            cells = sgd_chunks(
+                ARMS[arm_name], arm_key, protocol, common, pretrained, dataset, folder, eval_sets, progress, trust
             )
-            cell_dir = folder / arm_name / f"chunk{k}"
-            run = chunk_run(cfg, start, dataset, folder, eval_sets[: k + 1], progress)
-            cells.append(diverged_or_cached(cell_dir, run, {**key, "arm": arm_name, "chunk": k}, cfg))
-            if "diverged" in cells[-1]:  # the arm's stream ends here: nothing to continue from
-                break
-            start = cell_dir / "model.pt"
         streams.append(stream_result(key, arm_name, pre, cells, folder / arm_name))
     return streams
+
+
+def sgd_chunks(arm: Arm, key: dict, protocol, common: dict, pretrained: Path, dataset, folder: Path, eval_sets,
+               progress: bool, trust=()) -> list[dict]:  # fmt: skip
+    """One SGD arm over chunks 1.. , each chunk re-trained from the previous chunk's result."""
+    S, start, cells = protocol.chunk_samples, pretrained, []
+    for k in range(1, protocol.chunks):
+        cfg = RetrainConfig(
+            samples=(k + 1) * S,
+            sample_start=k * S if arm.data == "new" else 0,
+            replay=protocol.replay if arm.replay else 0,
+            method=arm.method,
+            sk_refresh=arm.sk_refresh,
+            epochs=protocol.retrain_epochs,
+            **common,
+        )
+        cell_dir = folder / key["arm"] / f"chunk{k}"
+        run = chunk_run(cfg, start, dataset, folder, eval_sets[: k + 1], progress, trust)
+        cells.append(diverged_or_cached(cell_dir, run, {**key, "chunk": k}, cfg))
+        if "diverged" in cells[-1]:  # the arm's stream ends here: nothing to continue from
+            break
+        start = cell_dir / "model.pt"
+    return cells
 
 
 def diverged_or_cached(cell_dir: Path, run, key: dict, cfg: RetrainConfig) -> dict:
@@ -141,22 +158,22 @@ def diverged_or_cached(cell_dir: Path, run, key: dict, cfg: RetrainConfig) -> di
         return cell
 
 
-def chunk_run(cfg: RetrainConfig, start: Path, dataset: Dataset, folder: Path, eval_sets, progress: bool):
+def chunk_run(cfg: RetrainConfig, start: Path, dataset: Dataset, folder: Path, eval_sets, progress: bool, trust=()):
     """One chunk of one arm: Phase 3 for the patterns its SK's store lacks (QK), Phase 4 or the baseline, then the
-    accuracy on every chunk so far (`eval_sets`)."""
+    accuracy on every chunk so far (`eval_sets`); a model named by import path is built only if `trust` names it."""
 
     def run(cell_dir: Path):
         store, record_seconds = None, 0.0
         if cfg.method == "qk":
             t0 = time.perf_counter()
-            selector = selector_from_checkpoint(start)
+            selector = selector_from_checkpoint(start, trust=trust)
             store = folder / "patterns" / selector.fingerprint[:16]  # one store per SK, shared by the arms
             record(selector, dataset, training_indices(dataset.train.labels, cfg), store, progress=False)
             record_seconds = time.perf_counter() - t0
-        result = retrain(cfg, start, dataset, cell_dir, store=store, resume=True, progress=progress)
+        result = retrain(cfg, start, dataset, cell_dir, store=store, resume=True, progress=progress, trust=trust)
         refreshes = [h["sk_refresh"] for h in result.history if "sk_refresh" in h]
         return result, {
-            "row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets),
+            "row": accuracy_row(cell_dir / "model.pt", dataset, eval_sets, trust),
             "record_seconds": record_seconds,
             "samples_processed": cfg.epochs * len(training_indices(dataset.train.labels, cfg)),
             "refreshes": len(refreshes),
@@ -167,9 +184,9 @@ def chunk_run(cfg: RetrainConfig, start: Path, dataset: Dataset, folder: Path, e
     return run
 
 
-def accuracy_row(checkpoint: Path, dataset: Dataset, eval_sets) -> list[float]:
+def accuracy_row(checkpoint: Path, dataset: Dataset, eval_sets, trust=()) -> list[float]:
     """Accuracy of a checkpoint, as it deploys, on the test samples of every chunk in `eval_sets`."""
-    module, _ = load_for_evaluation(checkpoint)
+    module, _ = load_for_evaluation(checkpoint, trust=trust)
     return [evaluate(module, dataset, indices=s)["val_accuracy"] for s in eval_sets]
 
 

@@ -104,6 +104,43 @@ def plot_fig5(cells: list[dict], model: str, path: Path, preset: str, data: str)
     plt.close(fig)
 
 
+ANALYTIC_STYLES = {  # (method, variant): colour, marker, label
+    ("analytic", "mse"): ("tab:purple", "D-", "analytic head, ridge"),
+    ("analytic", "ce"): ("tab:pink", "v-", "analytic head, cross-entropy"),
+    ("qk", "after-ridge"): ("tab:orange", "^-", "ridge head, then SGD QK"),
+    ("qk", "base"): ("tab:red", "s-", "SGD QK (final epoch)"),
+    ("traditional", "base"): ("tab:blue", "o-", "traditional SGD (final epoch)"),
+}
+
+
+def plot_analytic_fig5(cells: list[dict], model: str, path: Path, preset: str, data: str) -> None:
+    """Validation accuracy and wall time against N (log2 axes) of the analytic and SGD re-trainings, one line per
+    method and SK size n, mean ± std band over seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    rows = aggregate(cells, ("val_accuracy", "wall_seconds"))
+    for n in sorted({r["n"] for r in rows}):
+        for (method, variant), (color, marker, label) in ANALYTIC_STYLES.items():
+            line = sorted((r for r in rows if (r["n"], r["method"], r["variant"]) == (n, method, variant)),
+                          key=lambda r: r["N"])  # fmt: skip
+            for ax, key in zip(axes, ("val_accuracy", "wall_seconds")):
+                x = [r["N"] for r in line]
+                mean, std = np.array([r[key] for r in line]), np.array([r[f"{key}_std"] for r in line])
+                ax.plot(x, mean, marker, color=color, label=f"{label}, n={n}")
+                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+    seeds = sorted({c.get("seed", 0) for c in cells})
+    _finish_pair(
+        fig,
+        axes,
+        "samples N",
+        ("validation accuracy", "wall seconds (recording included)"),
+        f"Analytic vs SGD re-training, {model}, {data_title(data)}, preset {preset}, seeds {seeds} (band: ± std)",
+        path,
+    )
+
+
 def plot_qk_gap(cells: list[dict], path: Path, preset: str, data: str) -> None:
     """One panel per N, one horizontal bar per re-training cell (validation accuracy or RMSE, mean ± std over seeds),
     the traditional base cell as a dashed line: each factor reads as moving QK-only towards, or past, that line."""
@@ -170,7 +207,8 @@ def plot_federated(cells: list[dict], title: str, path: Path, preset: str, data:
     """Global validation accuracy and CCE loss against rounds: QK-FedAvg and full-network FedAvg as lines, the
     merge-once baseline as a point at the last round; one line style per partition."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    colours = {"qk-fedavg": "tab:red", "traditional-fedavg": "tab:blue", "merge-once": "tab:green"}
+    colours = {"qk-fedavg": "tab:red", "traditional-fedavg": "tab:blue", "merge-once": "tab:green",
+               "analytic": "tab:purple"}  # fmt: skip
     styles = ["-", "--", ":", "-."]
     partitions = list(dict.fromkeys((c["partition"], c["alpha"]) for c in cells))
     for (kind, alpha), style in zip(partitions, styles):

@@ -99,6 +99,11 @@ def summary_table(results: dict) -> str:
         rows = ["| model | K | partition | method | val acc | val CCE | MiB down | MiB up | wall s |", "|---" * 9 + "|"]
         for c in results["cells"]:
             partition = f"Dirichlet {c['alpha']:g}" if c["partition"] == "dirichlet" else "IID"
+            if "infeasible" in c:
+                rows.append(
+                    f"| {c['model']} | {c['clients']} | {partition} | {c['method']} | not run: {c['infeasible']} |"
+                )
+                continue
             rows.append(
                 f"| {c['model']} | {c['clients']} | {partition} | {c['method']} | {c['val_accuracy']:.4f} | "
                 f"{c['val_loss']:.4f} | {c['bytes_down'] / 2**20:.1f} | {c['bytes_up'] / 2**20:.1f} | "
@@ -107,6 +112,8 @@ def summary_table(results: dict) -> str:
         return "\n".join(rows)
     if results["experiment"] == "fig5":
         return fig5_table(results["cells"])
+    if results["experiment"] == "analytic-fig5":
+        return analytic_fig5_table(results["cells"])
     if results["experiment"] == "qkgap":
         cells = results["cells"]
         metric, second, name, _, unit, higher = COMPARED[task_of(cells)]
@@ -176,6 +183,35 @@ def fig5_table(cells: list[dict]) -> str:
             t_acc, t_cce = cell_metric(t, metric), cell_metric(t, second)
             gap = gap_text(gaps.get((model, n, N, "qk", "base"), []), higher)
             rows.append(f"| {model} | {n:,} | {N:,} | {k} | {acc} | {t_acc} | {gap} | {cce} | {t_cce} |")
+    return "\n".join(rows)
+
+
+ANALYTIC_ROWS = {  # (method, variant) of the analytic study's cells: its row name
+    ("analytic", "mse"): "analytic head, ridge",
+    ("analytic", "ce"): "analytic head, cross-entropy",
+    ("qk", "after-ridge"): "ridge head, then SGD QK",
+    ("qk", "base"): "SGD QK",
+    ("traditional", "base"): "traditional",
+}
+
+
+def spread(cells: list[dict], key: str, fmt: str = ".4f") -> str:
+    return pm(*mean_std([c[key] for c in cells]), len(cells), fmt)
+
+
+def analytic_fig5_table(cells: list[dict]) -> str:
+    """Per (model, n, N) and method: validation accuracy (final; best epoch for SGD) and wall time, mean ± std."""
+    rows = ["| model | n (SK) | N | method | seeds | val acc | best-epoch val acc | wall s |", "|---" * 8 + "|"]
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        if (c["method"], c.get("variant", "base")) in ANALYTIC_ROWS:
+            groups.setdefault((c["model"], c["n"], c["N"], c["method"], c.get("variant", "base")), []).append(c)
+    for (model, n, N, method, variant), members in sorted(groups.items(), key=lambda g: g[0][:3]):
+        best = spread(members, "best_val_accuracy") if "best_val_accuracy" in members[0] else ""
+        rows.append(
+            f"| {model} | {n:,} | {N:,} | {ANALYTIC_ROWS[(method, variant)]} | {len(members)} | "
+            f"{spread(members, 'val_accuracy')} | {best} | {spread(members, 'wall_seconds', '.1f')} |"
+        )
     return "\n".join(rows)
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,11 @@ from skqk.data import Dataset, batches, epoch_order, subset_indices
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import load_checkpoint, save_checkpoint
 from skqk.pipeline.config import SGDConfig
+from skqk.pipeline.prefetch import prefetched
 
-StepForward = Callable[[Tensor, Tensor], Tensor]  # (images, sample indices) -> logits
+# (images, sample indices) -> logits; with `fit`'s read_ahead, (images, what it read for the batch) -> logits
+StepForward = Callable[[Tensor, Any], Tensor]
+ReadAhead = Callable[[Tensor], Any]  # a batch's sample indices -> what its step needs (a QK step's masks)
 # (epoch, trained module) -> extra metrics (Fig. 4: pattern flips); a hook with state_dict()/load_state_dict()
 # (SK refresh: the SK in use) has that state saved in, and restored from, the run's resume state
 EpochHook = Callable[[int, nn.Module], dict]
@@ -76,6 +80,7 @@ def evaluate(
     sharded: bool = False,
     indices: Tensor | None = None,
     progress: bool = False,
+    forward: StepForward | None = None,
 ) -> dict[str, float]:
     """Validation metrics on the test split, in eval mode, on the module's device: accuracy and categorical
     cross-entropy (``val_accuracy``, ``val_loss``), or for regression the MSE of the standardised targets
@@ -84,6 +89,8 @@ def evaluate(
     With `limit`, on a fixed subset of that many test samples (class-balanced for classification); with `indices`,
     on those test samples (e.g. one chunk's, for the accuracy matrix of incremental training). With `sharded`
     under torch.distributed, every rank evaluates its share and the sums are added up (every rank must call it).
+    With `forward`, a batch's outputs are ``forward(images, test sample indices)`` (a QK run's estimator with the
+    recorded validation patterns, `skqk.pipeline.validation`) instead of ``module(images)``.
     """
     was_training = module.training
     module.eval()
@@ -101,9 +108,9 @@ def evaluate(
         unit="batch",
         leave=False,
     )
-    for x, y, _ in shown:
+    for x, y, idx in shown:
         x, y = x.to(device), y.to(device)
-        outputs = module(x).float()
+        outputs = (module(x) if forward is None else forward(x, idx)).float()
         sums += batch_sums(outputs, y, dataset).cpu() if regression else classification_sums(outputs, y).cpu()
     module.train(was_training)
     if ctx.is_distributed:
@@ -178,6 +185,8 @@ def fit(
     on_epoch: EpochHook | None = None,
     on_step: StepHook | None = None,
     epoch_context: EpochContext | None = None,
+    read_ahead: ReadAhead | None = None,
+    validate: Callable[[], dict] | None = None,
 ) -> list[dict]:
     """SGD over `indices` for `cfg.epochs`, checkpointing atomically after every epoch so a killed run resumes
     to bit-identical weights; writes ``model.pt`` (the final checkpoint) and ``metrics.jsonl``.
@@ -186,9 +195,13 @@ def fit(
     `eval_module` computes); what `on_step` returns after an SGD step (numbered from 1 over the
     whole run) is kept, with the step number, in the epoch's ``steps`` (Fig. 4's "every k steps").
     `epoch_context(optimizer)` wraps the training steps of every epoch (dead-unit removal: `skqk.pipeline.prune`),
-    so evaluation, checkpoints and resume see the full-size module. Inputs follow the layout the trainable's
-    convolutions were put in (`memory_format_of`). With ``cfg.patience`` the run stops after that many epochs
-    without a better validation accuracy, and ``model.pt`` holds the best epoch (``best.pt``).
+    so evaluation, checkpoints and resume see the full-size module. With `read_ahead`, what it returns for a
+    batch's sample indices is read in a background thread while the step before trains (`skqk.pipeline.prefetch`)
+    and handed to `step_forward` in place of the indices. `validate()` gives the epoch's validation metrics
+    (default: `evaluate` of `eval_module`; a QK run's estimator alone: `skqk.pipeline.validation`). Inputs
+    follow the layout the trainable's convolutions were put in (`memory_format_of`). With ``cfg.patience`` the
+    run stops after that many epochs without a better validation accuracy, and ``model.pt`` holds the best epoch
+    (``best.pt``).
 
     Under torch.distributed (`skqk.pipeline.distributed`), every rank computes its share of each global batch through
     the DDP wrapper of `trainable` that `step_forward` calls, so each step is the single-process step on the
@@ -233,7 +246,11 @@ def fit(
         if ctx.is_distributed:
             ctx.seed_epoch(cfg.seed, epoch)
         batch_list = ctx.batches(dataset.train, dataset, order, cfg.batch_size)
-        with epoch_context(opt) if epoch_context is not None else contextlib.nullcontext():
+        with contextlib.ExitStack() as within:
+            if epoch_context is not None:
+                within.enter_context(epoch_context(opt))
+            if read_ahead is not None:
+                batch_list = within.enter_context(prefetched(lambda b: (*b[:2], read_ahead(b[2]), b[3]), batch_list))
             for step, (x, y, idx, global_size) in enumerate(batch_list, epoch * steps_per_epoch + 1):
                 if ctx.device.type != "cpu":
                     x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
@@ -256,7 +273,7 @@ def fit(
             "epoch": epoch + 1,
             "train_loss": loss_sum / len(indices),
             **({} if regression else {"train_accuracy": correct / len(indices)}),
-            **evaluate(eval_module, dataset, cfg.eval_samples, sharded=True),
+            **(validate() if validate is not None else evaluate(eval_module, dataset, cfg.eval_samples, sharded=True)),
             "seconds": time.perf_counter() - start,
             **({"steps": steps} if on_step is not None else {}),
         }

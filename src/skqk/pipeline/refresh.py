@@ -30,13 +30,14 @@ from skqk.pipeline.checkpoint import (
     save_checkpoint,
 )
 from skqk.pipeline.config import RetrainConfig
-from skqk.pipeline.loop import StepForward, evaluate, validation_indices
+from skqk.pipeline.loop import ReadAhead, StepForward, evaluate, validation_indices
 from skqk.pipeline.record import record
 from skqk.pipeline.rundir import RunDirError, code_version, file_sha256
 from skqk.refresh import network_with_qk, network_with_state, sk_staleness, staleness_probe
 from skqk.selector import PathSelector, build_selector
 
-MakeStep = Callable[[PathSelector, Path | None], StepForward]  # (selector, its pattern store) -> QK step
+# (selector, its pattern store) -> the QK step and what reads its input for a batch's indices (None: the indices)
+MakeStep = Callable[[PathSelector, Path | None], tuple[StepForward, ReadAhead | None]]
 
 
 def validation_images(dataset: Dataset, samples: int) -> Tensor:
@@ -67,17 +68,23 @@ class SKMonitor:
         run_dir: Path,
         make_step: MakeStep,
         store: Path | None,
+        validate: Callable[[], dict] | None = None,
     ):
         self.cfg, self.decoupled, self.network = cfg, decoupled, network
         self.dataset, self.indices, self.run_dir, self.make_step = dataset, indices, run_dir, make_step
         self.selector_state, self.last_refresh, self.refresh_store = selector_state, 0, None
         self.val_x = validation_images(dataset, cfg.staleness_samples) if cfg.staleness_samples else None
-        self._step = make_step(decoupled.selector, store)
+        self.validate = validate or (lambda: evaluate(decoupled, dataset, cfg.eval_samples, sharded=True))
+        self._step, self._read = make_step(decoupled.selector, store)
         self._probe: Callable[[Estimator], object] | None = None
 
-    def step(self, x: Tensor, idx: Tensor) -> Tensor:
+    def step(self, x: Tensor, ready) -> Tensor:
         """The QK step with the SK in use (it changes at a refresh)."""
-        return self._step(x, idx)
+        return self._step(x, ready)
+
+    def read(self, idx: Tensor):
+        """What the step with the SK in use reads for samples `idx` (their masks from its store)."""
+        return self._read(idx) if self._read is not None else idx
 
     def __call__(self, epoch: int, estimator: nn.Module) -> dict:
         if self.val_x is None:
@@ -91,7 +98,7 @@ class SKMonitor:
             cause = f"sk_staleness {stale.overall:.4f} > threshold {self.cfg.sk_refresh_threshold}"
             metrics["sk_refresh"] = {"cause": cause, **self.refresh(epoch, estimator)}
             # the epoch reports what its checkpoint holds: the refreshed pair, measured again
-            metrics.update(evaluate(self.decoupled, self.dataset, self.cfg.eval_samples, sharded=True))
+            metrics.update(self.validate())
         return metrics
 
     @property
@@ -117,7 +124,7 @@ class SKMonitor:
         self.decoupled.selector = selector
         self.selector_state, self.last_refresh = selector_state, epoch
         self.refresh_store = store
-        self._step = self.make_step(selector, self.run_dir / store if store is not None else None)
+        self._step, self._read = self.make_step(selector, self.run_dir / store if store is not None else None)
         self._probe = None
 
     def state_dict(self) -> dict:

@@ -9,15 +9,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from skqk.analytic import find_block, solve_ridge, statistics
+from skqk.analytic.run import Problem
 from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.data.sampling import replay_indices
 from skqk.decoupled import DecoupledModel
+from skqk.estimator import mask_sites
 from skqk.patterns import Pattern
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import (
@@ -31,11 +35,12 @@ from skqk.pipeline.checkpoint import (
     resolve_pooling,
 )
 from skqk.pipeline.config import RetrainConfig
-from skqk.pipeline.loop import RunResult, StepForward, fit, memory_format
+from skqk.pipeline.loop import ReadAhead, RunResult, StepForward, fit, memory_format
 from skqk.pipeline.prune import active_units, dead_units_removed, removal_report
 from skqk.pipeline.refresh import SKMonitor
 from skqk.pipeline.rundir import file_sha256, prepare_run_dir
 from skqk.pipeline.train import fit_network
+from skqk.pipeline.validation import RecordedValidation
 from skqk.store import PatternStore
 from skqk.store.sizing import bytes_per_sample, size_notice
 
@@ -90,11 +95,17 @@ def retrain(
     device = next(estimator.parameters()).device
     selector.to(device, memory_format=layout)
 
-    def make_step(selector, store) -> StepForward:
+    masks = mask_sites(estimator)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32  # what a gate's input is in the step
+
+    def prepare(pattern: Pattern) -> dict[str, Tensor]:
+        return for_step(pattern, masks, dtype, layout)
+
+    def make_step(selector, store) -> tuple[StepForward, ReadAhead | None]:
         if cfg.patterns == "store":
             read = patterns_from_store(selector, store, indices, dataset, cfg)
-            return lambda x, idx: model(x, in_layout(read(idx).to(device), layout))
-        return lambda x, idx: model(x, selector(x))
+            return (lambda x, ready: model(x, ready)), (lambda idx: prepare(read(idx).to(device)))
+        return (lambda x, idx: model(x, selector(x))), None
 
     make_step(selector, store)  # refuses a store that lacks samples before the run folder is created
     if progress and distributed.current().is_main:
@@ -102,12 +113,18 @@ def retrain(
     read = patterns_from_store(selector, store, indices, dataset, cfg) if cfg.patterns == "store" else None
     removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
-    run_dir = distributed.current().on_main(
-        prepare_run_dir, out, resume, cfg, source, pooling, removal and {"dead_unit_removal": removal.summary()}
-    )
+    extra = {"dead_unit_removal": removal.summary()} if removal else {}
+    if cfg.optimizer == "ridge-head":  # on resume too: resume.pt then replaces the weights, solved or trained
+        opened = PatternStore.open(store, verify=False) if cfg.patterns == "store" else None
+        subset = subset_fingerprint(
+            dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks, dataset.train.ordered
+        )
+        extra["head_solve"] = solve_head(Problem(ckpt, decoupled, opened, dataset, indices, subset))
+    run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source, pooling, extra or None)
     torch.manual_seed(cfg.seed)
     network = build_network(ckpt, path=str(checkpoint), trust=trust).to(next(estimator.parameters()).device)
-    monitor = SKMonitor(cfg, decoupled, network, ckpt[sk_key], dataset, indices, run_dir, make_step, store)
+    validate = RecordedValidation(decoupled, dataset, cfg.eval_samples, prepare)
+    monitor = SKMonitor(cfg, decoupled, network, ckpt[sk_key], dataset, indices, run_dir, make_step, store, validate)
     history = fit(
         run_dir,
         estimator,
@@ -121,8 +138,29 @@ def retrain(
         progress,
         on_epoch=monitor if removal is None else RemovalMetrics(monitor, removal),
         epoch_context=removal and removal.epoch,
+        read_ahead=monitor.read if cfg.patterns == "store" else None,
+        validate=validate,
     )
     return RunResult(decoupled, history, run_dir, cfg.patience)
+
+
+def solve_head(problem: Problem) -> dict:
+    """``--optimizer ridge-head``: the estimator's head set to its exact ridge solution on all of the problem's
+    samples (one-hot targets, λ chosen by GCV; `skqk.analytic`), its input computed in eval mode through the
+    fixed SK. With the SK fixed the output is linear in the head's weights, so this is the least-squares optimum
+    of that layer in one pass over the data, where SGD takes epochs to approach it. Returns what config.json
+    records: the head, λ and how it was chosen, and the seconds it took (a QK run's time to accuracy)."""
+    start = time.perf_counter()
+    estimator = problem.estimator
+    block = find_block(estimator)
+    was_training = estimator.training
+    estimator.eval()
+    try:
+        solution = solve_ridge(statistics(problem, block, torch.arange(len(problem.order))))
+    finally:
+        estimator.train(was_training)
+    block.assign(solution.theta)
+    return {"block": block.name, **solution.record(), "seconds": time.perf_counter() - start}
 
 
 def training_indices(labels: Tensor, cfg: RetrainConfig, ordered: bool = False) -> Tensor:
@@ -217,11 +255,24 @@ def patterns_notice(selector, dataset: Dataset, indices: Tensor, store) -> str:
     return size_notice(per_sample, len(indices), store, reading=True)
 
 
-def in_layout(pattern: Pattern, layout: torch.memory_format) -> Pattern:
-    """`pattern` with its per-position states in `layout`, so a gate multiplies tensors of one layout."""
-    if layout == torch.contiguous_format:
-        return pattern
-    return Pattern({s: t.contiguous(memory_format=layout) if t.dim() == 4 else t for s, t in pattern.items()})
+def for_step(
+    pattern: Pattern, masks: Collection[str], dtype: torch.dtype, layout: torch.memory_format
+) -> dict[str, Tensor]:
+    """`pattern` as the step reads it: the states of the `masks` sites (`skqk.estimator.mask_sites`) as 0/1 masks
+    of the step's `dtype`, and every per-position state in the activations' `layout`, each in one copy (the cast
+    and the layout change together) made where the patterns are read, in the prefetch thread, so the step itself
+    converts nothing (`skqk.gates.as_mask` then passes the mask through). Exact: the gates multiply by the same
+    0 and 1 and select with the same states."""
+    ready = {}
+    for site, t in pattern.items():
+        fmt = layout if t.dim() == 4 else torch.contiguous_format
+        if site in masks:
+            t, target = t.view(torch.uint8), dtype  # uint8 -> float: the vectorised cast (`as_mask`)
+        else:
+            target = t.dtype
+        same = t.dtype == target and t.is_contiguous(memory_format=fmt)
+        ready[site] = t if same else torch.empty_like(t, dtype=target, memory_format=fmt).copy_(t)
+    return ready
 
 
 def patterns_from_store(
