@@ -90,15 +90,21 @@ CPU = DriftPreset(
     (
         DriftStream("sp500", "mlp", table_protocol(30, 5, 40, widths=[64, 64])),
         DriftStream("macro", "mlp", table_protocol(100, 20, 8, widths=[32, 32])),
-        DriftStream(IMAGES, "lenet5", IncrementalProtocol(300, 15, 3, 30, eval_per_chunk=200, eval_samples=500,
-                                                          arms=ARMS)),  # fmt: skip
+        DriftStream(
+            IMAGES, "lenet5", IncrementalProtocol(300, 15, 3, 30, eval_per_chunk=200, eval_samples=500, arms=ARMS)
+        ),  # fmt: skip
     ),
 )
 SMOKE = DriftPreset(
     "smoke",
     "seconds: the macro stream in 3 chunks, an mlp, 2 + 1 epochs, one seed, three arms",
-    (DriftStream("macro", "mlp", table_protocol(2, 1, 4, seeds=(0,), arms=("qk-new", "analytic", "traditional-all"),
-                                                chunks=3, widths=[16])),),  # fmt: skip
+    (
+        DriftStream(
+            "macro",
+            "mlp",
+            table_protocol(2, 1, 4, seeds=(0,), arms=("qk-new", "analytic", "traditional-all"), chunks=3, widths=[16]),
+        ),
+    ),  # fmt: skip
 )
 PRESETS = {p.name: p for p in (CPU, SMOKE)}
 
