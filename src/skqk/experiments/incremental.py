@@ -121,7 +121,8 @@ def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, prog
     S, E = protocol.chunk_samples, protocol.eval_per_chunk
     class_order = {"class_incremental": protocol.classes_per_chunk, "chunk_samples": S}
     class_order = class_order if order == "class-incremental" else {}
-    common = {"seed": seed, "subset_seed": seed, "eval_samples": protocol.eval_samples, **class_order}
+    common = {"seed": seed, "subset_seed": seed, "eval_samples": protocol.eval_samples, "lr": protocol.lr,
+              **class_order}  # fmt: skip
     labels = dataset.train.labels
     if order == "time":
         eval_sets = list(torch.arange(protocol.chunks * E).split(E))
