@@ -136,16 +136,31 @@ def skqk_command(cwd: Path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(run, cwd=cwd, capture_output=True, text=True, timeout=120, env=cli_env())
 
 
-def test_modules_planted_in_the_current_directory_never_run(tmp_path):
+def python_m(module: str):
+    """`python -m skqk` or `python -m skqk.cli`, run in `cwd`: Python puts the current directory first on sys.path."""
+
+    def run(cwd: Path, *args) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", module, "-q", *map(str, args)]
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, env=cli_env())
+
+    return run
+
+
+ENTRY_POINTS = {"skqk": skqk_command, "python -m skqk": python_m("skqk"), "python -m skqk.cli": python_m("skqk.cli")}
+
+
+@pytest.mark.parametrize("command", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
+def test_modules_planted_in_the_current_directory_never_run(tmp_path, command):
     """`org` (copy.py probes for Jython's) and `_winapi` (Windows-only) are modules Python looks for and does not
-    find on Linux; in the folder skqk runs from they must stay unimported, whatever the command."""
+    find on Linux; in the folder skqk runs from they must stay unimported, whatever the command and entry point."""
     created = tmp_path / "created"
     for name in ("org", "_winapi", "lenet5"):
         (tmp_path / f"{name}.py").write_text(f"open({str(created)!r}, 'a').write({name!r})\n")
     nodata = ["--data-dir", tmp_path / "nodata"]
     for args in (["--help"], ["patterns", "info", tmp_path / "nothing"], ["evaluate", "--checkpoint", "x.pt", *nodata]):
-        skqk_command(tmp_path, *args)
+        proc = command(tmp_path, *args)
         assert not created.exists(), (args, created.read_text())
+        assert proc.returncode == (0 if args == ["--help"] else 1), proc.stderr
 
 
 def test_a_trusted_model_is_imported_from_the_current_directory_and_only_that_module(tmp_path, capsys):

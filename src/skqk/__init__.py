@@ -8,6 +8,8 @@ one block from statistics that add up over samples; not in the paper).
 """
 
 import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -36,6 +38,18 @@ _PUBLIC = {
 }
 
 __all__ = list(_PUBLIC)
+
+
+def _keep_the_current_directory_off_the_path() -> None:
+    """`python -m skqk` and `python -m skqk.cli` import this package first, while Python has the current directory
+    first on sys.path (and ``sys.argv[0] == "-m"``): a file there named like a module that Python or torch probe for
+    and do not find (``org.py``, ``_winapi.py``) would run. Drop it; a ``--model`` import path still finds its own
+    module there (`skqk.models.resolve` looks in the current directory for exactly that module)."""
+    if sys.argv[:1] == ["-m"] and sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+
+
+_keep_the_current_directory_off_the_path()
 
 
 def __getattr__(name: str):

@@ -71,3 +71,19 @@ def test_a_diverged_chunk_is_cached_as_a_result_and_left_out_of_the_means(tmp_pa
     del finished["diverged"]
     (row,) = summarise([stream, finished])
     assert (row["seeds"], row["diverged"], row["final_accuracy"]) == (1, 1, 0.3)
+
+
+def test_a_model_named_by_import_path_is_trusted_through_every_chunk(data, tmp_path):
+    """`reproduce incremental --model user_nets:build_net` is the user's consent: re-training, recording and the
+    evaluation of every chunk build the network too, not only the pre-training."""
+    name = "user_nets:build_net"
+    protocol = IncrementalProtocol(
+        40, pretrain_epochs=1, retrain_epochs=1, replay=0, chunks=2, eval_per_chunk=10, eval_samples=20,
+        seeds=(0,), orders=("random",), arms=("qk-new", "traditional-new", "analytic"), model_kwargs={"width": 4},
+    )  # fmt: skip
+    results = run_incremental(Preset("tiny", "2 chunks", incremental={name: protocol}), [name], data, tmp_path, False)
+    assert [(s["arm"], len(s["matrix"])) for s in results["streams"]] == [
+        ("qk-new", 2),
+        ("traditional-new", 2),
+        ("analytic", 2),
+    ]

@@ -221,17 +221,18 @@ def solve_cell(cell_dir: Path, key: dict, config: dict, compute) -> dict:
 
 # -- incremental -----------------------------------------------------------------------------------------------
 def analytic_chunks(key: dict, protocol, common: dict, pretrained: Path, dataset: Dataset, folder: Path,
-                    eval_sets) -> list[dict]:  # fmt: skip
+                    eval_sets, trust=()) -> list[dict]:  # fmt: skip
     """The incremental stream's analytic arm: the pre-trained head solved by ridge on chunks 0 and 1, then each new
     chunk's statistics added to the previous solve's (`skqk solve --from RUN --sample-range`), so every chunk is
     read once and every step equals the ridge solve on all chunks so far (checked after the last chunk against
-    one joint solve). The SK stays the pre-trained one; the store holds only the chunks read so far."""
+    one joint solve). The SK stays the pre-trained one; the store holds only the chunks read so far. A model named by
+    import path is built only if `trust` names it."""
     S, seed = protocol.chunk_samples, common["subset_seed"]
     chunks = (common.get("class_incremental", 0), common.get("chunk_samples", 0))
-    labels = dataset.train.labels
-    order = subset_indices(labels, protocol.chunks * S, seed, class_chunks=chunks if chunks[0] else None)
-    subset = subset_fingerprint(labels, seed, class_chunks=chunks if chunks[0] else None)
-    selector, store = selector_from_checkpoint(pretrained, "frozen"), folder / "patterns"
+    labels, ordered, class_chunks = dataset.train.labels, dataset.train.ordered, chunks if chunks[0] else None
+    order = subset_indices(labels, protocol.chunks * S, seed, class_chunks=class_chunks, ordered=ordered)
+    subset = subset_fingerprint(labels, seed, class_chunks=class_chunks, ordered=ordered)
+    selector, store = selector_from_checkpoint(pretrained, "frozen", trust=trust), folder / "patterns"
     base = {"subset_seed": seed, "class_incremental": chunks[0], "chunk_samples": chunks[1]}
     cells: list[dict] = []
     for k in range(1, protocol.chunks):
@@ -244,19 +245,21 @@ def analytic_chunks(key: dict, protocol, common: dict, pretrained: Path, dataset
             record(selector, dataset, order[start : (k + 1) * S], store, progress=False, subset=subset)
             t1 = time.perf_counter()
             if k == 1:
-                result = solve(cfg, pretrained, dataset, store, cell_dir / "run", False)
+                result = solve(cfg, pretrained, dataset, store, cell_dir / "run", False, trust)
             else:
                 previous = folder / f"chunk{k - 1}" / "run"
-                result = update(previous, dataset, store, cell_dir / "run", add=cfg.span, progress=False)
+                result = update(previous, dataset, store, cell_dir / "run", add=cfg.span, progress=False, trust=trust)
             t2 = time.perf_counter()
             checkpoint = cell_dir / "run" / "model.pt"
             extra = {}
             if k == protocol.chunks - 1:
-                extra["joint_relative_difference"] = joint_difference(result, pretrained, dataset, store, cfg, folder)
+                extra["joint_relative_difference"] = joint_difference(
+                    result, pretrained, dataset, store, cfg, folder, trust
+                )
             return {
-                **evaluate(load_for_evaluation(checkpoint)[0], dataset, protocol.eval_samples),
+                **evaluate(load_for_evaluation(checkpoint, trust=trust)[0], dataset, protocol.eval_samples),
                 **solve_record(result.solution),
-                "row": accuracy_row(checkpoint, dataset, eval_sets[: k + 1]),
+                "row": accuracy_row(checkpoint, dataset, eval_sets[: k + 1], trust),
                 "samples_processed": (k + 1) * S - start,  # each sample read once, by the selector and the estimator
                 "record_seconds": t1 - t0,
                 "train_seconds": t2 - t1,
@@ -270,11 +273,12 @@ def analytic_chunks(key: dict, protocol, common: dict, pretrained: Path, dataset
     return cells
 
 
-def joint_difference(result, pretrained: Path, dataset: Dataset, store: Path, cfg: SolveConfig, folder: Path) -> float:
+def joint_difference(result, pretrained: Path, dataset: Dataset, store: Path, cfg: SolveConfig, folder: Path,
+                     trust=()) -> float:  # fmt: skip
     """‖θ_incremental − θ_joint‖ / ‖θ_joint‖ of the head, θ_joint solved once on every chunk so far."""
     joint_dir = folder / "joint"
     shutil.rmtree(joint_dir, ignore_errors=True)
-    joint = solve(replace(cfg, sample_start=0), pretrained, dataset, store, joint_dir, False)
+    joint = solve(replace(cfg, sample_start=0), pretrained, dataset, store, joint_dir, False, trust)
     a, b = (find_block(r.decoupled.estimator).theta() for r in (result, joint))
     return ((a - b).norm() / b.norm()).item()
 
