@@ -68,7 +68,7 @@ class LeakyReluGate(Gate):
         return x > 0
 
     def forward(self, x: Tensor, state: Tensor) -> Tensor:
-        return x * torch.where(state, 1.0, self.negative_slope).to(x.dtype)
+        return torch.where(state, x, x * self.negative_slope)  # the slope as a Python number: exact in any dtype
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"

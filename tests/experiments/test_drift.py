@@ -35,7 +35,7 @@ def test_every_arm_gets_an_error_matrix_in_time_order_and_the_cache_answers(data
     streams = {s["arm"]: s for s in results["streams"]}
     assert set(streams) == set(ARMS)
     for s in streams.values():
-        assert [len(row) for row in s["matrix"]] == [1, 2, 3] and s["order"] == "time"
+        assert [len(row) for row in s["matrix"]] == [1, 2, 3] and (s["order"], s["stream"]) == ("time", "series")
         assert s["average_forgetting"] == pytest.approx(average_forgetting(s["matrix"], higher_is_better=False))
         assert {"final_rmse", "final_mae", "final_r2"} <= set(s) and "final_accuracy" not in s
     assert streams["traditional-new"]["samples_processed"] == 2 * (24 + 24)  # 2 epochs x the 24 rows of chunks 1, 2

@@ -140,7 +140,7 @@ def run_drift_stream(stream: DriftStream, dataset: Dataset, out: Path, preset, p
     for seed in protocol.seeds:
         for order in protocol.orders:
             folder = out / stream.model / order / f"seed{seed}"
-            streams += run_stream(stream.model, order, seed, protocol, dataset, folder, progress)
+            streams += run_stream(stream.model, order, seed, protocol, dataset, folder, progress, stream.name)
     summary = summarise(streams)
     results = write_results(out, "drift", preset, [stream.model], dataset, started, stream=stream.name,
                             protocol=asdict(protocol), streams=streams, summary=summary)  # fmt: skip

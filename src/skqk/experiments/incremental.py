@@ -113,8 +113,11 @@ def metric_of(dataset: Dataset) -> str:
     return "accuracy" if dataset.task == "classification" else "rmse"
 
 
-def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, progress: bool) -> list[dict]:
-    """Pre-training on chunk 0, then every arm over chunks 1.. ; one summary per arm (its accuracy matrix).
+def run_stream(
+    name, order, seed, protocol, dataset: Dataset, folder: Path, progress: bool, stream: str | None = None
+) -> list[dict]:
+    """Pre-training on chunk 0, then every arm over chunks 1.. ; one summary per arm (its accuracy matrix). A
+    `stream` name (reproduce drift) is part of every cell's key, so progress bars and results name it.
 
     In the "time" order (a stream of `skqk.data.evolving`) chunk k is rows ``k * S .. (k + 1) * S - 1`` in time and
     its test samples are the test split's rows ``k * E .. (k + 1) * E - 1``, the latest E rows of its period."""
@@ -133,7 +136,7 @@ def run_stream(name, order, seed, protocol, dataset: Dataset, folder: Path, prog
         eval_sets = experience_eval_indices(dataset.test.labels, chunk_classes, protocol.chunks, E, seed)
     options = {"model_kwargs": protocol.model_kwargs}
     pre_cfg = TrainConfig(model=name, samples=S, epochs=protocol.pretrain_epochs, **options, **common)
-    key = {"model": name, "order": order, "seed": seed}
+    key = {"model": name, **({"stream": stream} if stream else {}), "order": order, "seed": seed}
     trust = (name,)  # the caller chose the model (reproduce --model): re-training and evaluation build it too
 
     def pretrain(cell_dir: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -184,7 +185,7 @@ def plot_incremental(streams: list[dict], title: str, path: Path, preset: str, d
         runs = [s for s in streams if s["arm"] == arm and "diverged" not in s]
         if not runs:
             continue
-        style = "-" if arm.startswith("qk") else "--"
+        style = "--" if arm.startswith("traditional") else "-"  # QK-only arms (SGD or analytic) solid
         for ax, key in zip(axes, (f"{metric}_per_step", "forgetting_per_step")):
             steps = range(len(runs[0][key]))
             means = [mean_or_nan([r[key][i] for r in runs]) for i in steps]
@@ -255,7 +256,7 @@ def _finish_pair(fig, axes, xlabel: str, ylabels: tuple[str, str], suptitle: str
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(suptitle, fontsize=10)
+    fig.suptitle(textwrap.fill(suptitle, 150), fontsize=10)  # a table's description can be long
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
