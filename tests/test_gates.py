@@ -121,3 +121,32 @@ def test_select_and_comparison_gates():
     assert torch.equal(select(a, b, select.pattern_of(a, b)), torch.maximum(a, b))
     compare = ComparisonGate(torch.gt)
     assert compare(a, 0, compare.pattern_of(a, 0)).tolist() == [[True, False, True]]
+
+
+GATES_AND_SOURCES = {  # each gate with the torch function it replaces (operands after x)
+    "relu": (ReluGate(), F.relu, ()),
+    "leaky_relu": (LeakyReluGate(0.1), lambda x: F.leaky_relu(x, 0.1), ()),
+    "prelu": (PReluGate(), F.prelu, (torch.tensor([0.3]),)),
+    "hardtanh": (ClampGate(-0.5, 0.7), lambda x: F.hardtanh(x, -0.5, 0.7), ()),
+    "clamp": (ClampGate(-0.1, 0.3, inclusive=True), lambda x: x.clamp(-0.1, 0.3), ()),
+    "threshold": (ClampGate(0.1, low_value=-0.3), lambda x: F.threshold(x, 0.1, -0.3), ()),
+    "max_pool2d": (MaxPoolGate(2, padding=1), lambda x: F.max_pool2d(x, 2, padding=1), ()),  # windows apart: no sum
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", GATES_AND_SOURCES)
+def test_gates_are_exact_in_every_floating_dtype(name, dtype):
+    """Fed its own state, a gate gives the very values and gradients of what it replaces, in the input's dtype
+    (a slope rounded to float32 first made LeakyReLU's float64 gate differ)."""
+    gate, source, operands = GATES_AND_SOURCES[name]
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64).to(dtype).requires_grad_()
+    operands = tuple(o.to(dtype) for o in operands)
+    y = gate(x, *operands, gate.pattern_of(x, *operands))
+    expected = source(x, *operands)
+    weights = torch.randn(y.shape, dtype=torch.float64).to(dtype)
+    (grad,) = torch.autograd.grad((y * weights).sum(), x)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+    assert y.dtype == dtype and torch.equal(y, expected)
+    assert torch.equal(grad, expected_grad)

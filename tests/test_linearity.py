@@ -236,3 +236,195 @@ def test_known_cases_go_the_right_way(name):
 
 def test_the_sweep_is_not_empty():
     assert len(CASES) > 250
+
+
+# -- issue 19: the corners --------------------------------------------------------------------------------------
+class Probe(nn.Module):
+    """A two-branch MLP on (N, 6) inputs: ``head(relu(op(relu(a(x)), b(x))))``; `op` sees both branches."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.a, self.b, self.op, self.head = nn.Linear(6, 4), nn.Linear(6, 4), op, nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(F.relu(self.op(F.relu(self.a(x)), self.b(x))))
+
+
+def _inplace_on_an_expanded_view(h, g):
+    v = h.expand_as(h)
+    h.relu_()
+    return v + h
+
+
+# Each refused, naming the node that is not affine (or whose batch axis is lost before a gate).
+CORNERS_REFUSED = {
+    "torch.mul(h, other=g)": (lambda h, g: torch.mul(h, other=g), "'mul'"),
+    "torch.mul(input=h, other=g)": (lambda h, g: torch.mul(input=h, other=g), "'mul'"),
+    "h.mul(other=g)": (lambda h, g: h.mul(other=g), "'mul'"),
+    "torch.div(h, other=g)": (lambda h, g: torch.div(h, other=g), "'div'"),
+    "torch.matmul(input=h, other=g.T)": (lambda h, g: torch.matmul(input=h, other=g.T)[:, :4], "'matmul'"),
+    "h.flip(-2)": (lambda h, g: h.flip(-2), "'flip'"),
+    "h.flatten(1).flip(-2)": (lambda h, g: h.flatten(1).flip(-2), "'flip'"),
+    "torch.flip(h, dims=(-2,))": (lambda h, g: torch.flip(h, dims=(-2,)), "'flip'"),
+    "h.transpose(-1, -2) twice": (lambda h, g: h.transpose(-1, -2).transpose(-1, -2), "'transpose'"),
+    "h - h.sum(-2, keepdim=True)": (lambda h, g: h - h.sum(-2, keepdim=True), "'sum_1'"),
+    "h.roll(1, dims=-2)": (lambda h, g: h.roll(1, dims=-2), "'roll'"),
+    "h.expand_as(h); h.relu_()": (_inplace_on_an_expanded_view, "'relu_'"),
+    "h.clamp(min=1, max=-1)": (lambda h, g: h.clamp(min=1, max=-1) + h, "'clamp'"),
+    "torch.add(h, g, out=h)": (lambda h, g: torch.add(h, g, out=h), "'add'"),
+}  # fmt: skip
+CORNERS_ACCEPTED = {
+    "h * torch.gt(input=h, other=0)": lambda h, g: h * torch.gt(input=h, other=0),
+    "torch.relu(input=h)": lambda h, g: torch.relu(input=h) + g,
+    "torch.add(input=h, other=g, alpha=2)": lambda h, g: torch.add(input=h, other=g, alpha=2),
+    "h.flatten(1).flip(-1)": lambda h, g: h.flatten(1).flip(-1),
+    "h.flatten(1)[..., :2] padded": lambda h, g: F.pad(h.flatten(1)[..., :2], (0, 2)),
+    "torch.mul(h, other=2.0)": lambda h, g: torch.mul(h, other=2.0),
+    "h.flatten(1).unsqueeze(-1).sum(-1)": lambda h, g: h.flatten(1).unsqueeze(-1).sum(-1),
+}
+
+
+def _refusal(model: nn.Module) -> str:
+    with pytest.raises(skqk.DecouplingError) as refused:
+        selector, _ = skqk.decouple(model, pooling="frozen")
+        selector(torch.randn(5, 6, dtype=torch.float64))  # the batch-axis check at recording time
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("name", CORNERS_REFUSED)
+def test_corners_are_refused_naming_the_node(name):
+    """Keywords, negative dimensions of the batch axis, views of a tensor a gate overwrites, constant clamps:
+    each was accepted and wrong before issue 19."""
+    op, culprit = CORNERS_REFUSED[name]
+    torch.manual_seed(0)
+    assert culprit in _refusal(Probe(op).double().eval())
+
+
+def assert_exact(model: nn.Module, *inputs: torch.Tensor, pooling: str = "frozen") -> None:
+    """Fed the selector's own pattern, the estimator gives the network's outputs and parameter gradients (float64),
+    and for that pattern it is affine in its input."""
+    model = model.double().eval()
+    selector, estimator = skqk.decouple(model, pooling=pooling)
+    pattern = selector(*inputs)
+    y, expected = estimator(*inputs, pattern), model(*inputs)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(y.shape, dtype=torch.float64)
+    grads = torch.autograd.grad((y * weights).sum(), list(estimator.parameters()), materialize_grads=True)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), list(model.parameters()), materialize_grads=True)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    floating = [i for i, t in enumerate(inputs) if t.is_floating_point()]
+    if floating and not estimator.live_pooling:
+        k = floating[0]
+        other = [*inputs[:k], torch.randn_like(inputs[k]), *inputs[k + 1 :]]
+        mixed = [*inputs[:k], 0.3 * inputs[k] + 0.7 * other[k], *inputs[k + 1 :]]
+        with torch.no_grad():
+            affine = 0.3 * estimator(*inputs, pattern) + 0.7 * estimator(*other, pattern)
+            torch.testing.assert_close(estimator(*mixed, pattern), affine, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", CORNERS_ACCEPTED)
+def test_corners_that_are_affine_are_accepted_and_exact(name):
+    torch.manual_seed(0)
+    assert_exact(Probe(CORNERS_ACCEPTED[name]), torch.randn(5, 6, dtype=torch.float64))
+
+
+class BigPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(17)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+def test_every_failure_during_analysis_is_a_decoupling_error():
+    """A frozen 17x17 window has more offsets than a uint8 switch holds: refused, not a ValueError."""
+    with pytest.raises(skqk.DecouplingError, match="'pool'.*too large"):
+        skqk.decouple(BigPool(), pooling="frozen")
+
+
+class ModuleProbe(nn.Module):
+    """``head(relu(module(relu(a(x)), b(x))))`` (or of one operand): a module's own flags decide."""
+
+    def __init__(self, module: nn.Module, operands: str = "h"):
+        super().__init__()
+        self.a, self.b, self.module, self.operands, self.head = (
+            nn.Linear(6, 4),
+            nn.Linear(6, 4),
+            module,
+            operands,
+            nn.Linear(4, 3),
+        )
+        self.weight = nn.Parameter(torch.randn(5, 4))
+
+    def forward(self, x):
+        h, g = F.relu(self.a(x)), self.b(x)
+        args = {"h": (h,), "hg": (h, g), "hh": (h, h), "hw": (h, self.weight)}[self.operands]
+        return self.head(F.relu(self.module(*args)[:, :4]))
+
+
+MODULES_REFUSED = {
+    "BatchNorm1d(track_running_stats=False)": (nn.BatchNorm1d(4, track_running_stats=False), "h"),
+    "Bilinear(h, g)": (nn.Bilinear(4, 4, 4), "hg"),
+    "Bilinear(h, h)": (nn.Bilinear(4, 4, 4), "hh"),
+}
+MODULES_ACCEPTED = {
+    "BatchNorm1d": (nn.BatchNorm1d(4), "h"),
+    "Bilinear(h, parameter)": (nn.Bilinear(4, 4, 4), "hw"),
+}
+
+
+@pytest.mark.parametrize("name", MODULES_REFUSED)
+def test_a_module_is_affine_only_under_its_own_flags(name):
+    """Batch statistics even in eval mode, and a bilinear form of two input-dependent operands, are refused."""
+    module, operands = MODULES_REFUSED[name]
+    torch.manual_seed(0)
+    assert "'module'" in _refusal(ModuleProbe(module, operands).double().eval())
+
+
+@pytest.mark.parametrize("name", MODULES_ACCEPTED)
+def test_affine_modules_are_accepted_and_exact(name):
+    module, operands = MODULES_ACCEPTED[name]
+    torch.manual_seed(0)
+    assert_exact(ModuleProbe(module, operands), torch.randn(5, 6, dtype=torch.float64))
+
+
+class BasicModel4MultiArgs(nn.Module):
+    """captum's ``BasicModel4_MultiArgs``: a real-valued third input divides."""
+
+    def forward(self, input1, input2, additional_input1, additional_input2=0):
+        relu_out1 = F.relu(input1 - 1)
+        relu_out2 = F.relu(input2)
+        relu_out2 = relu_out2.div(additional_input1)
+        return F.relu(relu_out1 - relu_out2)[:, additional_input2]
+
+
+def test_a_real_valued_input_is_never_taken_for_a_discrete_one():
+    """Dividing by a model input is dividing by an input-dependent value: refused, naming the division."""
+    with pytest.raises(skqk.DecouplingError, match="'div'.*divides by"):
+        skqk.decouple(BasicModel4MultiArgs())
+
+
+class Lookup(nn.Module):
+    """Rows of a real input picked by an index input: affine in the first, the index is discrete."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(6, 4), nn.Linear(4, 3)
+
+    def forward(self, x, index):
+        return self.head(F.relu(torch.index_select(F.relu(self.fc(x)), 1, index)))
+
+
+def test_a_discrete_input_is_discrete_by_its_dtype():
+    """An input used as an index is fixed like the pattern if it is an integer tensor; a real-valued one is refused
+    when the model runs (its dtype is only known then)."""
+    torch.manual_seed(0)
+    x, index = torch.randn(5, 6, dtype=torch.float64), torch.tensor([3, 0, 1, 1])
+    assert_exact(Lookup(), x, index)
+    selector, estimator = skqk.decouple(Lookup().double())
+    with pytest.raises(skqk.DecouplingError, match="'index'.*float64"):
+        selector(x, index.double())
+    with pytest.raises(skqk.DecouplingError, match="'index'.*float64"):
+        estimator(x, index.double(), selector(x, index))

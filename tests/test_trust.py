@@ -146,9 +146,10 @@ def python_m(module: str):
     return run
 
 
-@pytest.mark.parametrize(
-    "command", [skqk_command, python_m("skqk"), python_m("skqk.cli")], ids=["skqk", "python -m skqk", "python -m skqk.cli"]
-)
+ENTRY_POINTS = {"skqk": skqk_command, "python -m skqk": python_m("skqk"), "python -m skqk.cli": python_m("skqk.cli")}
+
+
+@pytest.mark.parametrize("command", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
 def test_modules_planted_in_the_current_directory_never_run(tmp_path, command):
     """`org` (copy.py probes for Jython's) and `_winapi` (Windows-only) are modules Python looks for and does not
     find on Linux; in the folder skqk runs from they must stay unimported, whatever the command and entry point."""

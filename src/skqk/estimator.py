@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from skqk.fuse import fuse_relu_pool
 from skqk.gates import ReluGate
+from skqk.linearity import DecouplingError
 from skqk.sites import Pooling, Site, has_max_pooling, rewrite_gates, trace
 
 
@@ -31,22 +32,30 @@ class Estimator(nn.Module):
         self.net = net
         self.sites = [s.name for s in sites]
         self.inputs = inputs
+        self.discrete = list(net.meta.get("skqk_discrete", ()))  # inputs used as indices or masks
         self.live_pooling = has_max_pooling(net)
         self.training = net.training
 
     def forward(self, *inputs_and_pattern) -> Tensor:
         *inputs, pattern = inputs_and_pattern
-        check_inputs(self.inputs, inputs, "estimator", " and then the pattern")
+        check_inputs(self.inputs, inputs, "estimator", " and then the pattern", self.discrete)
         return self.net(pattern, *inputs)
 
 
-def check_inputs(names: list[str], given: tuple, who: str, then: str = "") -> None:
-    """A call with the wrong number of inputs gets a clear error instead of fx's."""
+def check_inputs(names: list[str], given: tuple, who: str, then: str = "", discrete: Iterable[str] = ()) -> None:
+    """A call with the wrong number of inputs gets a clear error instead of fx's; an input the model uses as an
+    index or mask (`discrete`) is fixed like the pattern only if it is an integer or bool tensor."""
     if len(given) != len(names) or isinstance(given and given[-1], Mapping):
         raise TypeError(
             f"the {who} takes the model's inputs {names}{then}; optional arguments of forward are fixed at their "
             f"defaults when decoupling"
         )
+    for name, value in zip(names, given):
+        if name in discrete and (value.is_floating_point() or value.is_complex()):
+            raise DecouplingError(
+                f"input {name!r} is used as an index or a mask, which a pattern fixes only for integer or bool "
+                f"tensors, and it is {value.dtype}: an input-dependent index is not affine"
+            )
 
 
 def build_estimator(

@@ -36,13 +36,25 @@ class Gate(nn.Module):
 
 
 class ReluGate(Gate):
-    """ReLU: the state is the derivative of the activation (1 where the neuron is active)."""
+    """ReLU: the state is the derivative of the activation (1 where the neuron is active).
+
+    With `inplace` (`skqk.fuse.relu_gates_in_place`, only where nothing else reads `x`) the mask multiplies `x`
+    in place, as ``nn.ReLU(inplace=True)`` does: the same products without a new tensor.
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
 
     def pattern_of(self, x: Tensor) -> Tensor:
         return x > 0
 
     def forward(self, x: Tensor, state: Tensor) -> Tensor:
-        return x * as_mask(state, x.dtype)
+        mask = as_mask(state, x.dtype)
+        return x.mul_(mask) if self.inplace else x * mask
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
 
 
 class LeakyReluGate(Gate):
@@ -56,7 +68,7 @@ class LeakyReluGate(Gate):
         return x > 0
 
     def forward(self, x: Tensor, state: Tensor) -> Tensor:
-        return x * torch.where(state, 1.0, self.negative_slope).to(x.dtype)
+        return torch.where(state, x, x * self.negative_slope)  # the slope as a Python number: exact in any dtype
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"

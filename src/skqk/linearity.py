@@ -24,13 +24,16 @@ import inspect
 import operator
 import os
 import re
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from skqk._errors import one_line
+from skqk._schemas import Call, bind
 from skqk.gates import (
     ClampGate,
     ComparisonGate,
@@ -55,12 +58,14 @@ class Value:
 
     `dep` is 1 when the value is affine in the network input for a fixed pattern, 0 when it is fixed for a fixed
     pattern. `batch` is the axis that holds the samples (None: the same for every sample; `MIXED`: lost).
-    `lost_at` names the node that lost the batch axis, for the error message.
+    `lost_at` names the node that lost the batch axis, for the error message. `rank` is the number of axes where
+    it is known without running the model (None: unknown, e.g. a model input's), to place negative dimensions.
     """
 
     dep: int
     batch: int | None | str
     lost_at: str = ""
+    rank: int | None = None
 
 
 @dataclass
@@ -121,16 +126,32 @@ _SHAPE_QUERIES = {"size", "dim", "ndimension", "numel", "nelement", "len", "new_
 _SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout", "requires_grad"}
 _TRANSPOSE_ATTRIBUTES = {"T", "mT", "H", "mH"}
 _AFFINE = _ELEMENTWISE | _BATCH_FIRST | _RESHAPES | _STRUCTURAL
-# (product-like op, positions of its factors): at most one factor may depend on the input.
-_FACTORS = {"mul": (0, 1), "multiply": (0, 1), "matmul": (0, 1), "mm": (0, 1), "bmm": (0, 1), "outer": (0, 1),
-            "inner": (0, 1), "dot": (0, 1), "linear": (0, 1), "conv1d": (0, 1), "conv2d": (0, 1),
-            "conv3d": (0, 1), "conv_transpose1d": (0, 1), "conv_transpose2d": (0, 1), "conv_transpose3d": (0, 1),
-            "bilinear": (0, 1, 2), "addmm": (1, 2), "baddbmm": (1, 2), "addbmm": (1, 2), "addmv": (1, 2),
-            "einsum": None}  # fmt: skip
-# (op, positions of arguments that must be fixed for a fixed pattern: divisors, masks, indices).
-_MUST_BE_FIXED = {"div": (1,), "divide": (1,), "true_divide": (1,), "masked_fill": (1, 2), "where": (0,),
-                  "index_select": (2,), "gather": (2,), "take_along_dim": (1,), "embedding": (0,),
-                  "setitem": (1,), "getitem": (1,)}  # fmt: skip
+# The arguments, by name, that may depend on the input: (summed, multiplied: at most one may, read for their shape
+# only). Every other argument of every op (divisors, masks, indices, bounds, weights of a normalisation, ...)
+# must be fixed for a fixed pattern; an op not listed takes its first argument only.
+_SUMS = ("input", "other")
+_WEIGHTED = (("bias",), ("input", "weight"), ())
+_OPERANDS = {
+    "add": (_SUMS, (), ()), "sub": (_SUMS, (), ()), "rsub": (_SUMS, (), ()), "where": (_SUMS, (), ()),
+    "setitem": (("input", "value"), (), ()), "mul": ((), _SUMS, ()), "multiply": ((), _SUMS, ()),
+    "matmul": ((), _SUMS, ()), "inner": ((), _SUMS, ()), "mm": ((), ("input", "mat2"), ()),
+    "bmm": ((), ("input", "mat2"), ()), "outer": ((), ("input", "vec2"), ()), "dot": ((), ("input", "tensor"), ()),
+    "linear": _WEIGHTED, "conv1d": _WEIGHTED, "conv2d": _WEIGHTED, "conv3d": _WEIGHTED,
+    "conv_transpose1d": _WEIGHTED, "conv_transpose2d": _WEIGHTED, "conv_transpose3d": _WEIGHTED,
+    "bilinear": (("bias",), ("input1", "input2", "weight"), ()), "addmm": (("input",), ("mat1", "mat2"), ()),
+    "baddbmm": (("input",), ("batch1", "batch2"), ()), "addbmm": (("input",), ("batch1", "batch2"), ()),
+    "addmv": (("input",), ("mat", "vec"), ()), "addcmul": (("input",), ("tensor1", "tensor2"), ()),
+    "einsum": ((), ("args", "operands"), ()), "embedding": (("weight",), (), ()),
+    "expand_as": (("input",), (), ("other",)), "view_as": (("input",), (), ("other",)),
+    "reshape_as": (("input",), (), ("other",)), "to": (("input",), (), ("other",)),
+    "cat": (("tensors",), (), ()), "concat": (("tensors",), (), ()), "concatenate": (("tensors",), (), ()),
+    "stack": (("tensors",), (), ()), "hstack": (("tensors",), (), ()), "vstack": (("tensors",), (), ()),
+}  # fmt: skip
+_MODULE_OPERANDS = {nn.Bilinear: ((), ("input1", "input2"), ())}
+# Arguments that index or mask: a model input passed there is a discrete input (checked by dtype at run time).
+_INDEX_ARGUMENTS = {"masked_fill": ("mask",), "where": ("condition",), "index_select": ("index",),
+                    "gather": ("index",), "take_along_dim": ("indices",), "embedding": ("input",),
+                    "getitem": ("index",), "setitem": ("index",)}  # fmt: skip
 _AFFINE_MODULES = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                    nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.AvgPool1d, nn.AvgPool2d,
                    nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.ZeroPad1d,
@@ -143,12 +164,6 @@ _AFFINE_MODULES = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.C
 _PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                          nn.FeatureAlphaDropout)  # fmt: skip
 AFFINE_MODULES = _AFFINE_MODULES + _PASS_THROUGH_MODULES  # torch.nn modules known to be affine
-_ALIASING = _RESHAPES | _STRUCTURAL - {"sum", "mean", "cumsum", "matmul", "mm", "bmm", "einsum", "outer", "inner",
-                                       "dot", "addmm", "baddbmm", "addbmm", "addmv", "cat", "concat",
-                                       "concatenate", "stack", "hstack", "vstack", "index_select", "gather",
-                                       "take_along_dim", "repeat", "tile", "flip", "flipud", "roll", "tril",
-                                       "triu"}  # fmt: skip
-_ALIASING |= {"contiguous", "float", "double", "to", "dropout"}
 _DROPOUTS = {
     "dropout": True,
     "dropout1d": True,
@@ -190,8 +205,7 @@ def is_max_pooling(node: fx.Node, gm: fx.GraphModule) -> bool:
         return False
     name = _base(name)[0]
     if name in ("max", "min"):  # max(x, other) is a SelectGate; max(x), max(x, dim) pool over dimensions
-        other = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
-        return not isinstance(other, fx.Node) and "other" not in node.kwargs
+        return not isinstance(_arg(node, 1, "other"), fx.Node)
     return name in _MAX_POOLS or name in _RANDOM_POOLS
 
 
@@ -203,33 +217,56 @@ def analyse(gm: fx.GraphModule, pooling: str, vouched_leaves: tuple) -> list[Sit
     root = {}  # node -> the node whose storage it may alias
     position = {n: i for i, n in enumerate(gm.graph.nodes)}
     sites = []
-    for node in gm.graph.nodes:
+    gm.meta["skqk_discrete"] = [n.target for n in discrete]  # checked by dtype when the model runs
+    for node in list(gm.graph.nodes):
         root[node] = node
-        if node.op == "placeholder":
-            values[node] = FIXED if node.args or node in discrete else Value(1, 0)
-            continue
-        if node.op in ("get_attr", "output"):
-            values[node] = FIXED
-            continue
-        inputs = [values[a] for a in node.all_input_nodes]
-        if all(v.dep == 0 for v in inputs):
-            values[node] = Value(0, _merge(node, inputs))
-            _track_alias(node, root)
-            continue
-        spec = _site(node, gm, pooling, values)
-        if spec is not None:
+        with _refusing_any_failure(node):
+            spec = _analyse_node(node, gm, pooling, values, vouched_leaves, discrete)
+            rank = _rank_of(node, gm, values)
+            values[node] = replace(values[node], rank=rank)
+            if spec is None:
+                _track_alias(node, root)
+                _apply_inplace(node, values, root)
+                continue
             _check_site_batch(spec, values)
             if spec.inplace:
                 _check_inplace_aliases(spec, root, position)
             sites.append(spec)
-            values[node] = Value(0 if isinstance(spec.gate, ComparisonGate) else 1, _merge(node, inputs))
             for r in spec.replaces:
                 values[r] = values[node]
-            continue
-        values[node] = _with_culprit(node, _affine_value(node, gm, pooling, values, vouched_leaves), inputs)
-        _track_alias(node, root)
-        _apply_inplace(node, values, root)
     return sites
+
+
+def _analyse_node(node: fx.Node, gm, pooling: str, values: dict, vouched: tuple, discrete: set) -> SiteSpec | None:
+    """Set `values[node]`; return the node's `SiteSpec` if it is a site."""
+    if node.op == "placeholder":
+        values[node] = FIXED if node.args or node in discrete else Value(1, 0)
+        return None
+    if node.op in ("get_attr", "output"):
+        values[node] = FIXED
+        return None
+    inputs = [values[a] for a in node.all_input_nodes]
+    if all(v.dep == 0 for v in inputs):
+        values[node] = Value(0, _merge(node, inputs))
+        return None
+    spec = _site(node, gm, pooling, values)
+    if spec is not None:
+        values[node] = Value(0 if isinstance(spec.gate, ComparisonGate) else 1, _merge(node, inputs))
+        return spec
+    values[node] = _with_culprit(node, _affine_value(node, gm, pooling, values, vouched), inputs)
+    return None
+
+
+@contextmanager
+def _refusing_any_failure(node: fx.Node):
+    """Whatever goes wrong while a node is analysed is a `DecouplingError` that names the node."""
+    try:
+        yield
+    except DecouplingError:
+        raise
+    except Exception as e:
+        raise refuse(node, describe(node), f"cannot be analysed ({type(e).__name__}: {one_line(e, 200)})",
+                     _RELU_ONLY_HINT) from None  # fmt: skip
 
 
 def _with_culprit(node: fx.Node, value: Value, inputs: list[Value]) -> Value:
@@ -241,16 +278,18 @@ def _with_culprit(node: fx.Node, value: Value, inputs: list[Value]) -> Value:
 
 
 def _discrete_inputs(graph: fx.Graph) -> set[fx.Node]:
-    """Inputs used as a mask or an index: they are bool/integer, fixed like the pattern, not affine inputs."""
+    """Inputs passed as a mask or an index: fixed like the pattern, not affine inputs, if they are bool or integer
+    tensors, which the selector and estimator check when they run (a real-valued input is never discrete)."""
     found = set()
     for node in graph.nodes:
         name = op_name(node)
-        positions = _MUST_BE_FIXED.get(_base(name)[0], ()) if name else ()
+        keys = _INDEX_ARGUMENTS.get(_base(name)[0], ()) if name else ()
         if node.op == "call_module":
-            positions = (0,) if isinstance(node.graph.owning_module.get_submodule(node.target), nn.Embedding) else ()
-        for p in positions:
-            arg = _arg(node, p)
-            if isinstance(arg, fx.Node) and arg.op == "placeholder" and not (name == "getitem" and p == 0):
+            keys = ("input",) if isinstance(node.graph.owning_module.get_submodule(node.target), nn.Embedding) else ()
+        call = _call(node)
+        for key in keys:
+            arg = call.arguments.get(key) if call else None
+            if isinstance(arg, fx.Node) and arg.op == "placeholder":
                 found.add(arg)
     return found
 
@@ -263,10 +302,11 @@ def _site(node: fx.Node, gm: fx.GraphModule, pooling: str, values: dict) -> Site
     if name is None:
         return None
     base, inplace = _base(name)
-    x = node.args[0] if node.args else None
-    inplace = inplace or bool(node.kwargs.get("inplace", False))
+    call = _call(node)
+    x = _arg(node, 0, "input")
+    inplace = inplace or bool(call and call.writes)
     if base == "relu":
-        return SiteSpec(node, ReluGate(), (x,), inplace or (len(node.args) > 1 and node.args[1] is True))
+        return SiteSpec(node, ReluGate(), (x,), inplace)
     if base in ("leaky_relu", "relu6", "hardtanh", "threshold", "clamp", "clip", "clamp_min", "clamp_max"):
         gate, inplace_arg = _clamp_like(node, base)
         return SiteSpec(node, gate, (x,), inplace or inplace_arg)
@@ -283,7 +323,7 @@ def _site(node: fx.Node, gm: fx.GraphModule, pooling: str, values: dict) -> Site
 
 
 def _module_site(node: fx.Node, m: nn.Module, pooling: str) -> SiteSpec | None:
-    x = node.args[0]
+    x = _arg(node, 0)
     inplace = getattr(m, "inplace", False)
     if type(m) is nn.ReLU:
         return SiteSpec(node, ReluGate(), (x,), inplace)
@@ -324,6 +364,9 @@ def _clamp_like(node: fx.Node, base: str) -> tuple[Gate, bool]:
     low, high = a.get("min"), a.get("max")
     if low is None and high is None:
         raise refuse(node, describe(node), "has no bounds", "give clamp a min or a max")
+    if low is not None and high is not None and low > high:  # torch gives `max` everywhere, with no gradient
+        raise refuse(node, describe(node), f"has min {low} > max {high}: it is the constant {high}",
+                     "write the constant instead")  # fmt: skip
     return ClampGate(low, high, inclusive=True), False  # clamp passes the gradient at its bounds
 
 
@@ -373,6 +416,11 @@ def _affine_value(node: fx.Node, gm: fx.GraphModule, pooling: str, values: dict,
         if isinstance(m, _AFFINE_MODULES):
             if isinstance(m, nn.Embedding):
                 raise refuse(node, type(m).__name__, "looks up an input-dependent index", _DISCRETE_HINT)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+                raise refuse(node, type(m).__name__, "normalises with batch statistics even in eval mode",
+                             "construct it with track_running_stats=True")  # fmt: skip
+            first = next(iter(inspect.signature(m.forward).parameters))
+            _check_arguments(node, _call(node), _MODULE_OPERANDS.get(type(m), ((first,), (), ())), values)
             return Value(1, _batch_first(node, inputs))
         if isinstance(m, _RANDOM_POOL_MODULES):
             raise refuse(node, type(m).__name__, "pools over random regions", "use a deterministic pooling")
@@ -401,8 +449,8 @@ def _affine_value(node: fx.Node, gm: fx.GraphModule, pooling: str, values: dict,
         return Value(1, _batch_of(node, "sum", inputs, values) if over_dims else _batch_first(node, inputs))
     if base not in _AFFINE:
         raise refuse(node, describe(node), _NOT_AFFINE, _RELU_ONLY_HINT)
-    _check_factors(node, base, values)
-    if base == "div" and node.kwargs.get("rounding_mode") is not None:
+    _check_arguments(node, _call(node), _OPERANDS.get(base, (("input",), (), ())), values)
+    if base == "div" and _arg(node, 2, "rounding_mode") is not None:
         raise refuse(node, describe(node), "rounds", _RELU_ONLY_HINT)
     if base in _DROPOUTS and _arg(node, 2, "training", _DROPOUTS[base]):
         raise refuse(node, describe(node), "drops at random even in eval mode", "pass training=self.training")
@@ -414,30 +462,46 @@ def _affine_value(node: fx.Node, gm: fx.GraphModule, pooling: str, values: dict,
     return Value(1, _batch_of(node, base, inputs, values))
 
 
-def _check_factors(node: fx.Node, base: str, values: dict) -> None:
-    """Products with more than one input-dependent factor, and anything that divides by, masks with or
-    indexes by an input-dependent tensor, are not affine."""
-    if base in _FACTORS:
-        positions = _FACTORS[base]
-        args = node.args[1:] if positions is None else [_arg(node, p) for p in positions]
-        factors = [a for a in _flat(args) if isinstance(a, fx.Node) and values[a].dep]
-        if len(factors) > 1:
-            names = ", ".join(repr(f.name) for f in factors)
-            raise refuse(node, describe(node), f"multiplies two input-dependent tensors ({names})",
-                         "an activation pattern cannot capture a product of two input-dependent values")  # fmt: skip
-    for p in _MUST_BE_FIXED.get(base, ()):
-        arg = _arg(node, p)
-        if any(isinstance(a, fx.Node) and values[a].dep for a in _flat([arg])):
-            what = "divides by" if base in ("div", "divide", "true_divide") else "masks or indexes with"
-            raise refuse(node, describe(node), f"{what} an input-dependent tensor", _RELU_ONLY_HINT)
+def _check_arguments(node: fx.Node, call: Call | None, operands: tuple, values: dict) -> None:
+    """Every argument, by name, whether passed by position or keyword: only `operands` may depend on the input,
+    and of the multiplied ones only one (a product of two input-dependent values is not affine)."""
+    summed, multiplied, shape_only = operands
+    if call is None:  # no signature of the op fits: only a single positional input is understood
+        call = Call({"input": node.args[0]} if len(node.args) == 1 and not node.kwargs else {}, ("input",))
+        if not call.arguments:
+            raise refuse(node, describe(node), "has arguments that fit no signature of the op", _RELU_ONLY_HINT)
+    if call.arguments.get("out") is not None:
+        raise refuse(node, describe(node), "writes into out=", "use the result instead of out=")
+    factors = []
+    for key, arg in call.arguments.items():
+        dependent = [a for a in _flat([arg]) if isinstance(a, fx.Node) and values[a].dep]
+        if not dependent or key in summed or key in shape_only:
+            continue
+        if key not in multiplied:
+            raise refuse(node, describe(node), _takes(key, node), _RELU_ONLY_HINT)
+        factors += dependent
+    if len(factors) > 1:
+        names = ", ".join(repr(f.name) for f in factors)
+        raise refuse(node, describe(node), f"multiplies two input-dependent tensors ({names})",
+                     "an activation pattern cannot capture a product of two input-dependent values")  # fmt: skip
+
+
+def _takes(key: str, node: fx.Node) -> str:
+    name = op_name(node) or ""
+    if _base(name)[0] in ("div", "divide", "true_divide", "remainder", "floor_divide") and key == "other":
+        return "divides by an input-dependent tensor"
+    if key in ("index", "indices", "mask", "condition") or _base(name)[0] == "embedding":
+        return "masks or indexes with an input-dependent tensor"
+    return f"takes an input-dependent {key!r} (only its input may depend on the network input)"
 
 
 def _apply_inplace(node: fx.Node, values: dict, root: dict) -> None:
     """An in-place op changes what its first operand (and every alias of it) holds for later readers."""
     name = op_name(node)
-    if name is None or not (_base(name)[1] or name == "setitem"):
+    call = _call(node)
+    if name is None or not (_base(name)[1] or (call and call.writes)):
         return
-    target = node.args[0]
+    target = _arg(node, 0)
     if not isinstance(target, fx.Node):
         return
     new = values[node]
@@ -447,12 +511,14 @@ def _apply_inplace(node: fx.Node, values: dict, root: dict) -> None:
 
 
 def _track_alias(node: fx.Node, root: dict) -> None:
-    name = op_name(node)
+    """A result that may share memory with its first argument (a view by the op's schema, or the argument itself
+    after an in-place op) has the same root storage."""
+    call = _call(node)
     aliasing = node.op == "call_module" and isinstance(
         node.graph.owning_module.get_submodule(node.target), _PASS_THROUGH_MODULES + (nn.Flatten, nn.Unflatten)
     )
-    if aliasing or (name is not None and _base(name)[0] in _ALIASING):
-        first = node.args[0] if node.args else None
+    if aliasing or (call is not None and (call.aliases or call.writes)):
+        first = _arg(node, 0)
         if isinstance(first, fx.Node):
             root[node] = root[first]
 
@@ -505,23 +571,24 @@ def _batch_of(node: fx.Node, base: str, inputs, values) -> int | None | str:
     if b is None or b == MIXED:
         return b
     if base in _ELEMENTWISE:
-        return b
+        return _broadcast_batch(node, values)
     if base in _BATCH_FIRST:
         return _batch_first(node, inputs)
     if base in _RESHAPES:  # keeps axis 0 as the batch iff its first size is the batch size (checked at run time)
-        return b if b == 0 and (base != "unflatten" or _int(_arg(node, 1, "dim"), -1) != 0) else MIXED
+        keeps = base != "unflatten" or _dim(_arg(node, 1, "dim"), _input_rank(node, values)) not in (0, None)
+        return b if b == 0 and keeps else MIXED
     if base in ("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis"):
-        return _axis_moves(node, base, b)
+        return _axis_moves(node, base, b, _input_rank(node, values))
     if base in ("mm", "matmul", "addmm", "addmv", "bmm", "baddbmm", "addbmm"):
         return _product_batch(node, base, values)
     if base == "getitem":
-        return b if _returns_tuple(node.args[0]) else _index_batch(node.args[1], b)
+        return b if _returns_tuple(node.args[0]) else _index_batch(node.args[1], b, _input_rank(node, values))
     if base == "hstack":
         return b
-    dims = _dims(node, base) if base in _DIM_POSITION else None
-    if dims is None:
-        return MIXED  # repeat, tile, expand, einsum, outer, tril, ...: not followed, so a gate after them is refused
-    ahead = [d for d in dims if d >= 0]  # see `_dims` for negative dimensions
+    dims = _dims(node, base, values) if base in _DIM_POSITION else None
+    if dims is None:  # repeat, tile, expand, einsum, outer, tril, a negative dim of a tensor of unknown rank, ...:
+        return MIXED  # not followed, so a gate after them is refused
+    ahead = dims
     if base in ("unsqueeze", "stack"):
         return b + 1 if ahead and ahead[0] <= b else b
     if not dims and base in ("sum", "mean", "roll", "cumsum", "squeeze"):
@@ -534,7 +601,7 @@ def _batch_of(node: fx.Node, base: str, inputs, values) -> int | None | str:
 
 
 def _keepdim(node: fx.Node) -> bool:
-    return bool(node.kwargs.get("keepdim", False)) or (len(node.args) > 2 and node.args[2] is True)
+    return _arg(node, 2, "keepdim") is True
 
 
 def _returns_tuple(node) -> bool:
@@ -549,7 +616,7 @@ def _returns_tuple(node) -> bool:
         return True
     if base in ("max", "min"):
         return _arg(node, 1, "dim") is not None
-    return "pool" in base and bool(node.kwargs.get("return_indices", False))
+    return "pool" in base and bool(_arg(node, 99, "return_indices", False))
 
 
 def _product_batch(node: fx.Node, base: str, values: dict) -> int | str:
@@ -571,23 +638,143 @@ _DIM_ZERO_DEFAULT = {"cat", "concat", "concatenate", "stack", "chunk", "split", 
                      "unbind"}  # fmt: skip
 
 
-def _dims(node: fx.Node, base: str) -> list[int] | None:
-    """The dimension arguments of a structural op as written ([] if none); None when one is not a Python int.
-
-    A negative dimension counts from the end: it is not the batch axis unless the tensor has no other axis, and
-    then the row count of the pattern no longer equals the batch size (checked when patterns are recorded).
-    """
+def _dims(node: fx.Node, base: str, values: dict) -> list[int] | None:
+    """The dimension arguments of a structural op ([] if none), negative ones counted from the end of the tensor's
+    rank (one more for unsqueeze and stack: the result's); None when one is not a Python int, or is negative and
+    the rank is not known before the model runs (it might be the batch axis)."""
     keyword = "dims" if base in ("flip", "roll") else "dim"
     d = _arg(node, _DIM_POSITION[base], keyword, 0 if base in _DIM_ZERO_DEFAULT else None)
     dims = list(d) if isinstance(d, (list, tuple)) else [] if d is None else [d]
-    return dims if all(isinstance(x, int) for x in dims) else None
+    rank = _input_rank(node, values)
+    if rank is not None and base in ("unsqueeze", "stack"):
+        rank += 1
+    normalised = [_dim(x, rank) for x in dims]
+    return None if None in normalised else normalised
 
 
-def _axis_moves(node: fx.Node, base: str, b: int) -> int | str:
-    """Where permute / transpose / movedim put batch axis `b`; `MIXED` where a dimension is negative."""
-    args = list(node.args[1:]) + list(node.kwargs.values())
-    dims = list(args[0]) if base == "permute" and args and isinstance(args[0], (list, tuple)) else args
-    if not dims or not all(isinstance(d, int) and d >= 0 for d in dims):
+def _dim(d, rank: int | None) -> int | None:
+    """Dimension `d` counted from the front, or None if it is not an int or is negative with an unknown rank."""
+    if not isinstance(d, int) or isinstance(d, bool):
+        return None
+    if d >= 0:
+        return d
+    return d + rank if rank is not None and d + rank >= 0 else None
+
+
+def _input_rank(node: fx.Node, values: dict) -> int | None:
+    """The rank of `node`'s first tensor argument (the first of a list of them), if known."""
+    first = _arg(node, 0)
+    if isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    return values[first].rank if isinstance(first, fx.Node) and first in values else None
+
+
+def _broadcast_batch(node: fx.Node, values: dict) -> int | None | str:
+    """An element-wise op broadcasts its operands from the last axis: an operand with fewer axes than the result
+    has its batch axis moved back by the difference (when both ranks are known)."""
+    out = _broadcast_rank(node, values)
+    batches = set()
+    for a in node.all_input_nodes:
+        v = values[a]
+        if v.batch is not None:
+            shift = out - v.rank if isinstance(v.batch, int) and out is not None and v.rank is not None else 0
+            batches.add(v.batch + shift if isinstance(v.batch, int) else v.batch)
+    if not batches:
+        return None
+    return batches.pop() if len(batches) == 1 else MIXED
+
+
+def _broadcast_rank(node: fx.Node, values: dict) -> int | None:
+    ranks = [values[a].rank for a in node.all_input_nodes if values[a].rank != 0 or values[a].dep]
+    return max(ranks) if ranks and None not in ranks else None
+
+
+_SPATIAL = re.compile(r"(?:conv|conv_transpose|pool|pad|norm|upsampl)\w*?([123])d", re.IGNORECASE)
+
+
+def _rank_of(node: fx.Node, gm: fx.GraphModule, values: dict) -> int | None:
+    """How many axes `node`'s value has, where the graph says so without running the model (None otherwise)."""
+    if node.op == "get_attr":
+        t = _attribute(gm, node.target)
+        return t.dim() if isinstance(t, torch.Tensor) else None
+    if not node.op.startswith("call_"):
+        return None
+    x = _input_rank(node, values)
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, nn.Flatten):
+            return _flattened_rank(m.start_dim, m.end_dim, x)
+        if isinstance(m, GATE_MODULES + _PASS_THROUGH_MODULES + (nn.Linear,)) or isinstance(m, Gate):
+            return x
+        spatial = _SPATIAL.search(type(m).__name__)
+        return x if x is not None or not spatial else int(spatial.group(1)) + 2
+    name = op_name(node)
+    base = _base(name)[0] if name else ""
+    call = _call(node)
+    a = call.arguments if call else {}
+    if base in ("view", "reshape"):
+        shape = a.get("size", a.get("shape"))
+        return len(shape) if isinstance(shape, (list, tuple)) else None
+    if base in ("view_as", "reshape_as", "expand_as"):
+        other = a.get("other")
+        return values[other].rank if isinstance(other, fx.Node) else None
+    if base == "flatten":
+        return _flattened_rank(a.get("start_dim", 0), a.get("end_dim", -1), x)
+    if x is None:
+        spatial = _SPATIAL.search(base)
+        return int(spatial.group(1)) + 2 if spatial else None
+    if base in ("unsqueeze", "stack"):
+        return x + 1
+    if base in ("select", "unbind"):
+        return x - 1
+    if base in ("sum", "mean", "amax", "amin"):
+        dims = a.get("dim")
+        dims = [] if dims is None else list(dims) if isinstance(dims, (list, tuple)) else [dims]
+        return x if _keepdim(node) else 0 if not dims else x - len(dims)
+    if base == "getitem":
+        return x if _returns_tuple(node.args[0]) else _indexed_rank(node.args[1], x)
+    if base == "permute":
+        return len(a["dims"]) if isinstance(a.get("dims"), (list, tuple)) else x
+    if base in _ELEMENTWISE | set(_COMPARISONS) | {"maximum", "minimum"}:
+        return _broadcast_rank(node, values)
+    if base in _STRUCTURAL - {"transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "flip", "roll", "narrow",
+                              "chunk", "split", "tensor_split", "split_with_sizes", "cat", "concat", "concatenate",
+                              "cumsum", "index_select", "gather", "take_along_dim", "tril", "triu"}:  # fmt: skip
+        return None
+    return x  # the rest keep the rank of their input: activations, conv, linear, pooling, padding, ...
+
+
+def _flattened_rank(start, end, rank: int | None) -> int | None:
+    if rank is None:  # flatten(start) of a tensor of unknown rank still has start + 1 axes
+        return start + 1 if isinstance(start, int) and start >= 0 and end == -1 else None
+    start, end = _dim(start, rank), _dim(end, rank)
+    return None if start is None or end is None else rank - (end - start)
+
+
+def _indexed_rank(index, rank: int | None) -> int | None:
+    items = list(index) if isinstance(index, tuple) else [index]
+    if rank is None or any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items):
+        return None
+    return rank - sum(isinstance(i, int) for i in items) + sum(i is None for i in items)
+
+
+def _attribute(gm: fx.GraphModule, target: str):
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name, None)
+
+
+def _axis_moves(node: fx.Node, base: str, b: int, rank: int | None) -> int | str:
+    """Where permute / transpose / movedim put batch axis `b`; `MIXED` where a dimension cannot be placed."""
+    call = _call(node)
+    if call is None:
+        return MIXED
+    keys = ("dims",) if base == "permute" else [k for k in call.positional[1:3]]
+    raw = [d for k in keys for d in (call.arguments[k] if isinstance(call.arguments[k], (list, tuple))
+                                     else [call.arguments[k]])]  # fmt: skip
+    if base == "permute":
+        rank = len(raw)
+    dims = [_dim(d, rank) for d in raw]
+    if not dims or None in dims or base in ("movedim", "moveaxis") and len(dims) != 2:
         return MIXED
     if base == "permute":
         return dims.index(b) if b in dims else MIXED
@@ -599,17 +786,28 @@ def _axis_moves(node: fx.Node, base: str, b: int) -> int | str:
     return dst if b == src else src if b == dst else b
 
 
-def _index_batch(index, b: int) -> int | str:
+def _index_batch(index, b: int, rank: int | None) -> int | str:
     """Where `x[index]` puts the batch axis `b` of x: None, ints and slices before it shift it; a slice at it
     keeps it (a slice that drops samples changes the row count, checked at run time); an int at it, or any
-    tensor index (advanced indexing moves axes), loses it."""
+    tensor index (advanced indexing moves axes), loses it. An Ellipsis stands for as many full slices as the
+    rank leaves; with an unknown rank, only Nones and slices may follow it."""
     items = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(i, (fx.Node, list, torch.Tensor)) for i in items):
         return MIXED
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        after = items[at + 1 :]
+        if rank is None:
+            return _index_batch_plain(items[:at], b) if all(i is None or isinstance(i, slice) for i in after) else MIXED
+        covered = rank - sum(i is not None for i in items if i is not Ellipsis)
+        items = [*items[:at], *[slice(None)] * max(covered, 0), *after]
+    return _index_batch_plain(items, b)
+
+
+def _index_batch_plain(items: list, b: int) -> int | str:
+    """`_index_batch` for items without an Ellipsis (the axes after the last item are kept in order)."""
     axis, out = 0, 0
     for item in items:
-        if item is Ellipsis:  # it covers the batch axis unless the tensor has fewer axes (checked at run time)
-            return out + (b - axis)
         if item is None:
             out += 1
             continue
@@ -677,14 +875,28 @@ def refuse(node: fx.Node, what: str, why: str, hint: str) -> DecouplingError:
 
 
 # -- small helpers ----------------------------------------------------------------------------------------------
+def _call(node: fx.Node) -> Call | None:
+    """`node`'s arguments by name (`skqk._schemas.bind`), computed once per node."""
+    if "skqk_call" not in node.meta:
+        target = node.graph.owning_module.get_submodule(node.target) if node.op == "call_module" else None
+        node.meta["skqk_call"] = bind(node, op_name(node), target) if node.op.startswith("call_") else None
+    return node.meta["skqk_call"]
+
+
 def _arg(node: fx.Node, position: int, keyword: str | None = None, default=None):
-    if position < len(node.args):
-        return node.args[position]
-    return node.kwargs.get(keyword, default) if keyword else default
-
-
-def _int(v, default: int) -> int:
-    return v if isinstance(v, int) else default
+    """The argument called `keyword`, or else the one at `position`, whether passed by position or keyword."""
+    call = _call(node)
+    if call is None:
+        if position < len(node.args):
+            return node.args[position]
+        return node.kwargs.get(keyword, default) if keyword else default
+    if keyword in call.arguments:
+        value = call.arguments[keyword]
+    elif position < len(call.positional):
+        value = call.arguments.get(call.positional[position])
+    else:
+        value = None
+    return default if value is None else value
 
 
 def _flat(args) -> list:

@@ -39,6 +39,7 @@ class PathSelector(nn.Module):
         self.read_through = {s.name: s.read_through for s in sites if s.read_through}
         self.pooling = pooling
         self.inputs = inputs
+        self.discrete = list(net.meta.get("skqk_discrete", ()))  # inputs used as indices or masks
         self.requires_grad_(False)
         self.train(False)
 
@@ -48,7 +49,7 @@ class PathSelector(nn.Module):
 
     @torch.no_grad()
     def forward(self, *inputs: Tensor) -> Pattern:
-        check_inputs(self.inputs, inputs, "path selector")
+        check_inputs(self.inputs, inputs, "path selector", discrete=self.discrete)
         states = self.net(*inputs)
         samples = len(inputs[0])
         for site, t in states.items():

@@ -50,3 +50,13 @@ def test_stream_summary_lists_every_step():
 def test_malformed_matrices_are_refused(matrix, step, message):
     with pytest.raises(ValueError, match=message):
         average_forgetting(matrix, step)
+
+
+def test_an_error_matrix_forgets_by_the_increase_of_earlier_chunks_error():
+    rmse = [[1.0], [1.5, 0.8], [1.2, 1.1, 0.9]]  # RMSE on chunk j after chunk i: lower is better
+
+    assert forgetting(rmse, higher_is_better=False) == pytest.approx([1.2 - 1.0, 1.1 - 0.8])
+    assert backward_transfer(rmse, higher_is_better=False) == pytest.approx(-(0.2 + 0.3) / 2)
+    last = stream_summary(rmse, metric="rmse")[-1]
+    assert last["rmse_per_chunk"] == [1.2, 1.1, 0.9] and last["average_rmse"] == pytest.approx(3.2 / 3)
+    assert last["average_forgetting"] == pytest.approx(0.25)

@@ -132,12 +132,15 @@ def open_problem(
             f"an analytic solve needs frozen max pooling (live pooling is not linear): record the store with "
             f"`skqk record --pooling frozen` from the checkpoint {checkpoint}"
         )
-    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    if cfg.loss == "ce" and dataset.task == "regression":
+        raise ValueError("the cross-entropy solve is for classes; regression targets are fitted by ridge (--loss mse)")
+    ordered = dataset.train.ordered  # a time-ordered table: positions are the time order
+    subset = subset_fingerprint(dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks, ordered)
     opened = PatternStore.open(store, selector, data=dataset.fingerprint, subset=subset)
     total = len(dataset.train.labels)
     if cfg.samples > total:
         raise ValueError(f"sample range {cfg.sample_start}:{cfg.samples} exceeds the {total} training samples")
-    order = subset_indices(dataset.train.labels, total, cfg.subset_seed, cfg.balanced, cfg.class_chunks)
+    order = subset_indices(dataset.train.labels, total, cfg.subset_seed, cfg.balanced, cfg.class_chunks, ordered)
     return Problem(ckpt, DecoupledModel(selector, estimator), opened, dataset, order, subset)
 
 
@@ -154,7 +157,7 @@ def check_held(problem: Problem, positions: torch.Tensor) -> None:
 
 
 def block_batches(problem: Problem, block: Block, positions: torch.Tensor, batch_size: int, progress: bool):
-    """(design, out, labels, positions) of every batch of this rank's share of `positions`."""
+    """(design, out, sample indices, positions) of every batch of this rank's share of `positions`."""
     ctx = distributed.current()
     device = ctx.device
     problem.estimator.to(device)
@@ -162,9 +165,18 @@ def block_batches(problem: Problem, block: Block, positions: torch.Tensor, batch
     parts = ctx.share(positions).split(batch_size)
     for part in tqdm(parts, desc=f"statistics of {block.name}", disable=not progress or not ctx.is_main):
         idx = problem.order[part]
-        x = problem.dataset.normalize(problem.dataset.train.images[idx]).to(device, block.module.weight.dtype)
+        x = problem.dataset.inputs(problem.dataset.train, idx).to(device, block.module.weight.dtype)
         design, out = block.design(problem.estimator, x, problem.patterns(idx, x))
-        yield design, out, problem.dataset.train.labels[idx], part
+        yield design, out, idx, part
+
+
+def fitted_targets(dataset: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the ridge fits for samples `idx`: one-hot classes, or the standardised regression target as one column
+    (the loss training minimises); and each sample's class for the counts (class 0 for regression)."""
+    if dataset.task == "regression":
+        return dataset.targets(dataset.train, idx).double()[:, None], torch.zeros(len(idx), dtype=torch.int64)
+    labels = dataset.train.labels[idx]
+    return F.one_hot(labels, dataset.num_classes).double(), labels
 
 
 def statistics(
@@ -184,12 +196,13 @@ def statistics(
         distributed.current().device,
     )
     theta = block.theta().to(stats.gram.device)
-    for design, out, labels, part in block_batches(problem, block, positions, batch_size, progress):
-        onehot = F.one_hot(labels, classes).to(design.device, torch.float64)
+    for design, out, idx, part in block_batches(problem, block, positions, batch_size, progress):
+        target, labels = fitted_targets(problem.dataset, idx)
+        target = target.to(design.device)
         if block.head:
-            residual = onehot
+            residual = target
         else:  # y − r, with r = out − J θ the output's part that does not move with θ
-            residual = onehot - out.double() + (design.double() @ theta)[..., 0]
+            residual = target - out.double() + (design.double() @ theta)[..., 0]
         stats = stats.update(design, residual, labels, part)
     return sum_over_ranks(stats.to("cpu"), positions)
 
@@ -222,7 +235,8 @@ def cross_entropy_solve(
     share); each iteration's sums are exact over the samples at `positions`, summed over torchrun's ranks."""
     if not block.head:
         raise ValueError("the cross-entropy solve is for the head block; use --loss mse for other blocks")
-    cached = [(d, labels) for d, _, labels, _ in block_batches(problem, block, positions, batch_size, False)]
+    labels = problem.dataset.train.labels
+    cached = [(d, labels[idx]) for d, _, idx, _ in block_batches(problem, block, positions, batch_size, False)]
 
     def sums(theta: torch.Tensor) -> CrossEntropySums:
         total = None

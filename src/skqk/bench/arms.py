@@ -19,6 +19,7 @@ from skqk.bench.protocol import BenchConfig
 from skqk.data import Dataset, ImageData
 from skqk.data.sampling import batch_indices
 from skqk.estimator import build_estimator, mask_sites
+from skqk.fuse import relu_gates_in_place
 from skqk.pipeline.config import SGDConfig
 from skqk.pipeline.loop import EpochContext, make_optimizer, memory_format, precision_context, sgd_step
 from skqk.pipeline.prefetch import Prefetcher
@@ -214,6 +215,8 @@ def make_arms(
         est = build_estimator(copy.deepcopy(net), pooling, fuse=fuse and not previous_gates)
         if previous_gates:
             with_previous_gates(est)
+        else:
+            relu_gates_in_place(est.net)  # as `skqk retrain` does
         store = stores[pooling]
         fmt = torch.channels_last if channels_last and masks_in_layout else torch.contiguous_format
         masks = set() if previous_gates else mask_sites(est)  # the previous gates read bool states

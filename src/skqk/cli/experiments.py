@@ -14,9 +14,10 @@ def add_parsers(sub) -> None:
         "reproduce",
         help="the experiments: fig4 (SK stabilisation), fig5 (re-training), qkgap (what closes the QK gap), "
         "federated (QK-FedAvg vs FedAvg, docs/federated.md), incremental (data arriving in chunks), analytic (the "
-        "analytic QK of `skqk solve` against SGD: Fig. 5 cells, class-incremental, federated; not in the paper)",
+        "analytic QK of `skqk solve` against SGD: Fig. 5 cells, class-incremental, federated; not in the paper), "
+        "drift (evolving data bundled in packages, offline: pip install -e '.[drift]')",
     )
-    p.add_argument("figure", choices=["fig4", "fig5", "qkgap", "federated", "incremental", "analytic"])
+    p.add_argument("figure", choices=["fig4", "fig5", "qkgap", "federated", "incremental", "analytic", "drift"])
     p.add_argument(
         "--preset",
         choices=["paper", "cpu", "smoke"],
@@ -59,6 +60,9 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--studies", help="analytic: comma-separated studies of fig5, incremental, federated (default: all three)"
     )
+    p.add_argument(
+        "--streams", help="drift: comma-separated streams of sp500, macro, cifar10 (default: the preset's)"
+    )
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
     add_data_options(p)
 
@@ -68,7 +72,7 @@ def add_parsers(sub) -> None:
 REPRODUCE_OPTIONS = {
     "mode": (("fig5",), "independent"),
     "precision": (("fig5",), "fp32"),
-    "seeds": (("fig4", "fig5", "qkgap", "incremental", "analytic"), None),
+    "seeds": (("fig4", "fig5", "qkgap", "incremental", "analytic", "drift"), None),
     "model": (("fig5", "qkgap", "incremental"), None),
     "model_kwargs": (("fig5", "qkgap", "incremental"), None),
     "sk_samples": (("fig5", "qkgap"), None),
@@ -79,6 +83,8 @@ REPRODUCE_OPTIONS = {
     "every_steps": (("fig4",), None),
     "flip_threshold": (("fig4",), None),
     "studies": (("analytic",), None),
+    "streams": (("drift",), None),
+    "models": (("fig4", "fig5", "qkgap", "federated", "incremental", "analytic"), None),
 }
 
 
@@ -91,6 +97,8 @@ def cmd_reproduce(args) -> None:
         return reproduce_federated(args)
     if args.figure == "analytic":
         return reproduce_analytic(args)
+    if args.figure == "drift":
+        return reproduce_drift(args)
     from dataclasses import replace
 
     from skqk import models
@@ -220,6 +228,27 @@ def reproduce_analytic(args) -> None:
     for study, result in results.items():
         print(f"{study}:\n{summary_table(result)}")
     print(f"results in {args.out}/{{{','.join(results)}}}/results.json")
+
+
+def reproduce_drift(args) -> None:
+    from skqk.experiments.drift import PRESETS, run_drift
+    from skqk.experiments.report import incremental_table
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"reproduce drift has the presets {', '.join(PRESETS)}, not {args.preset!r}")
+    refuse_tables(args, "reproduce drift")
+    preset = PRESETS[args.preset]
+    offered = [s.name for s in preset.streams]
+    names = args.streams.split(",") if args.streams else offered
+    unknown = [n for n in names if n not in offered]
+    if unknown:
+        raise ValueError(f"preset {preset.name} has no stream {', '.join(unknown)}; choose from {', '.join(offered)}")
+    print(preset.scaling(), file=sys.stderr)
+    seeds = parse_int_list(args.seeds) if args.seeds else None
+    results = run_drift(preset, names, args.out, args.data_dir, args.cache_dir, not args.quiet, seeds)
+    for name, result in results.items():
+        print(f"{name}: {result['data']}\n{incremental_table(result['summary'])}")
+    print(f"results in {args.out}/results.json (each stream: {args.out}/STREAM/results.json)")
 
 
 COMMANDS = {"reproduce": cmd_reproduce}

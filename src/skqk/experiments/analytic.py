@@ -229,9 +229,9 @@ def analytic_chunks(key: dict, protocol, common: dict, pretrained: Path, dataset
     import path is built only if `trust` names it."""
     S, seed = protocol.chunk_samples, common["subset_seed"]
     chunks = (common.get("class_incremental", 0), common.get("chunk_samples", 0))
-    labels = dataset.train.labels
-    order = subset_indices(labels, protocol.chunks * S, seed, class_chunks=chunks if chunks[0] else None)
-    subset = subset_fingerprint(labels, seed, class_chunks=chunks if chunks[0] else None)
+    labels, ordered, class_chunks = dataset.train.labels, dataset.train.ordered, chunks if chunks[0] else None
+    order = subset_indices(labels, protocol.chunks * S, seed, class_chunks=class_chunks, ordered=ordered)
+    subset = subset_fingerprint(labels, seed, class_chunks=class_chunks, ordered=ordered)
     selector, store = selector_from_checkpoint(pretrained, "frozen", trust=trust), folder / "patterns"
     base = {"subset_seed": seed, "class_incremental": chunks[0], "chunk_samples": chunks[1]}
     cells: list[dict] = []

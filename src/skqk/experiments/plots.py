@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -176,15 +177,16 @@ def plot_qk_gap(cells: list[dict], path: Path, preset: str, data: str) -> None:
 
 
 def plot_incremental(streams: list[dict], title: str, path: Path, preset: str, data: str) -> None:
-    """Average accuracy over the chunks seen so far and average forgetting after each chunk, one line per arm
-    (mean over seeds)."""
+    """Average accuracy (regression: RMSE) over the chunks seen so far and average forgetting after each chunk,
+    one line per arm (mean over seeds)."""
+    metric = "accuracy" if any("accuracy_per_step" in s for s in streams) else "rmse"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arm in dict.fromkeys(s["arm"] for s in streams):
         runs = [s for s in streams if s["arm"] == arm and "diverged" not in s]
         if not runs:
             continue
-        style = "-" if arm.startswith("qk") else "--"
-        for ax, key in zip(axes, ("accuracy_per_step", "forgetting_per_step")):
+        style = "--" if arm.startswith("traditional") else "-"  # QK-only arms (SGD or analytic) solid
+        for ax, key in zip(axes, (f"{metric}_per_step", "forgetting_per_step")):
             steps = range(len(runs[0][key]))
             means = [mean_or_nan([r[key][i] for r in runs]) for i in steps]
             ax.plot(list(steps), means, style, marker="o", label=arm)
@@ -192,7 +194,8 @@ def plot_incremental(streams: list[dict], title: str, path: Path, preset: str, d
         fig,
         axes,
         "chunk trained on (0 = pre-training)",
-        ("average accuracy over chunks seen", "average forgetting"),
+        (f"average {metric if metric == 'accuracy' else 'RMSE'} over chunks seen",
+         "average forgetting" + ("" if metric == "accuracy" else " (RMSE increase)")),
         f"Incremental re-training, {title}, {data_title(data)}, preset {preset}",
         path,
     )
@@ -253,7 +256,7 @@ def _finish_pair(fig, axes, xlabel: str, ylabels: tuple[str, str], suptitle: str
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(suptitle, fontsize=10)
+    fig.suptitle(textwrap.fill(suptitle, 150), fontsize=10)  # a table's description can be long
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -48,6 +48,7 @@ class IncrementalProtocol:
     orders: tuple[str, ...] = ("random", "class-incremental")
     arms: tuple[str, ...] = ()  # names from skqk.experiments.incremental.ARMS; () = every arm
     model_kwargs: dict = field(default_factory=dict)  # options of the model's builder (mlp's, an imported one's)
+    lr: float = 0.01  # SGD learning rate of pre-training and every chunk (SGDConfig's default)
 
 
 @dataclass(frozen=True)

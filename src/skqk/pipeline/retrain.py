@@ -22,6 +22,7 @@ from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.data.sampling import replay_indices
 from skqk.decoupled import DecoupledModel
 from skqk.estimator import mask_sites
+from skqk.fuse import relu_gates_in_place
 from skqk.patterns import Pattern
 from skqk.pipeline import distributed
 from skqk.pipeline.checkpoint import (
@@ -121,6 +122,7 @@ def retrain(
         )
         extra["head_solve"] = solve_head(Problem(ckpt, decoupled, opened, dataset, indices, subset))
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source, pooling, extra or None)
+    relu_gates_in_place(estimator.net)  # after the head's solve, which reads the layers' outputs
     torch.manual_seed(cfg.seed)
     network = build_network(ckpt, path=str(checkpoint), trust=trust).to(next(estimator.parameters()).device)
     validate = RecordedValidation(decoupled, dataset, cfg.eval_samples, prepare)
