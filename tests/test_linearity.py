@@ -281,6 +281,10 @@ CORNERS_ACCEPTED = {
     "h.flatten(1)[..., :2] padded": lambda h, g: F.pad(h.flatten(1)[..., :2], (0, 2)),
     "torch.mul(h, other=2.0)": lambda h, g: torch.mul(h, other=2.0),
     "h.flatten(1).unsqueeze(-1).sum(-1)": lambda h, g: h.flatten(1).unsqueeze(-1).sum(-1),
+    # a linear layer's output has an axis after the batch axis, so -1 is not the batch axis, whatever the rank
+    "torch.cat([h, g], dim=-1)": lambda h, g: torch.cat([h, g], dim=-1)[:, :4],
+    "h - h.sum(-1, keepdim=True)": lambda h, g: h - h.sum(-1, keepdim=True),
+    "torch.stack([h, g], -2).sum(-2)": lambda h, g: torch.stack([h, g], -2).sum(-2),
 }
 
 

@@ -71,6 +71,7 @@ class Value:
     batch: int | None | str
     lost_at: str = ""
     rank: int | None = None
+    min_rank: int = 0  # axes it has at least, where `rank` is unknown (a linear layer's output has features)
 
 
 @dataclass
@@ -236,7 +237,7 @@ def analyse(gm: fx.GraphModule, pooling: str, vouched_leaves: tuple) -> list[Sit
         with _refusing_any_failure(node):
             spec = _analyse_node(node, gm, pooling, values, vouched_leaves, discrete)
             rank = _rank_of(node, gm, values)
-            values[node] = replace(values[node], rank=rank)
+            values[node] = replace(values[node], rank=rank, min_rank=_min_rank_of(node, gm, values, rank))
             if spec is None:
                 _track_alias(node, root)
                 _apply_inplace(node, values, root)
@@ -696,15 +697,63 @@ _DIM_ZERO_DEFAULT = {"cat", "concat", "concatenate", "stack", "chunk", "split", 
 def _dims(node: fx.Node, base: str, values: dict) -> list[int] | None:
     """The dimension arguments of a structural op ([] if none), negative ones counted from the end of the tensor's
     rank (one more for unsqueeze and stack: the result's); None when one is not a Python int, or is negative and
-    the rank is not known before the model runs (it might be the batch axis)."""
+    the rank is not known before the model runs, unless the tensor has enough axes for it to lie after the batch
+    axis (then it stands as `_AFTER_BATCH`: only its place relative to the batch axis matters to `_batch_of`)."""
     keyword = "dims" if base in ("flip", "roll") else "dim"
     d = _arg(node, _DIM_POSITION[base], keyword, 0 if base in _DIM_ZERO_DEFAULT else None)
     dims = list(d) if isinstance(d, (list, tuple)) else [] if d is None else [d]
+    extra = 1 if base in ("unsqueeze", "stack") else 0
     rank = _input_rank(node, values)
-    if rank is not None and base in ("unsqueeze", "stack"):
-        rank += 1
-    normalised = [_dim(x, rank) for x in dims]
+    normalised = [_dim(x, None if rank is None else rank + extra) for x in dims]
+    first = _first_tensor(node)
+    if rank is None and first is not None and isinstance(values[first].batch, int):
+        at_least = values[first].min_rank + extra
+        normalised = [
+            _AFTER_BATCH if n is None and isinstance(x, int) and x < 0 and at_least + x > values[first].batch else n
+            for n, x in zip(normalised, dims)
+        ]
     return None if None in normalised else normalised
+
+
+_AFTER_BATCH = 1 << 30  # a dimension known to lie after the batch axis, whose place is unknown
+
+
+def _first_tensor(node: fx.Node) -> fx.Node | None:
+    first = _arg(node, 0)
+    if isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    return first if isinstance(first, fx.Node) else None
+
+
+def _min_rank_of(node: fx.Node, gm: fx.GraphModule, values: dict, rank: int | None) -> int:
+    """Axes `node`'s value has at least: its rank if known; for a batch of samples, 1; for what a linear layer,
+    convolution or normalisation makes of a batch, 2 (it acts on axes after the batch axis, else the row-count
+    check refuses at run time); for element-wise ops and activations, the most of their operands'."""
+    if rank is not None:
+        return rank
+    first = _first_tensor(node) if node.op.startswith("call_") else None
+    inherited = values[first].min_rank if first is not None and first in values else 0
+    batched = 1 if isinstance(values[node].batch, int) else 0
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, (nn.Linear, nn.Bilinear, nn.modules.batchnorm._BatchNorm)) or _SPATIAL.search(
+            type(m).__name__
+        ):
+            return max(2, inherited)
+        return max(inherited, batched) if isinstance(m, GATE_MODULES + _PASS_THROUGH_MODULES + (Gate,)) else batched
+    base = _base(op_name(node) or "")[0]
+    if base in ("linear", "bilinear", "batch_norm") or _SPATIAL.search(base):
+        return max(2, inherited)
+    if base in _ELEMENTWISE | set(_COMPARISONS) | _RANK_KEEPING_FUNCTIONS:
+        return max([inherited, batched] + [values[a].min_rank for a in node.all_input_nodes])
+    if base in ("unsqueeze", "stack"):
+        return inherited + 1
+    return batched
+
+
+_RANK_KEEPING_FUNCTIONS = {"relu", "leaky_relu", "relu6", "hardtanh", "threshold", "clamp", "clip", "clamp_min",
+                   "clamp_max", "prelu", "maximum", "minimum", "hardsigmoid", "hardshrink", "softshrink", "rrelu",
+                   "dropout", "cat", "concat", "concatenate"}  # fmt: skip
 
 
 def _dim(d, rank: int | None) -> int | None:
