@@ -199,6 +199,7 @@ MUST_ACCEPT = {
         lambda h: F.max_pool2d(h, 2, return_indices=True)[0], "x[:, :2]": lambda h: h[:, :2],
     "permute there and back": lambda h: h.permute(0, 2, 3, 1).permute(0, 3, 1, 2),
     "F.dropout(training=False)": lambda h: F.dropout(h, 0.5, training=False),
+    "F.max_pool2d indices read": lambda h: F.max_pool2d(h, 2, return_indices=True)[1].float(),  # the switches: SK
 }  # fmt: skip
 # Not affine for a fixed pattern (several were accepted before issue 15), or samples mixed before a gate.
 MUST_REFUSE = {
@@ -207,7 +208,6 @@ MUST_REFUSE = {
     "nn.LayerNorm": nn.LayerNorm(4), "nn.GroupNorm": nn.GroupNorm(2, 4), "torch.abs": torch.abs,
     "Tensor.exp_": lambda h: h.exp_(), "sign": lambda h: torch.sign(h), "x * x": lambda h: h * h,
     "x / x": lambda h: h / (h + 1), "F.dropout": F.dropout, "x ** 2": lambda h: h**2,
-    "F.max_pool2d indices read": lambda h: F.max_pool2d(h, 2, return_indices=True)[1].float(),
     "nn.MaxPool1d (frozen)": lambda h: F.max_pool1d(h.flatten(2), 2).view(h.shape[0], -1),
     "F.adaptive_max_pool2d (frozen)": lambda h: F.adaptive_max_pool2d(h, 2),
     "amax (frozen)": lambda h: h.amax(-1), "mean over the batch": lambda h: h - h.mean(0),
@@ -309,10 +309,12 @@ def assert_exact(model: nn.Module, *inputs: torch.Tensor, pooling: str = "frozen
     y, expected = estimator(*inputs, pattern), model(*inputs)
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
     weights = torch.randn(y.shape, dtype=torch.float64)
-    grads = torch.autograd.grad((y * weights).sum(), list(estimator.parameters()), materialize_grads=True)
-    expected_grads = torch.autograd.grad((expected * weights).sum(), list(model.parameters()), materialize_grads=True)
+    names, parameters = zip(*model.named_parameters())
+    ours = dict(estimator.net.named_parameters())
+    grads = torch.autograd.grad((y * weights).sum(), [ours[n] for n in names], materialize_grads=True)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), parameters, materialize_grads=True)
     for g, e in zip(grads, expected_grads):
-        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g, e, rtol=1e-7, atol=1e-12)  # 1e-7: torch's Hardsigmoid multiplies by a float 1/6
     floating = [i for i, t in enumerate(inputs) if t.is_floating_point()]
     if floating and not estimator.live_pooling:
         k = floating[0]
@@ -428,3 +430,110 @@ def test_a_discrete_input_is_discrete_by_its_dtype():
         selector(x, index.double())
     with pytest.raises(skqk.DecouplingError, match="'index'.*float64"):
         estimator(x, index.double(), selector(x, index))
+
+
+# Piecewise linear, refused before issue 19: each a gate (or affine), exact with the selector's own pattern.
+NEWLY_ACCEPTED = {
+    "nn.Hardsigmoid": nn.Hardsigmoid(),
+    "F.hardsigmoid(inplace)": lambda t: F.hardsigmoid(t, inplace=True),
+    "nn.Hardshrink(0.3)": nn.Hardshrink(0.3),
+    "Tensor.hardshrink": lambda t: t.hardshrink(0.2),
+    "nn.Softshrink(0.2)": nn.Softshrink(0.2),
+    "F.softshrink": lambda t: F.softshrink(t, lambd=0.4),
+    "nn.RReLU (eval)": nn.RReLU(0.1, 0.3),
+    "F.rrelu": lambda t: F.rrelu(t, 0.05, 0.2),
+    "torch.addcmul(g, g, w)": lambda t: torch.addcmul(t, t, torch.linspace(0.5, 1.5, 4), value=0.5),
+    "torch.addcdiv(g, g, w)": lambda t: torch.addcdiv(t, t, torch.linspace(0.5, 1.5, 4)),
+}
+
+
+class OnPreactivation(nn.Module):
+    """``head(relu(op(b(x)) + relu(a(x))))``: `op` sees a pre-activation, so every piece is visited."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.a, self.b, self.op, self.head = nn.Linear(6, 4), nn.Linear(6, 4), op, nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(F.relu(self.op(2 * self.b(x)) + F.relu(self.a(x))))
+
+
+@pytest.mark.parametrize("name", NEWLY_ACCEPTED)
+def test_piecewise_linear_activations_are_accepted_and_exact(name):
+    torch.manual_seed(0)
+    assert_exact(OnPreactivation(NEWLY_ACCEPTED[name]), torch.randn(64, 6, dtype=torch.float64))
+
+
+def test_rrelu_in_training_mode_is_refused():
+    with pytest.raises(skqk.DecouplingError, match="random slopes"):
+        skqk.decouple(OnPreactivation(lambda t: F.rrelu(t, training=True)))
+
+
+class SqueezeExcite(nn.Module):
+    """timm's SE block, ``x * hardsigmoid(fc(pool(x)))``: the product of two input-dependent terms is not affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.gate = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 1), nn.Hardsigmoid()
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        return (h * self.gate(self.fc(F.adaptive_avg_pool2d(h, 1)))).flatten(1)
+
+
+def test_a_refusal_names_the_node_that_is_not_affine():
+    """Not the Hardsigmoid (piecewise linear) but the product after it."""
+    with pytest.raises(skqk.DecouplingError, match=r"^node 'mul' .*multiplies two input-dependent tensors"):
+        skqk.decouple(SqueezeExcite())
+
+
+class Unpool(nn.Module):
+    """conv -> relu -> max pool with indices -> max unpool -> conv -> relu, as modules or as functions."""
+
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.conv, self.conv2, self.functional = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 3), functional
+        self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        if self.functional:
+            values, indices = F.max_pool2d(h, 2, return_indices=True)
+            up = F.max_unpool2d(values, indices, 2)
+        else:
+            values, indices = self.pool(h)
+            up = self.unpool(values, indices)
+        return F.relu(self.conv2(up)).flatten(1)
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["modules", "functions"])
+def test_max_unpool_after_frozen_pooling_reads_indices_from_the_switches(functional):
+    """Frozen switches fix the pooling indices, so unpooling is a fixed scatter: affine. Live, it is refused."""
+    torch.manual_seed(0)
+    assert_exact(Unpool(functional), torch.randn(4, 2, 8, 8, dtype=torch.float64))
+    with pytest.raises(skqk.DecouplingError, match="unpool.*indexes with an input-dependent tensor"):
+        skqk.decouple(Unpool(functional), pooling="live")
+
+
+class TupleInput(nn.Module):
+    """``forward(self, x)`` with ``x = (a, b)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(6, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        a, b = x
+        return self.head(F.relu(F.relu(self.a(a)) + self.b(b)))
+
+
+def test_a_tuple_input_is_a_tuple_of_batches():
+    torch.manual_seed(0)
+    x = (torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64))
+    model = TupleInput().double().eval()
+    selector, estimator = skqk.decouple(model)
+    pattern = selector(x)
+    assert pattern.batch_size == 5
+    torch.testing.assert_close(estimator(x, pattern), model(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(skqk.DecouplingError, match="'x' is only unpacked"):
+        selector(torch.randn(2, 5, 6, dtype=torch.float64))  # a tensor unpacked by position: two samples

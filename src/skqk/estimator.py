@@ -33,25 +33,34 @@ class Estimator(nn.Module):
         self.sites = [s.name for s in sites]
         self.inputs = inputs
         self.discrete = list(net.meta.get("skqk_discrete", ()))  # inputs used as indices or masks
+        self.tuples = list(net.meta.get("skqk_tuples", ()))  # inputs that are tuples of batches
         self.live_pooling = has_max_pooling(net)
         self.training = net.training
 
     def forward(self, *inputs_and_pattern) -> Tensor:
         *inputs, pattern = inputs_and_pattern
-        check_inputs(self.inputs, inputs, "estimator", " and then the pattern", self.discrete)
+        check_inputs(self.inputs, inputs, "estimator", " and then the pattern", self.discrete, self.tuples)
         return self.net(pattern, *inputs)
 
 
-def check_inputs(names: list[str], given: tuple, who: str, then: str = "", discrete: Iterable[str] = ()) -> None:
+def check_inputs(
+    names: list[str], given: tuple, who: str, then: str = "", discrete: Iterable[str] = (), tuples: Iterable[str] = ()
+) -> None:
     """A call with the wrong number of inputs gets a clear error instead of fx's; an input the model uses as an
-    index or mask (`discrete`) is fixed like the pattern only if it is an integer or bool tensor."""
+    index or mask (`discrete`) is fixed like the pattern only if it is an integer or bool tensor, and one the model
+    only unpacks (`tuples`) must be a tuple: indexing a tensor by an int would pick a sample."""
     if len(given) != len(names) or isinstance(given and given[-1], Mapping):
         raise TypeError(
             f"the {who} takes the model's inputs {names}{then}; optional arguments of forward are fixed at their "
             f"defaults when decoupling"
         )
     for name, value in zip(names, given):
-        if name in discrete and (value.is_floating_point() or value.is_complex()):
+        if name in tuples and not isinstance(value, (tuple, list)):
+            raise DecouplingError(
+                f"input {name!r} is only unpacked by the model, so it is taken for a tuple of batches, and it is a "
+                f"{type(value).__name__}: indexing a tensor by position picks a sample, not a batch"
+            )
+        if name in discrete and isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
             raise DecouplingError(
                 f"input {name!r} is used as an index or a mask, which a pattern fixes only for integer or bool "
                 f"tensors, and it is {value.dtype}: an input-dependent index is not affine"
@@ -79,6 +88,16 @@ def build_estimator(
     if fuse and pooling == "frozen":
         fuse_relu_pool(gm)
     return Estimator(gm, sites, [p.target for p in placeholders if not p.args])
+
+
+def batch_size(inputs) -> int:
+    """The number of samples of a call: the length of its first tensor (inside a tuple input, too)."""
+    for value in inputs:
+        if isinstance(value, Tensor):
+            return len(value)
+        if isinstance(value, (tuple, list)) and value:
+            return batch_size(value)
+    raise TypeError("the model's inputs hold no tensor")
 
 
 def mask_sites(estimator: Estimator) -> set[str]:

@@ -6,12 +6,12 @@ comparison); `state` is this site's slice of a `Pattern` (one state per *output*
 For a fixed state a gate is affine in `x`, so the estimator built from gates is an affine model per activation
 pattern (paper, section 3.2). ``gate.pattern_of(x, *operands)`` is the state the original non-linearity takes:
 the path selector records it, and ``gate(x, *operands, gate.pattern_of(x, *operands))`` equals the original
-non-linearity exactly, in value and in gradient.
+non-linearity exactly, in value and in gradient (Hardsigmoid's gradient up to rounding: `PiecewiseGate`).
 
-Every piecewise-linear activation is a gate whose state says which linear piece each unit is on: two pieces
-(ReLU, LeakyReLU, PReLU, threshold, a one-sided clamp, `maximum`) cost 1 bit per unit, three pieces (ReLU6,
-Hardtanh, a two-sided clamp) 2 bits; a frozen max-pool switch is a uint8 in memory (`bits`), and a pattern store
-packs it to the bits its window needs (`PoolWindow.switch_bits`).
+Every piecewise-linear activation is a gate whose state says which linear piece each unit is on: two pieces (ReLU,
+LeakyReLU, PReLU, threshold, a one-sided clamp, `maximum`) cost 1 bit per unit, three pieces (ReLU6, Hardtanh, a
+two-sided clamp, Hardsigmoid, Hardshrink, Softshrink) 2 bits; a frozen max-pool switch is a uint8 in memory
+(`bits`), and a pattern store packs it to the bits its window needs (`PoolWindow.switch_bits`).
 """
 
 from dataclasses import dataclass
@@ -124,6 +124,49 @@ class ClampGate(Gate):
         return f"low={self.low}, high={self.high}, inclusive={self.inclusive}"
 
 
+class PiecewiseGate(Gate):
+    """Hardsigmoid, Hardshrink, Softshrink: affine on each of three pieces, below `low`, between, above `high`.
+
+    On piece k, ``y = (x * slope_k + offset_k) / divisor_k`` — written as the source computes it, so that the
+    values are bit for bit the source's (Hardsigmoid's ``(x + 3) / 6``); the gradient is exact up to rounding
+    (the source multiplies by 1/6 where autograd divides by 6). The state is the uint8 piece index, 0 / 1 / 2 (2
+    bits per unit). `closed` says whether the middle piece holds its bounds, as the source's gradient does there.
+    """
+
+    bits = 2
+
+    def __init__(self, low: float, high: float, pieces: tuple, closed: bool, wide_bounds: bool = False):
+        super().__init__()
+        self.low, self.high, self.pieces, self.closed = low, high, tuple(pieces), closed
+        self.wide_bounds = wide_bounds
+
+    def pattern_of(self, x: Tensor) -> Tensor:
+        if self.wide_bounds:  # torch's Softshrink compares half and bfloat16 inputs with its bounds in float32
+            x = x.to(torch.promote_types(x.dtype, torch.float32))
+        below = x < self.low if self.closed else x <= self.low
+        above = x > self.high if self.closed else x >= self.high
+        return torch.where(below, 0, torch.where(above, 2, 1)).to(torch.uint8)
+
+    def forward(self, x: Tensor, state: Tensor) -> Tensor:
+        wide = torch.promote_types(x.dtype, torch.float32)  # as torch computes half and bfloat16: in float32
+        slope, offset, divisor = (torch.tensor(c, dtype=wide, device=x.device)[state.long()] for c in zip(*self.pieces))
+        return ((x.to(wide) * slope + offset) / divisor).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"low={self.low}, high={self.high}, pieces={self.pieces}, closed={self.closed}"
+
+
+def hardsigmoid_gate() -> PiecewiseGate:
+    """0 up to -3, ``(x + 3) / 6`` strictly between, 1 from 3 (torch passes no gradient at ±3)."""
+    return PiecewiseGate(-3.0, 3.0, ((0, 0, 1), (1, 3, 6), (0, 1, 1)), closed=False)
+
+
+def shrink_gate(lambd: float, soft: bool) -> PiecewiseGate:
+    """Hardshrink (x outside [-λ, λ], 0 inside) or Softshrink (x + λ below, 0 inside, x - λ above)."""
+    shift = lambd if soft else 0.0
+    return PiecewiseGate(-lambd, lambd, ((1, shift, 1), (0, 0, 1), (1, -shift, 1)), closed=True, wide_bounds=soft)
+
+
 class SelectGate(Gate):
     """``torch.maximum(a, b)`` / ``torch.minimum(a, b)``: the state says which operand wins, so the output is
     that operand, affine in both. A tie passes the gradient to `a` only (the source splits it in half)."""
@@ -221,6 +264,11 @@ class MaxPoolGate(Gate):
     def forward(self, x: Tensor, state: Tensor) -> Tensor:
         flat = self.switch_positions(x, state)
         return torch.gather(x.flatten(-2), -1, flat).view(state.shape)
+
+    def indices_of(self, x: Tensor, state: Tensor) -> Tensor:
+        """What ``F.max_pool2d(x, ..., return_indices=True)`` returns as indices (for ``max_unpool2d``), from the
+        switches: fixed for a fixed pattern."""
+        return self.switch_positions(x, state).view(state.shape)
 
     def switch_positions(self, x: Tensor, state: Tensor) -> Tensor:
         """int64 (..., h_out * w_out): the flat position in x's (H, W) plane that each output's switch selects.

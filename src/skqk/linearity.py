@@ -9,12 +9,15 @@ what it is known to do, never because it is missing from a list of non-lineariti
   even a ReLU of a parameter (a constant function of the QK, trained as such);
 * a node with an input-dependent operand must be a known affine operation (`_AFFINE`, `_AFFINE_MODULES`), a
   product/division with at most one input-dependent factor (never an input-dependent divisor), or a *site*:
-  a piecewise-linear activation, a comparison, or a max pooling frozen into switches (`skqk.gates`);
+  a piecewise-linear activation, a comparison, or a max pooling frozen into switches (`skqk.gates`). Which of
+  its arguments may depend on the input is said by name (`_OPERANDS`); each node's arguments are bound to the
+  op's own schema (`skqk._schemas`), so a keyword argument is checked like a positional one;
 * anything else is refused, naming the node, what it is and where it is in the user's code.
 
-It also follows the batch axis (`Value.batch`) so that every site's states are really per sample: a gate whose
-input has its samples moved or mixed is refused, and `PathSelector` checks the row count of every state at run
-time (what a reshape keeps is only known then).
+It also follows the batch axis (`Value.batch`), placing negative dimensions by the rank (`Value.rank`) where
+the graph tells it, so that every site's states are really per sample: a gate whose input has its samples moved
+or mixed is refused, and `PathSelector` checks the row count of every state at run time (what a reshape keeps is
+only known then). Any failure while a node is analysed is a `DecouplingError` naming it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from skqk.gates import (
     PReluGate,
     ReluGate,
     SelectGate,
+    hardsigmoid_gate,
+    shrink_gate,
 )
 
 MIXED = "mixed"  # a batch axis that was moved or whose samples were mixed
@@ -77,6 +82,7 @@ class SiteSpec:
     operands: tuple
     inplace: bool = False
     replaces: tuple = ()  # getitem(node, 0) users to replace too (max pooling with return_indices=True)
+    indices: tuple = ()  # getitem(node, 1) users: the pooling indices, from the switches (`MaxPoolGate.indices_of`)
 
 
 FIXED = Value(0, None)
@@ -102,18 +108,20 @@ _RANDOM_POOLS |= {f"{n}_with_indices" for n in _RANDOM_POOLS}
 _MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
                      nn.AdaptiveMaxPool3d)  # fmt: skip
 _RANDOM_POOL_MODULES = (nn.FractionalMaxPool2d, nn.FractionalMaxPool3d)
-GATE_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
+GATE_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold, nn.Hardsigmoid, nn.Hardshrink,
+                nn.Softshrink, nn.RReLU)  # fmt: skip
 
 # Affine operations, by how they move the batch axis (see `_batch_of`). Index/mask arguments must be fixed.
 _ELEMENTWISE = {"add", "sub", "rsub", "neg", "negative", "positive", "clone", "contiguous", "float", "double", "to",
                 "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
                 "masked_fill", "where", "mul", "multiply", "div", "divide", "true_divide", "setitem",
-                "expand_as"}  # fmt: skip
+                "expand_as", "addcmul", "addcdiv"}  # fmt: skip
 _BATCH_FIRST = {"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                 "bilinear", "batch_norm", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
                 "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pad", "interpolate", "upsample", "upsample_nearest",
                 "upsample_bilinear", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle",
-                "native_channel_shuffle", "embedding", "fliplr"}  # fmt: skip
+                "native_channel_shuffle", "embedding", "fliplr", "max_unpool1d", "max_unpool2d",
+                "max_unpool3d"}  # fmt: skip
 _RESHAPES = {"view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "ravel", "unfold", "fold"}
 _STRUCTURAL = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "squeeze", "unsqueeze",
                "expand", "repeat", "tile", "flip", "flipud", "roll", "narrow", "select", "getitem", "chunk", "split",
@@ -141,6 +149,7 @@ _OPERANDS = {
     "bilinear": (("bias",), ("input1", "input2", "weight"), ()), "addmm": (("input",), ("mat1", "mat2"), ()),
     "baddbmm": (("input",), ("batch1", "batch2"), ()), "addbmm": (("input",), ("batch1", "batch2"), ()),
     "addmv": (("input",), ("mat", "vec"), ()), "addcmul": (("input",), ("tensor1", "tensor2"), ()),
+    "addcdiv": (("input",), ("tensor1",), ()),
     "einsum": ((), ("args", "operands"), ()), "embedding": (("weight",), (), ()),
     "expand_as": (("input",), (), ("other",)), "view_as": (("input",), (), ("other",)),
     "reshape_as": (("input",), (), ("other",)), "to": (("input",), (), ("other",)),
@@ -151,7 +160,8 @@ _MODULE_OPERANDS = {nn.Bilinear: ((), ("input1", "input2"), ())}
 # Arguments that index or mask: a model input passed there is a discrete input (checked by dtype at run time).
 _INDEX_ARGUMENTS = {"masked_fill": ("mask",), "where": ("condition",), "index_select": ("index",),
                     "gather": ("index",), "take_along_dim": ("indices",), "embedding": ("input",),
-                    "getitem": ("index",), "setitem": ("index",)}  # fmt: skip
+                    "getitem": ("index",), "setitem": ("index",), "max_unpool1d": ("indices",),
+                    "max_unpool2d": ("indices",), "max_unpool3d": ("indices",)}  # fmt: skip
 _AFFINE_MODULES = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                    nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.AvgPool1d, nn.AvgPool2d,
                    nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.ZeroPad1d,
@@ -160,7 +170,7 @@ _AFFINE_MODULES = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.C
                    nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d,
                    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle,
                    nn.PixelUnshuffle, nn.ChannelShuffle, nn.Fold, nn.Unfold, nn.Embedding, nn.Flatten,
-                   nn.Unflatten)  # fmt: skip
+                   nn.Unflatten, nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)  # fmt: skip
 _PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                          nn.FeatureAlphaDropout)  # fmt: skip
 AFFINE_MODULES = _AFFINE_MODULES + _PASS_THROUGH_MODULES  # torch.nn modules known to be affine
@@ -218,8 +228,11 @@ def analyse(gm: fx.GraphModule, pooling: str, vouched_leaves: tuple) -> list[Sit
     position = {n: i for i, n in enumerate(gm.graph.nodes)}
     sites = []
     gm.meta["skqk_discrete"] = [n.target for n in discrete]  # checked by dtype when the model runs
+    gm.meta["skqk_tuples"] = [n.target for n in _tuple_inputs(gm.graph)]  # checked to be tuples then
     for node in list(gm.graph.nodes):
         root[node] = node
+        if node in values:  # the values or indices of a frozen pooling, set with its site
+            continue
         with _refusing_any_failure(node):
             spec = _analyse_node(node, gm, pooling, values, vouched_leaves, discrete)
             rank = _rank_of(node, gm, values)
@@ -234,6 +247,8 @@ def analyse(gm: fx.GraphModule, pooling: str, vouched_leaves: tuple) -> list[Sit
             sites.append(spec)
             for r in spec.replaces:
                 values[r] = values[node]
+            for r in spec.indices:  # fixed for a fixed pattern: they are where the switches point
+                values[r] = Value(0, 0, rank=rank)
     return sites
 
 
@@ -294,6 +309,18 @@ def _discrete_inputs(graph: fx.Graph) -> set[fx.Node]:
     return found
 
 
+def _tuple_inputs(graph: fx.Graph) -> list[fx.Node]:
+    """Inputs only ever indexed by a Python int (``a, b = x``): tuples of batches, each element batch first."""
+    found = []
+    for node in graph.nodes:
+        users = list(node.users)
+        by_int = [u.op == "call_function" and u.target is operator.getitem and type(u.args[1]) is int for u in users]
+        if node.op == "placeholder" and not node.args and users and all(by_int):
+            node.meta["skqk_tuple"] = True
+            found.append(node)
+    return found
+
+
 def _site(node: fx.Node, gm: fx.GraphModule, pooling: str, values: dict) -> SiteSpec | None:
     """A `SiteSpec` when `node` is a gate site; None when it is not one."""
     if node.op == "call_module":
@@ -312,6 +339,8 @@ def _site(node: fx.Node, gm: fx.GraphModule, pooling: str, values: dict) -> Site
         return SiteSpec(node, gate, (x,), inplace or inplace_arg)
     if base == "prelu":
         return SiteSpec(node, PReluGate(), (x, _arg(node, 1, "weight")))
+    if base in ("hardsigmoid", "hardshrink", "softshrink", "rrelu"):
+        return SiteSpec(node, _three_piece(node, base, call.arguments if call else {}), (x,), inplace)
     if base in ("maximum", "minimum", "max", "min") and not is_max_pooling(node, gm):
         other = _arg(node, 1, "other")
         return SiteSpec(node, SelectGate(take_larger=base in ("maximum", "max")), (x, other), inplace)
@@ -337,6 +366,10 @@ def _module_site(node: fx.Node, m: nn.Module, pooling: str) -> SiteSpec | None:
         return SiteSpec(node, ClampGate(m.min_val, m.max_val), (x,), inplace)
     if type(m) is nn.Threshold:
         return SiteSpec(node, ClampGate(m.threshold, low_value=m.value), (x,), inplace)
+    if type(m) in (nn.Hardsigmoid, nn.Hardshrink, nn.Softshrink, nn.RReLU):
+        arguments = {"lambd": getattr(m, "lambd", None), "lower": getattr(m, "lower", None),
+                     "upper": getattr(m, "upper", None), "training": m.training}  # fmt: skip
+        return SiteSpec(node, _three_piece(node, type(m).__name__.lower(), arguments), (x,), inplace)
     if pooling == "frozen" and type(m) is nn.MaxPool2d:
         gate = MaxPoolGate(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
         return _with_indices_dropped(SiteSpec(node, gate, (x,)), m.return_indices)
@@ -370,6 +403,22 @@ def _clamp_like(node: fx.Node, base: str) -> tuple[Gate, bool]:
     return ClampGate(low, high, inclusive=True), False  # clamp passes the gradient at its bounds
 
 
+def _three_piece(node: fx.Node, base: str, arguments: dict) -> Gate:
+    """The gate of Hardsigmoid, Hardshrink, Softshrink, or RReLU in eval mode (LeakyReLU with the mean slope)."""
+    if any(isinstance(arguments.get(k), fx.Node) for k in ("lambd", "lower", "upper")):
+        raise refuse(node, describe(node), "has tensor bounds", "give its bounds as Python numbers")
+    if base == "hardsigmoid":
+        return hardsigmoid_gate()
+    if base == "rrelu":
+        if arguments.get("training"):
+            raise refuse(node, describe(node), "draws random slopes in training mode", "call model.eval() first")
+        return LeakyReluGate((arguments.get("lower", 1 / 8) + arguments.get("upper", 1 / 3)) / 2)
+    lambd = arguments.get("lambd", 0.5)
+    if not isinstance(lambd, (int, float)) or lambd < 0:
+        raise refuse(node, describe(node), f"has lambd {lambd!r}", "give a lambd >= 0")
+    return shrink_gate(lambd, soft=base == "softshrink")
+
+
 # The signatures of the clamp-like spellings (F., torch., Tensor. and in-place forms share them), for binding.
 _SIGNATURES = {
     "leaky_relu": lambda input, negative_slope=0.01, inplace=False: None,
@@ -396,13 +445,15 @@ def _frozen_pool_site(node: fx.Node, base: str, x) -> SiteSpec:
 
 
 def _with_indices_dropped(spec: SiteSpec, with_indices: bool) -> SiteSpec:
-    """A frozen pooling that returns (values, indices) is a site if only its values are read."""
+    """A frozen pooling that returns (values, indices) is a site whose indices, where read (``max_unpool2d``), are
+    computed from its switches: fixed for a fixed pattern."""
     if not with_indices:
         return spec
     users = list(spec.node.users)
-    if not all(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0 for u in users):
-        raise refuse(spec.node, describe(spec.node), "returns pooling indices that are read", _FREEZE_HINT)
-    spec.replaces = tuple(users)
+    if not all(u.op == "call_function" and u.target is operator.getitem and u.args[1] in (0, 1) for u in users):
+        raise refuse(spec.node, describe(spec.node), "returns values and indices that are read together", _FREEZE_HINT)
+    spec.replaces = tuple(u for u in users if u.args[1] == 0)
+    spec.indices = tuple(u for u in users if u.args[1] == 1)
     return spec
 
 
@@ -489,6 +540,8 @@ def _check_arguments(node: fx.Node, call: Call | None, operands: tuple, values: 
 def _takes(key: str, node: fx.Node) -> str:
     name = op_name(node) or ""
     if _base(name)[0] in ("div", "divide", "true_divide", "remainder", "floor_divide") and key == "other":
+        return "divides by an input-dependent tensor"
+    if _base(name)[0] == "addcdiv" and key == "tensor2":
         return "divides by an input-dependent tensor"
     if key in ("index", "indices", "mask", "condition") or _base(name)[0] == "embedding":
         return "masks or indexes with an input-dependent tensor"
@@ -608,6 +661,8 @@ def _returns_tuple(node) -> bool:
     """Whether `node` is a tuple of tensors (chunks, or values and indices), each with the node's batch axis."""
     if not isinstance(node, fx.Node):
         return False
+    if node.op == "placeholder":
+        return bool(node.meta.get("skqk_tuple"))
     if node.op == "call_module":
         return bool(getattr(node.graph.owning_module.get_submodule(node.target), "return_indices", False))
     name = op_name(node)
@@ -616,7 +671,7 @@ def _returns_tuple(node) -> bool:
         return True
     if base in ("max", "min"):
         return _arg(node, 1, "dim") is not None
-    return "pool" in base and bool(_arg(node, 99, "return_indices", False))
+    return "pool" in base and bool(_named(node, "return_indices"))
 
 
 def _product_batch(node: fx.Node, base: str, values: dict) -> int | str:
@@ -881,6 +936,13 @@ def _call(node: fx.Node) -> Call | None:
         target = node.graph.owning_module.get_submodule(node.target) if node.op == "call_module" else None
         node.meta["skqk_call"] = bind(node, op_name(node), target) if node.op.startswith("call_") else None
     return node.meta["skqk_call"]
+
+
+def _named(node: fx.Node, keyword: str, default=None):
+    """The argument called `keyword`, whether passed by position or keyword (`default` if the op has none)."""
+    call = _call(node)
+    value = call.arguments.get(keyword) if call else node.kwargs.get(keyword)
+    return default if value is None else value
 
 
 def _arg(node: fx.Node, position: int, keyword: str | None = None, default=None):

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from skqk.estimator import check_inputs
+from skqk.estimator import batch_size, check_inputs
 from skqk.gates import MaxPoolGate, PoolWindow
 from skqk.patterns import Pattern
 from skqk.sites import DecouplingError, Pooling, Site, rewrite_gates, trace
@@ -40,6 +40,7 @@ class PathSelector(nn.Module):
         self.pooling = pooling
         self.inputs = inputs
         self.discrete = list(net.meta.get("skqk_discrete", ()))  # inputs used as indices or masks
+        self.tuples = list(net.meta.get("skqk_tuples", ()))  # inputs that are tuples of batches
         self.requires_grad_(False)
         self.train(False)
 
@@ -49,9 +50,9 @@ class PathSelector(nn.Module):
 
     @torch.no_grad()
     def forward(self, *inputs: Tensor) -> Pattern:
-        check_inputs(self.inputs, inputs, "path selector", discrete=self.discrete)
+        check_inputs(self.inputs, inputs, "path selector", discrete=self.discrete, tuples=self.tuples)
         states = self.net(*inputs)
-        samples = len(inputs[0])
+        samples = batch_size(inputs)
         for site, t in states.items():
             if t.dim() == 0 or len(t) != samples:
                 raise DecouplingError(

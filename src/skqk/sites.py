@@ -1,13 +1,13 @@
 """Finding the gate sites of a piecewise-linear network with torch.fx and rewriting each into a `Gate`.
 
-A *site* is one call of a piecewise-linear activation in the traced graph — ReLU however it is written
-(`nn.ReLU`, `F.relu`, `torch.relu`, `Tensor.relu`, in-place forms, `clamp(min=0)`, `clamp_min`, `F.threshold`,
-`torch.maximum`, `torch.where(x > 0, x, 0)`, `x * (x > 0)`), LeakyReLU, PReLU, ReLU6 / Hardtanh / two-sided
-clamp — a comparison of an input-dependent tensor, and, when pooling is frozen, every 2-D max pooling. Which
-nodes are sites and that every other node is affine is proven by `skqk.linearity`. Sites are named like
-torchvision's feature extraction names nodes: the module path for a module call (`features.1`), the fx node
-name for a function call (`relu_1`), with `_1`, `_2`, ... for repeated calls of one module, so a ReLU module
-used twice (every ResNet block) is two sites.
+A *site* is one call of a piecewise-linear activation in the traced graph — ReLU however it is written (`nn.ReLU`,
+`F.relu`, `torch.relu`, `Tensor.relu`, in-place forms, `clamp(min=0)`, `clamp_min`, `F.threshold`, `torch.maximum`,
+`torch.where(x > 0, x, 0)`, `x * (x > 0)`), LeakyReLU, PReLU, RReLU in eval mode, ReLU6 / Hardtanh / two-sided
+clamp, Hardsigmoid, Hardshrink, Softshrink — a comparison of an input-dependent tensor, and, when pooling is
+frozen, every 2-D max pooling. Which nodes are sites and that every other node is affine is proven by
+`skqk.linearity`. Sites are named like torchvision's feature extraction names nodes: the module path for a module
+call (`features.1`), the fx node name for a function call (`relu_1`), with `_1`, `_2`, ... for repeated calls of
+one module, so a ReLU module used twice (every ResNet block) is two sites.
 """
 
 from __future__ import annotations
@@ -158,6 +158,11 @@ def rewrite_gates(
             y = graph.call_module(site.target, (*operands, state))
         states.add(state)
         calls[site.name] = y
+        for index in spec.indices:  # a frozen pooling's indices, read by max_unpool: where its switches point
+            with graph.inserting_before(node):
+                where = graph.call_method("indices_of", (graph.get_attr(site.target), operands[0], state))
+            index.replace_all_uses_with(where)
+            graph.erase_node(index)
         for replaced in (*spec.replaces, node):
             replaced.replace_all_uses_with(y)
             graph.erase_node(replaced)

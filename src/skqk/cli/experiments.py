@@ -60,9 +60,7 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--studies", help="analytic: comma-separated studies of fig5, incremental, federated (default: all three)"
     )
-    p.add_argument(
-        "--streams", help="drift: comma-separated streams of sp500, macro, cifar10 (default: the preset's)"
-    )
+    p.add_argument("--streams", help="drift: comma-separated streams of sp500, macro, cifar10 (default: the preset's)")
     p.add_argument("--out", required=True, help="results folder (cells are cached there; rerun to resume)")
     add_data_options(p)
 

@@ -194,8 +194,10 @@ def plot_incremental(streams: list[dict], title: str, path: Path, preset: str, d
         fig,
         axes,
         "chunk trained on (0 = pre-training)",
-        (f"average {metric if metric == 'accuracy' else 'RMSE'} over chunks seen",
-         "average forgetting" + ("" if metric == "accuracy" else " (RMSE increase)")),
+        (
+            f"average {metric if metric == 'accuracy' else 'RMSE'} over chunks seen",
+            "average forgetting" + ("" if metric == "accuracy" else " (RMSE increase)"),
+        ),
         f"Incremental re-training, {title}, {data_title(data)}, preset {preset}",
         path,
     )
