@@ -1,10 +1,14 @@
-"""Time to the traditional method's best validation accuracy on a frozen SK: every `skqk retrain` method from one
-checkpoint, same samples, same seed, the methods of a seed run one after the other in an order that rotates with
-the seed (interleaved by run: a slow phase of a shared machine does not hit one method only).
+"""Time to the traditional method's best validation accuracy on a frozen SK: every `skqk retrain` method and the
+plain PyTorch fine-tune a user writes by hand (`skqk.bench.plain`) from one checkpoint, same samples, same seed,
+the methods of a seed run one after the other in an order that rotates with the seed (interleaved by run: a slow
+phase of a shared machine does not hit one method only).
 
 An epoch's time is what the run logs (training and evaluation, the Fig. 5 protocol); a QK method's clock starts
-with, for ``ridge-head``, the head's solve (config.json). Recording the patterns (Phase 3) is timed once and
-reported beside: one store serves every seed and method, and every later run on that SK.
+with, for ``ridge-head``, the head's solve (config.json), and adds every SK refresh's cost (re-recording the
+patterns) to the epoch it happened in. Recording the patterns (Phase 3) is timed once and reported beside: one
+store serves every seed and method, and every later run on that SK. Ratios are to the traditional run and to the
+plain fine-tune of the same seed; where the plain fine-tune never reaches the target, its whole run is the
+reference and the ratios are upper bounds (``pytorch_reached`` false).
 
 Usage: ``python benchmarks/time_to_accuracy.py --checkpoint RUN/model.pt --samples 16384 --seeds 0,1,2
 --out /tmp/tta`` writes OUT/results.json and OUT/anytime.png (validation accuracy against wall time per method).
@@ -19,29 +23,53 @@ import statistics
 import time
 from pathlib import Path
 
-from skqk.data import load_dataset
-from skqk.pipeline.config import RetrainConfig
-from skqk.pipeline.record import record_from_checkpoint
-from skqk.pipeline.retrain import retrain
+import torch
 
-# name -> RetrainConfig fields; "patience" is set from --patience for the QK methods with early stopping
+from skqk.bench.plain import PlainPyTorchArm
+from skqk.data import epoch_order, load_dataset
+from skqk.pipeline.checkpoint import build_network, load_model_checkpoint, model_kwargs
+from skqk.pipeline.config import RetrainConfig
+from skqk.pipeline.loop import evaluate
+from skqk.pipeline.record import record_from_checkpoint
+from skqk.pipeline.retrain import retrain, training_indices
+
+# name -> RetrainConfig fields; "patience" is set from --patience for the QK methods with early stopping;
+# "pytorch" is not a retrain method but the plain fine-tune (`plain_fine_tune`) with the same settings
 METHODS = {
     "traditional": {"method": "traditional"},
+    "pytorch": {"method": "traditional"},
     "qk-sgd": {"method": "qk"},
     "qk-ridge-head": {"method": "qk", "optimizer": "ridge-head", "patience": None},
+    "qk-sgd-refresh": {"method": "qk", "sk_refresh": "auto"},  # `retrain --sk-refresh auto`
 }
+
+
+def plain_fine_tune(cfg: RetrainConfig, checkpoint: str, dataset, run_dir: Path) -> None:
+    """The checkpoint's network fine-tuned by `PlainPyTorchArm` (torch.optim.SGD, default layout, eager) on the
+    run's samples in its batch order; each epoch's metrics and seconds (training + evaluation) go to
+    ``run_dir/metrics.jsonl`` as `retrain` logs them."""
+    net = build_network(load_model_checkpoint(checkpoint, fits=model_kwargs(dataset)), path=checkpoint)
+    torch.manual_seed(cfg.seed)  # dropout, as `retrain` seeds it
+    arm = PlainPyTorchArm("pytorch", net, lambda x, p: x, sgd=cfg)
+    indices = training_indices(dataset.train.labels, cfg, dataset.train.ordered)
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "metrics.jsonl", "w") as log:
+        for epoch in range(cfg.epochs):
+            start = time.perf_counter()
+            arm.epoch(dataset, epoch_order(indices, cfg.seed, epoch), cfg.batch_size)
+            metrics = evaluate(net, dataset, cfg.eval_samples)
+            log.write(json.dumps({"epoch": epoch + 1, **metrics, "seconds": time.perf_counter() - start}) + "\n")
 
 
 def curve(run_dir: Path, start_s: float) -> list[dict]:
     """(epoch, its seconds, cumulative seconds, validation accuracy) of a finished run, the clock starting at
-    `start_s`."""
+    `start_s`; an SK refresh's seconds count in its epoch's."""
     clock, points = start_s, []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
-        clock += m["seconds"]
-        points.append(
-            {"epoch": m["epoch"], "epoch_s": m["seconds"], "seconds": clock, "val_accuracy": m["val_accuracy"]}
-        )
+        seconds = m["seconds"] + m.get("sk_refresh", {}).get("seconds", 0.0)
+        clock += seconds
+        points.append({"epoch": m["epoch"], "epoch_s": seconds, "seconds": clock, "val_accuracy": m["val_accuracy"]})
     return points
 
 
@@ -81,50 +109,65 @@ def main() -> None:
             )
             run_dir = out / f"seed{seed}-{name}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            store = out / "store" if cfg.method == "qk" else None
-            retrain(cfg, args.checkpoint, dataset, run_dir, store=store, progress=False)
-            solve = json.loads((run_dir / "config.json").read_text()).get("head_solve", {})
-            curves[name] = curve(run_dir, solve.get("seconds", 0.0))
+            if name == "pytorch":
+                plain_fine_tune(cfg, args.checkpoint, dataset, run_dir)
+                curves[name] = curve(run_dir, 0.0)
+            else:
+                store = out / "store" if cfg.method == "qk" else None
+                retrain(cfg, args.checkpoint, dataset, run_dir, store=store, progress=False)
+                solve = json.loads((run_dir / "config.json").read_text()).get("head_solve", {})
+                curves[name] = curve(run_dir, solve.get("seconds", 0.0))
             print(f"seed {seed} {name}: best {max(p['val_accuracy'] for p in curves[name]):.4f}", flush=True)
-        target = max(p["val_accuracy"] for p in curves["traditional"])
-        to_target = {n: seconds_to(c, target) for n, c in curves.items()}
-        ratio = {n: t / to_target["traditional"] if t is not None else None for n, t in to_target.items()}
-        with_phase3 = {
-            n: (t + phase3_s * (n != "traditional")) / to_target["traditional"] if t is not None else None
+        runs.append(compare(seed, curves, phase3_s))
+        result = {"command": vars(args), "data": dataset.source, "phase3_s": phase3_s, "runs": runs}
+        result["summary"] = summarise(runs, names)  # after every seed: a stopped run keeps what finished
+        (out / "results.json").write_text(json.dumps(result, indent=2))
+        plot(runs, out / "anytime.png")
+    print(json.dumps(result["summary"], indent=2))
+
+
+def compare(seed: int, curves: dict[str, list[dict]], phase3_s: float) -> dict:
+    """One seed's seconds to the target (the traditional run's best) and their ratios to the traditional run and
+    to the plain fine-tune; ``_with_phase3``: a QK method's time with recording its store added."""
+    target = max(p["val_accuracy"] for p in curves["traditional"])
+    to_target = {n: seconds_to(c, target) for n, c in curves.items()}
+    references = {"traditional": to_target["traditional"]}
+    if "pytorch" in curves:  # never reached: its whole run, so the ratios over it are upper bounds
+        references["pytorch"] = to_target["pytorch"] or curves["pytorch"][-1]["seconds"]
+    run = {"seed": seed, "target": target, "seconds_to_target": to_target}
+    if "pytorch" in curves:
+        run["pytorch_reached"] = to_target["pytorch"] is not None
+    for ref, ref_s in references.items():
+        run[f"over_{ref}"] = {n: t / ref_s if t is not None else None for n, t in to_target.items()}
+        run[f"over_{ref}_with_phase3"] = {
+            n: (t + phase3_s * (METHODS[n]["method"] == "qk")) / ref_s if t is not None else None
             for n, t in to_target.items()
         }
-        best = {n: max(p["val_accuracy"] for p in c) for n, c in curves.items()}
-        epoch_s = {n: statistics.median(p["epoch_s"] for p in c) for n, c in curves.items()}
-        runs.append(
-            {
-                "seed": seed,
-                "target": target,
-                "seconds_to_target": to_target,
-                "over_traditional": ratio,
-                "over_traditional_with_phase3": with_phase3,
-                "best_val_accuracy": best,
-                "epoch_s_median": epoch_s,
-                "curves": curves,
-            }
-        )
+    epoch_s = {n: statistics.median(p["epoch_s"] for p in c) for n, c in curves.items()}
+    run["best_val_accuracy"] = {n: max(p["val_accuracy"] for p in c) for n, c in curves.items()}
+    run["epoch_s_median"] = epoch_s
+    run["curves"] = curves
+    return run
+
+
+def summarise(runs: list[dict], names: list[str]) -> dict:
+    """Per method over the seeds: how often it reached the target, median and range of its ratios."""
     summary = {}
     for name in names:
-        ratios = [r["over_traditional"][name] for r in runs if r["over_traditional"][name] is not None]
-        summary[name] = {
-            "reached": f"{len(ratios)}/{len(runs)}",
-            "over_traditional_median": statistics.median(ratios) if ratios else None,
-            "over_traditional_range": [min(ratios), max(ratios)] if ratios else None,
-            "over_traditional_with_phase3_median": statistics.median(
-                [r["over_traditional_with_phase3"][name] for r in runs if r["over_traditional"][name] is not None]
-                or [float("nan")]
-            ),
-            "best_val_accuracy_mean": statistics.mean(r["best_val_accuracy"][name] for r in runs),
-            "epoch_over_traditional": [r["epoch_s_median"][name] / r["epoch_s_median"]["traditional"] for r in runs],
-        }
-    result = {"command": vars(args), "data": dataset.source, "phase3_s": phase3_s, "runs": runs, "summary": summary}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    plot(runs, out / "anytime.png")
-    print(json.dumps(summary, indent=2))
+        reached = [r for r in runs if r["seconds_to_target"][name] is not None]
+        summary[name] = {"reached": f"{len(reached)}/{len(runs)}"}
+        for ref in ("traditional", "pytorch"):
+            if f"over_{ref}" not in runs[0]:
+                continue
+            ratios = [r[f"over_{ref}"][name] for r in reached]
+            summary[name][f"over_{ref}_median"] = statistics.median(ratios) if ratios else None
+            summary[name][f"over_{ref}_range"] = [min(ratios), max(ratios)] if ratios else None
+            summary[name][f"over_{ref}_with_phase3_median"] = (
+                statistics.median(r[f"over_{ref}_with_phase3"][name] for r in reached) if reached else None
+            )
+            summary[name][f"epoch_over_{ref}"] = [r["epoch_s_median"][name] / r["epoch_s_median"][ref] for r in runs]
+        summary[name]["best_val_accuracy_mean"] = statistics.mean(r["best_val_accuracy"][name] for r in runs)
+    return summary
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -134,7 +177,7 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    colours = dict(zip(METHODS, ("tab:gray", "tab:blue", "tab:orange")))
+    colours = dict(zip(METHODS, ("tab:gray", "black", "tab:blue", "tab:orange", "tab:green")))
     for r in runs:
         for name, points in r["curves"].items():
             ax.plot(
@@ -146,7 +189,7 @@ def plot(runs: list[dict], path: Path) -> None:
                 label=name if r is runs[0] else None,
             )
         ax.axhline(r["target"], color="tab:gray", lw=0.5, ls=":")
-    ax.set_xlabel("wall time, s (training + evaluation per epoch; ridge-head: + its solve; Phase 3 not included)")
+    ax.set_xlabel("wall time, s (training + evaluation per epoch, + solve, + SK refreshes; Phase 3 not included)")
     ax.set_ylabel("validation accuracy")
     ax.legend()
     fig.tight_layout()
