@@ -155,7 +155,7 @@ def analytic(saved: Saved) -> Claim:
         f"N = {Ns[0]:,}: {gap(gaps[Ns[0]])} points over {epochs} SGD QK epochs (cross-entropy head); "
         f"N = {Ns[-1]:,}: {gap(gaps[Ns[-1]])}",
         "the head equals the joint solve after chunks, merges and forgetting (≤ 1e-7 relative, float32 features; "
-        "*not generated: from the run folders' cell.json*)",
+        "*not generated: tested in tests/analytic/, measured in the run folders' cell.json*)",
     ]
     return Claim(
         claim="(ours, not in the paper) the linear estimator makes re-training one layer exact (`skqk solve`)",

@@ -77,7 +77,7 @@ def fig4_settling(saved: Saved) -> Claim:
         short_claim="Fig. 4: activation patterns stabilise much earlier than the validation loss",
         verdict=per_net(results),
         evidence="; ".join(evidence) + " — [Fig. 4](#fig-4--sk-stabilisation-with-a-stated-criterion)",
-        summary="patterns settle (flips < 1%) relative to the validation-loss minimum: " + "; ".join(summary),
+        summary=f"patterns settle ({below}) relative to the validation-loss minimum: " + "; ".join(summary),
         command=FIG4_COMMAND,
     )
 
@@ -107,7 +107,7 @@ def fig4_follow_up(saved: Saved) -> Claim:
         claim="§5.1, Fig. 4 on the follow-up's yardstick: pattern changes decay ~3.85× earlier than weight updates",
         short_claim="Fig. 4 on the authors' follow-up yardstick: pattern changes decay ~3.85× earlier than weight "
         "updates",
-        verdict=per_net(results) + "",
+        verdict=per_net(results),
         evidence=f"patterns fall {below} {each} earlier than the weight updates; "
         + "; ".join(evidence)
         + " — [both yardsticks](#both-yardsticks-this-sessions-runs-issue-23-lenet-5-vgg8-alexnet-3-seeds-each)",
@@ -185,7 +185,7 @@ def fig5_slower(saved: Saved) -> Claim:
         if earlier and every_seed(last) != "ahead":  # ahead with few samples, then not
             text.append(f"ahead at N = {earlier[0]:,} ({gap(gaps[(model, n, earlier[0], 'base')])})")
         notes = [ahead(last), f"{epochs[model]} re-training epochs"]
-        paper = with_paper_protocol(saved, model, n, Ns[-1]) if model in saved["fig5-paper"]["models"] else None
+        paper = with_paper_protocol(saved, model, n, Ns[-1])
         if paper:
             notes.append(f"the paper's {paper[1]}-epoch protocol, {len(paper[0])} seeds: {gap(paper[0])}")
         side = "behind" if every_seed(last) == "behind" else "*ahead*" if every_seed(last) == "ahead" else "level"
@@ -229,7 +229,7 @@ def fig5_comparable(saved: Saved) -> Claim:
         where = f"N = {', '.join(f'{N:,}' for N in Ns)}" + (f"; {counts.pop()}" if len(counts) == 1 else "")
         parts[model] = f"{NAMES[model]} {', '.join(texts)} ({where})"
         summary[model] = f"{NAMES[model]} {gap(values[-1])} ({'N = ' if not summary else ''}{Ns[-1]:,})"
-        paper = with_paper_protocol(saved, model, n, Ns[-1]) if model in saved["fig5-paper"]["models"] else None
+        paper = with_paper_protocol(saved, model, n, Ns[-1])
         if paper:
             parts[model] += (
                 f"; with the paper's {paper[1]} re-training epochs ({len(paper[0])} seeds) {gap(paper[0])} at "
