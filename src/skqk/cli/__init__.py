@@ -1,9 +1,9 @@
 """`skqk` command line: a thin layer over the library; options override the config dataclasses' fields.
 
 One module per command family, each command's parser next to the function that runs it: `phases` (train, record,
-retrain, refresh, evaluate), `analytic` (solve), `combine` (merge, federated), `experiments` (reproduce), `bench`,
-`inspection` (patterns); `options` holds what they share. Errors a user can cause print one line on stderr and
-exit non-zero (``--debug`` shows the traceback).
+retrain, refresh, evaluate), `analytic` (solve), `combine` (merge, federated), `experiments` (reproduce), `claims`,
+`bench`, `inspection` (patterns); `options` holds what they share. Errors a user can cause print one line on stderr
+and exit non-zero (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from skqk._errors import one_line
-from skqk.cli import analytic, bench, combine, experiments, inspection, phases
+from skqk.cli import analytic, bench, claims, combine, experiments, inspection, phases
 from skqk.cli.options import add_run_options
 
 FAMILIES = (
@@ -25,6 +25,7 @@ FAMILIES = (
     analytic,
     combine,
     experiments,
+    claims,
     bench,
     inspection,
 )  # in the order `skqk --help` lists their commands
