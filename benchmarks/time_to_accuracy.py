@@ -189,7 +189,7 @@ def plot(runs: list[dict], path: Path) -> None:
                 label=name if r is runs[0] else None,
             )
         ax.axhline(r["target"], color="tab:gray", lw=0.5, ls=":")
-    ax.set_xlabel("wall time, s (training + evaluation per epoch, + solve, + SK refreshes; Phase 3 not included)")
+    ax.set_xlabel("wall time, s (train + evaluate, + head solve, + SK refreshes; no Phase 3)")
     ax.set_ylabel("validation accuracy")
     ax.legend()
     fig.tight_layout()
