@@ -70,8 +70,17 @@ def test_a_solve_run_is_a_decoupled_checkpoint_that_evaluates_and_records_its_so
     assert ckpt["analytic"]["block"] == "6" and ckpt["analytic"]["ridge"]["chosen_by"] == "gcv"
     assert ckpt["analytic"]["ranges"] == [[0, 120]]
     module, _ = load_for_evaluation(result.run_dir / "model.pt")
-    accuracy = evaluate(module, setup["data"])["val_accuracy"]
-    assert accuracy > 0.9  # three colour classes: the least-squares head separates them
+    measured = evaluate(module, setup["data"])
+    assert measured["val_accuracy"] > 0.9  # three colour classes: the least-squares head separates them
+    assert result.metrics == measured and ckpt["analytic"]["val_accuracy"] == measured["val_accuracy"]
+
+
+def test_a_solve_measures_itself_on_eval_samples_of_the_test_split_and_its_updates_keep_them(setup):
+    first = run(setup, "measured_on_6", samples=50, eval_samples=6)
+    second = update(first.run_dir, setup["data"], setup["store"], setup["root"] / "measured_on_6b", add=(50, 90))
+    for result in (first, second):
+        module, _ = load_for_evaluation(result.run_dir / "model.pt")
+        assert result.metrics == evaluate(module, setup["data"], 6) != evaluate(module, setup["data"])
 
 
 def test_chunks_added_to_a_run_equal_one_solve_of_all_samples(setup):
@@ -166,6 +175,8 @@ def test_a_config_out_of_range_is_refused():
         SolveConfig(samples=10, sample_start=10)
     with pytest.raises(ValueError, match="loss must be"):
         replace(SolveConfig(), loss="hinge")
+    with pytest.raises(ValueError, match="--eval-samples"):
+        SolveConfig(eval_samples=-1)
 
 
 def skqk(capsys, setup, *args):

@@ -59,6 +59,7 @@ class SolveConfig:
     class_incremental: int = 0
     chunk_samples: int = 0
     batch_size: int = 1024  # samples per forward pass (memory only; the result does not depend on it)
+    eval_samples: int = 0  # test samples the solved model is measured on (0: the whole test split)
     blocks_before: list[str] = field(default_factory=list)  # filled in: layers solved before the last block
 
     def __post_init__(self):
@@ -68,6 +69,8 @@ class SolveConfig:
             raise ValueError(f"loss must be 'mse' or 'ce', got {self.loss!r}")
         if self.ridge is not None and not 0 <= self.ridge < math.inf:
             raise ValueError(f"λ (--ridge) must be non-negative and finite, got {self.ridge}")
+        if self.eval_samples < 0:
+            raise ValueError(f"--eval-samples must be 0 (the whole test split) or positive, not {self.eval_samples}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
@@ -269,6 +272,7 @@ class SolveResult:
     stats: Statistics
     solution: dict  # what model.pt and stats.pt record about the solve (λ and how it was chosen)
     run_dir: Path
+    metrics: dict = field(default_factory=dict)  # the solved model on its test split (`SolveConfig.eval_samples`)
 
 
 def solve_blocks(problem: Problem, cfg: SolveConfig, progress: bool) -> tuple[Block, Statistics, dict]:
@@ -411,11 +415,12 @@ def write_run(
     dataset: Dataset | None,
 ) -> SolveResult:
     """stats.pt, config.json, then model.pt (last: a folder with model.pt is complete), all atomic, rank 0 only;
-    with `dataset`, the solved model's accuracy and loss on its test split are measured and recorded with them."""
+    with `dataset`, the solved model's accuracy and loss on its test split (`cfg.eval_samples` of it) are measured
+    and recorded with them."""
     metrics = {}
     if dataset is not None:
         decoupled.to(distributed.current().device)
-        metrics = evaluate(decoupled, dataset, sharded=True)
+        metrics = evaluate(decoupled, dataset, cfg.eval_samples, sharded=True)
     analytic = {
         "block": stats.source.block,
         "blocks_before": cfg.blocks_before,
@@ -442,7 +447,7 @@ def write_run(
         save_checkpoint(run_dir / "model.pt", {**entry, "samples": stats.samples, "analytic": analytic})
 
     distributed.current().on_main(write)
-    return SolveResult(decoupled, stats, analytic, run_dir)
+    return SolveResult(decoupled, stats, analytic, run_dir, metrics)
 
 
 def held_text(stats: Statistics) -> str:

@@ -71,10 +71,13 @@ class BenchConfig:
 
 def quick_config(**overrides) -> BenchConfig:
     """A smoke run, under a minute for lenet5: fewer samples and repeats, rounds of one short epoch, no levers, no
-    accuracy protocol. Its rounds are too short for its ratios to be comparable between runs."""
+    accuracy protocol, the matmul peaks on 256 x 256 (a 1024 x 1024 bf16 matmul takes 3 s on a CPU without bf16
+    instructions, e.g. an AMD EPYC: 74 of a quick run's 83 s). Its rounds are too short for its ratios to be
+    comparable between runs."""
     base = BenchConfig(
-        models=("lenet5",), samples=128, repeats=3, round_s=0.0, levers=(), accuracy=None, trained=False, smoke=True
-    )
+        models=("lenet5",), samples=128, repeats=3, round_s=0.0, levers=(), accuracy=None, trained=False, smoke=True,
+        matmul_size=256,
+    )  # fmt: skip
     return replace(base, **overrides)
 
 

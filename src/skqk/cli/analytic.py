@@ -49,6 +49,7 @@ def add_solve(sub) -> None:
     p.add_argument("--balanced", action="store_true", default=None, help="class-balanced sample subsets")
     add_order_options(p)
     p.add_argument("--batch-size", type=int, help="samples per forward pass (default 1024; memory only)")
+    p.add_argument("--eval-samples", type=int, help="test samples the solved model is measured on (default 0 = all)")
     p.add_argument("--out", required=True, help="run folder: model.pt (a QK checkpoint), stats.pt, config.json")
     add_trust_option(p)
     add_data_options(p)

@@ -31,7 +31,6 @@ from skqk.experiments.fig5 import SKRun
 from skqk.experiments.incremental import accuracy_row, run_incremental
 from skqk.experiments.plots import plot_analytic_fig5
 from skqk.experiments.presets import BASE, CPU, SMOKE, Fig5Protocol, Preset, Variant
-from skqk.pipeline.checkpoint import load_for_evaluation
 from skqk.pipeline.loop import evaluate
 from skqk.pipeline.record import record, selector_from_checkpoint
 
@@ -237,7 +236,7 @@ def analytic_chunks(key: dict, protocol, common: dict, pretrained: Path, dataset
     cells: list[dict] = []
     for k in range(1, protocol.chunks):
         start = 0 if k == 1 else k * S
-        cfg = SolveConfig(samples=(k + 1) * S, sample_start=start, **base)
+        cfg = SolveConfig(samples=(k + 1) * S, sample_start=start, eval_samples=protocol.eval_samples, **base)
         cell_dir = folder / f"chunk{k}"
 
         def compute(cell_dir: Path, k=k, start=start, cfg=cfg) -> dict:
@@ -257,7 +256,7 @@ def analytic_chunks(key: dict, protocol, common: dict, pretrained: Path, dataset
                     result, pretrained, dataset, store, cfg, folder, trust
                 )
             return {
-                **evaluate(load_for_evaluation(checkpoint, trust=trust)[0], dataset, protocol.eval_samples),
+                **result.metrics,  # the solve's own measurement, on the protocol's validation samples
                 **solve_record(result.solution),
                 "row": accuracy_row(checkpoint, dataset, eval_sets[: k + 1], trust),
                 "samples_processed": (k + 1) * S - start,  # each sample read once, by the selector and the estimator
