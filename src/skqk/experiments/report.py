@@ -46,12 +46,13 @@ def aggregate(cells: list[dict], metrics: tuple[str, ...] | None = None) -> list
     return rows
 
 
-def qk_gaps(cells: list[dict]) -> dict[tuple, list[float]]:
+def qk_gaps(cells: list[dict], metric: str | None = None, scale: float | None = None) -> dict[tuple, list[float]]:
     """Per QK-only row (model, n, N, "qk", variant): QK-only minus traditional validation accuracy in points (for
-    regression: RMSE), one value per seed, paired with the traditional cell of the same seed (its same-named variant
-    where there is one, e.g. more epochs, else its base cell). Pairing by seed removes what the seed does to both
-    methods alike."""
-    metric, _, _, scale, _, _ = COMPARED[task_of(cells)]
+    regression: RMSE; or `metric` times `scale`), one value per seed, paired with the traditional cell of the same
+    seed (its same-named variant where there is one, e.g. more epochs, else its base cell). Pairing by seed removes
+    what the seed does to both methods alike."""
+    compared, _, _, per_unit, _, _ = COMPARED[task_of(cells)]
+    metric, scale = metric or compared, per_unit if scale is None else scale
     traditional = {
         (c["model"], c["n"], c["N"], c.get("variant", "base"), c.get("seed", 0)): c[metric]
         for c in cells

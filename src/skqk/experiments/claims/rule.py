@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from skqk.experiments.report import mean_std
+from skqk.experiments.report import mean_std, qk_gaps
 
 FIG4_MODELS = ("lenet5", "vgg8", "alexnet")
 FILES = {  # what each claim reads, relative to the results folder
@@ -81,22 +81,8 @@ def every_seed(values: list[float]) -> str | None:
 
 def paired(cells: list[dict], metric: str = "val_accuracy", scale: float = 100.0) -> dict[tuple, list[float]]:
     """(model, n, N, variant) of each QK-only row -> `metric` of QK-only minus traditional re-training, times
-    `scale` (accuracy in points), one value per seed: paired with the traditional cell of the same seed and variant
-    (more epochs, say), else with its base cell."""
-    traditional = {
-        (c["model"], c["n"], c["N"], c.get("variant", "base"), c.get("seed", 0)): c[metric]
-        for c in cells
-        if c["method"] == "traditional"
-    }
-    out: dict[tuple, list[float]] = {}
-    for c in cells:
-        if c["method"] != "qk":
-            continue
-        at, variant, seed = (c["model"], c["n"], c["N"]), c.get("variant", "base"), c.get("seed", 0)
-        base = traditional.get((*at, variant, seed), traditional.get((*at, "base", seed)))
-        if base is not None:
-            out.setdefault((*at, variant), []).append(scale * (c[metric] - base))
-    return out
+    `scale` (accuracy in points), one value per seed, paired by seed as the reports pair them (`qk_gaps`)."""
+    return {(model, n, N, variant): g for (model, n, N, _, variant), g in qk_gaps(cells, metric, scale).items()}
 
 
 def qk_accuracy(cells: list[dict]) -> dict[tuple, dict[int, float]]:
