@@ -132,10 +132,9 @@ def compare(seed: int, curves: dict[str, list[dict]], phase3_s: float) -> dict:
     target = max(p["val_accuracy"] for p in curves["traditional"])
     to_target = {n: seconds_to(c, target) for n, c in curves.items()}
     references = {"traditional": to_target["traditional"]}
+    run = {"seed": seed, "target": target, "seconds_to_target": to_target}
     if "pytorch" in curves:  # never reached: its whole run, so the ratios over it are upper bounds
         references["pytorch"] = to_target["pytorch"] or curves["pytorch"][-1]["seconds"]
-    run = {"seed": seed, "target": target, "seconds_to_target": to_target}
-    if "pytorch" in curves:
         run["pytorch_reached"] = to_target["pytorch"] is not None
     for ref, ref_s in references.items():
         run[f"over_{ref}"] = {n: t / ref_s if t is not None else None for n, t in to_target.items()}

@@ -33,7 +33,7 @@ def cmd_claims(args) -> None:
 
     rows = claims(args.results)
     if args.check:
-        stale = [f for f in args.check if with_tables(Path(f).read_text(), rows, f) != Path(f).read_text()]
+        stale = [f for f in args.check if with_tables(text := Path(f).read_text(), rows, f) != text]
         if stale:
             raise ValueError(
                 f"the claims tables of {', '.join(stale)} differ from the results in {args.results}: run "

@@ -124,9 +124,10 @@ def fig5_improving(saved: Saved) -> Claim:
     accuracy at the largest N minus at the smallest, paired by seed; reproduced for a net when that gain is ahead
     (larger than the seed spread) with its smallest SK."""
     cells = saved["fig5"]["cells"]
-    accuracy, grid = qk_accuracy(cells), settings(paired(cells))
+    gaps = paired(cells)
+    accuracy, grid = qk_accuracy(cells), settings(gaps)
     results, first, larger = {}, [], []
-    for model, ns in sk_sizes(paired(cells)).items():
+    for model, ns in sk_sizes(gaps).items():
         for n in ns:
             Ns = grid[(model, n)]
             start, end = accuracy[(model, n, Ns[0])], accuracy[(model, n, Ns[-1])]
@@ -174,7 +175,8 @@ def fig5_slower(saved: Saved) -> Claim:
         n = ns[0]
         Ns = [N for N in grid[(model, n)] if N > n]
         last = gaps[(model, n, Ns[-1], "base")]
-        results[model] = every_seed(last) == "behind"
+        last_side = every_seed(last)  # "ahead", "behind" or None
+        results[model] = last_side == "behind"
         name, text = NAMES[model], []
         behind = 0
         while behind < len(Ns) and compare(gaps[(model, n, Ns[-1 - behind], "base")]) == "behind":
@@ -182,13 +184,13 @@ def fig5_slower(saved: Saved) -> Claim:
         if behind >= 2:
             text.append(f"behind from N = {Ns[-behind]:,} on")
         earlier = [N for N in Ns[:-1] if compare(gaps[(model, n, N, "base")]) == "ahead"]
-        if earlier and every_seed(last) != "ahead":  # ahead with few samples, then not
+        if earlier and last_side != "ahead":  # ahead with few samples, then not
             text.append(f"ahead at N = {earlier[0]:,} ({gap(gaps[(model, n, earlier[0], 'base')])})")
         notes = [ahead(last), f"{epochs[model]} re-training epochs"]
         paper = with_paper_protocol(saved, model, n, Ns[-1])
         if paper:
             notes.append(f"the paper's {paper[1]}-epoch protocol, {len(paper[0])} seeds: {gap(paper[0])}")
-        side = "behind" if every_seed(last) == "behind" else "*ahead*" if every_seed(last) == "ahead" else "level"
+        side = {"behind": "behind", "ahead": "*ahead*"}.get(last_side, "level")
         at = f"at N = {Ns[-1]:,}" if behind >= 2 else f"{side} at N = {Ns[-1]:,}"  # "behind from … on" said it
         text.append(f"{at}: {gap(last)} points ({'; '.join(notes)})")
         parts[model] = f"{name} (SK from {n:,}) " + ", ".join(text)

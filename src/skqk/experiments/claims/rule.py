@@ -62,12 +62,8 @@ def compare(values: list[float]) -> str:
         >>> compare([2.0, 3.0, 2.5]), compare([-1.0, -2.0, -1.5]), compare([1.0, -0.5, 2.0])
         ('ahead', 'behind', 'level')
     """
-    mean, std = mean_std(values)
-    if all(v > 0 for v in values) and mean > std:
-        return "ahead"
-    if all(v < 0 for v in values) and -mean > std:
-        return "behind"
-    return "level"
+    side, (mean, std) = every_seed(values), mean_std(values)
+    return side if side is not None and abs(mean) > std else "level"
 
 
 def every_seed(values: list[float]) -> str | None:
