@@ -4,11 +4,11 @@ the methods of a seed run one after the other in an order that rotates with the 
 phase of a shared machine does not hit one method only).
 
 An epoch's time is what the run logs (training and evaluation, the Fig. 5 protocol); a QK method's clock starts
-with, for ``ridge-head``, the head's solve (config.json), and adds every SK refresh's cost (re-recording the
-patterns) to the epoch it happened in. Recording the patterns (Phase 3) is timed once and reported beside: one
-store serves every seed and method, and every later run on that SK. Ratios are to the traditional run and to the
-plain fine-tune of the same seed; where the plain fine-tune never reaches the target, its whole run is the
-reference and the ratios are upper bounds (``pytorch_reached`` false).
+with, for ``ridge-head`` and ``ce-head``, the head's solve (config.json), and adds every SK refresh's cost
+(re-recording the patterns) to the epoch it happened in. Recording the patterns (Phase 3) is timed once and
+reported beside: one store serves every seed and method, and every later run on that SK. Ratios are to the
+traditional run and to the plain fine-tune of the same seed; where the plain fine-tune never reaches the target,
+its whole run is the reference and the ratios are upper bounds (``pytorch_reached`` false).
 
 Usage: ``python benchmarks/time_to_accuracy.py --checkpoint RUN/model.pt --samples 16384 --seeds 0,1,2
 --out /tmp/tta`` writes OUT/results.json and OUT/anytime.png (validation accuracy against wall time per method).
@@ -40,6 +40,7 @@ METHODS = {
     "pytorch": {"method": "traditional"},
     "qk-sgd": {"method": "qk"},
     "qk-ridge-head": {"method": "qk", "optimizer": "ridge-head", "patience": None},
+    "qk-ce-head": {"method": "qk", "optimizer": "ce-head", "patience": None},
     "qk-sgd-refresh": {"method": "qk", "sk_refresh": "auto"},  # `retrain --sk-refresh auto`
 }
 
@@ -83,7 +84,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16384, help="N: samples re-trained on (default 16384)")
     parser.add_argument("--epochs", type=int, default=10, help="re-training epochs (default 10)")
     parser.add_argument("--eval-samples", type=int, default=2000, help="validation samples per epoch (default 2000)")
-    parser.add_argument("--patience", type=int, default=3, help="early stopping of qk-ridge-head (default 3)")
+    parser.add_argument(
+        "--patience", type=int, default=3, help="early stopping of qk-ridge-head and qk-ce-head (default 3)"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated re-training seeds (default 0,1,2)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default {','.join(METHODS)})")
     parser.add_argument("--out", required=True, help="results folder (results.json, anytime.png, the runs)")
@@ -176,7 +179,7 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    colours = dict(zip(METHODS, ("tab:gray", "black", "tab:blue", "tab:orange", "tab:green")))
+    colours = dict(zip(METHODS, ("tab:gray", "black", "tab:blue", "tab:orange", "tab:red", "tab:green")))
     for r in runs:
         for name, points in r["curves"].items():
             ax.plot(

@@ -116,25 +116,57 @@ def test_negative_patience_is_a_one_line_error(pretrained, capsys, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def head_problem(pretrained, data, cfg: RetrainConfig) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The head's name, its input on the run's samples with a ones column (the bias), computed independently from
+    the pre-trained network's penultimate layer in float64, and the samples' labels."""
+    network = load_for_evaluation(pretrained)[0].double().eval()
+    idx = training_indices(data.train.labels, cfg)
+    with torch.no_grad():
+        z = network[:-1](data.inputs(data.train, idx).double())
+    return str(len(network) - 1), torch.cat([z, torch.ones(len(z), 1, dtype=torch.float64)], 1), data.train.labels[idx]
+
+
+def ridge_theta(z: torch.Tensor, labels: torch.Tensor, classes: int, lam: float) -> torch.Tensor:
+    y = torch.nn.functional.one_hot(labels, classes).double()
+    penalty = torch.diag(torch.cat([torch.full((z.shape[1] - 1,), lam), torch.zeros(1)]))
+    return torch.linalg.solve(z.T @ z + penalty, z.T @ y)
+
+
+def trained_theta(run_dir, head: str) -> torch.Tensor:
+    trained = state_dict_of(run_dir / "model.pt")
+    return torch.cat([trained[f"{head}.weight"].T, trained[f"{head}.bias"][None]]).double()
+
+
 def test_ridge_head_optimizer_starts_sgd_from_the_heads_exact_ridge_solution(pretrained, data, tmp_path):
     """With a learning rate too small to move anything, the trained head is the ridge solution with the λ the run
     recorded, solved here independently from the pre-trained network's penultimate features."""
     cfg = RetrainConfig(samples=64, epochs=1, batch_size=16, lr=1e-30, optimizer="ridge-head", patterns="on-the-fly")
     retrain(cfg, pretrained, data, tmp_path / "run", progress=False)
     solve = json.loads((tmp_path / "run" / "config.json").read_text())["head_solve"]
-    network = load_for_evaluation(pretrained)[0].double().eval()
-    head = str(len(network) - 1)  # the last Linear of tiny / tiny_dropout
+    head, z, labels = head_problem(pretrained, data, cfg)
     assert solve["block"] == head and solve["chosen_by"] == "gcv" and solve["seconds"] > 0
-    idx = training_indices(data.train.labels, cfg)
-    with torch.no_grad():
-        z = network[:-1](data.inputs(data.train, idx).double())
-    z = torch.cat([z, torch.ones(len(z), 1, dtype=torch.float64)], 1)
-    y = torch.nn.functional.one_hot(data.train.labels[idx], data.num_classes).double()
-    penalty = torch.diag(torch.cat([torch.full((z.shape[1] - 1,), solve["lambda"]), torch.zeros(1)]))
-    theta = torch.linalg.solve(z.T @ z + penalty, z.T @ y)
-    trained = state_dict_of(tmp_path / "run" / "model.pt")
-    torch.testing.assert_close(trained[f"{head}.weight"].double(), theta[:-1].T, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(trained[f"{head}.bias"].double(), theta[-1], rtol=1e-4, atol=1e-5)
+    theta = ridge_theta(z, labels, data.num_classes, solve["lambda"])
+    torch.testing.assert_close(trained_theta(tmp_path / "run", head), theta, rtol=1e-4, atol=1e-5)
+
+
+def test_ce_head_optimizer_starts_sgd_from_the_heads_cross_entropy_optimum(pretrained, data, tmp_path):
+    """The trained head (learning rate too small to move it) zeroes the gradient of the penalised cross-entropy
+    ``Σ CE(z θ, y) + λ ‖W‖² + ½ (Σ b)²`` computed here independently in float64: its norm is below 1e-4 of the
+    gradient's at the ridge solution the Newton iterations start from (float32 weights round at ~1e-7)."""
+    cfg = RetrainConfig(samples=64, epochs=1, batch_size=16, lr=1e-30, optimizer="ce-head", patterns="on-the-fly")
+    retrain(cfg, pretrained, data, tmp_path / "run", progress=False)
+    solve = json.loads((tmp_path / "run" / "config.json").read_text())["head_solve"]
+    head, z, labels = head_problem(pretrained, data, cfg)
+    assert solve["block"] == head and solve["cross_entropy"]["iterations"] > 1
+    lam, y = solve["lambda"], torch.nn.functional.one_hot(labels, data.num_classes).double()
+
+    def gradient(theta: torch.Tensor) -> torch.Tensor:
+        penalty = torch.cat([torch.full_like(theta[:-1], 2 * lam), torch.zeros_like(theta[-1:])])
+        bias_sum = torch.cat([torch.zeros_like(theta[:-1]), torch.full_like(theta[-1:], theta[-1].sum().item())])
+        return z.T @ (torch.softmax(z @ theta, 1) - y) + penalty * theta + bias_sum
+
+    start = gradient(ridge_theta(z, labels, data.num_classes, lam)).norm()
+    assert gradient(trained_theta(tmp_path / "run", head)).norm() < 1e-4 * start
 
 
 def test_ridge_head_optimizer_needs_the_qk_method():

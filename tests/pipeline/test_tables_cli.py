@@ -84,3 +84,13 @@ def test_a_regression_table_refuses_class_counting_orders(table, tmp_path, capsy
         capsys, "train", "--model", "mlp", *data, "--samples", "32", "--balanced", *SGD, "--out", tmp_path / "r"
     )
     assert_one_line_error(code, err, "regression targets have none")
+
+
+def test_the_cross_entropy_head_is_refused_for_a_regression_target(table, tmp_path, capsys):
+    data, pre = table_args(table, "ret", "--task", "regression"), tmp_path / "pre"
+    code, _, err = main_in_process(capsys, "train", "--model", "mlp", *data, "--samples", "32", *SGD, "--out", pre)
+    assert code == 0, err
+    retrain = ["retrain", "--checkpoint", pre / "model.pt", *data, "--samples", "64", "--patterns", "on-the-fly"]
+    code, _, err = main_in_process(capsys, *retrain, "--optimizer", "ce-head", *SGD, "--out", tmp_path / "qk")
+    assert_one_line_error(code, err, "ce-head is for classes")
+    assert not (tmp_path / "qk").exists()

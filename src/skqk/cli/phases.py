@@ -134,9 +134,10 @@ def add_retrain(sub) -> None:
     )
     p.add_argument(
         "--optimizer",
-        choices=["sgd", "ridge-head"],
-        help="qk: sgd (the paper's, default), or ridge-head: the head's exact ridge solution on the samples first "
-        "(skqk.analytic), then SGD; with --patience the best epoch is kept",
+        choices=["sgd", "ridge-head", "ce-head"],
+        help="qk: sgd (the paper's, default); ridge-head: the head's exact ridge solution on the samples first "
+        "(skqk.analytic), then SGD; ce-head: the head's exact cross-entropy optimum first (Newton from the ridge "
+        "solution), then SGD; with --patience the best epoch is kept",
     )
     defaults = RetrainConfig()
     p.add_argument(

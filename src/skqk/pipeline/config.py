@@ -105,8 +105,9 @@ class RetrainConfig(SGDConfig):
     prune: bool = True  # qk: remove units dead for every training sample while training (exact, skqk.pipeline.prune)
     patience: int = 0  # stop after this many epochs without a better val accuracy, keep the best (0 = off)
     # qk: "ridge-head" first sets the head to its exact ridge solution on the run's samples (one-hot targets, λ by
-    # GCV: skqk.analytic), then SGD trains as "sgd" does; ours, not in the paper (docs/benchmarks.md)
-    optimizer: Literal["sgd", "ridge-head"] = "sgd"
+    # GCV: skqk.analytic), "ce-head" to its exact cross-entropy optimum (Newton from the ridge solution, same λ),
+    # then SGD trains as "sgd" does; ours, not in the paper (docs/benchmarks.md)
+    optimizer: Literal["sgd", "ridge-head", "ce-head"] = "sgd"
     staleness_samples: int = 256  # validation samples sk_staleness is measured on after every QK epoch
     sk_refresh: Literal["off", "auto"] = "off"  # auto: refresh the SK when sk_staleness passes the threshold
     sk_refresh_threshold: float = 0.05  # ours, from a calibration run (docs/results.md, incremental); not in the paper
@@ -130,8 +131,8 @@ class RetrainConfig(SGDConfig):
             raise ValueError(f"method must be 'qk' or 'traditional', got {self.method!r}")
         if self.patterns not in ("store", "on-the-fly"):
             raise ValueError(f"patterns must be 'store' or 'on-the-fly', got {self.patterns!r}")
-        if self.optimizer not in ("sgd", "ridge-head"):
-            raise ValueError(f"optimizer must be 'sgd' or 'ridge-head', got {self.optimizer!r}")
+        if self.optimizer not in ("sgd", "ridge-head", "ce-head"):
+            raise ValueError(f"optimizer must be 'sgd', 'ridge-head' or 'ce-head', got {self.optimizer!r}")
         if self.optimizer != "sgd" and self.method != "qk":
             raise ValueError(f"--optimizer {self.optimizer} needs --method qk (the SK it solves through is fixed)")
         if self.patience < 0:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from skqk.analytic import find_block, solve_ridge, statistics
-from skqk.analytic.run import Problem
+from skqk.analytic.run import Problem, cross_entropy_solve
 from skqk.data import Dataset, batches, subset_fingerprint, subset_indices
 from skqk.data.sampling import replay_indices
 from skqk.decoupled import DecoupledModel
@@ -115,12 +115,13 @@ def retrain(
     removal = dead_unit_removal(cfg, estimator, selector, read, dataset, indices)
     source["store"] = selector.fingerprint if cfg.patterns == "store" else None
     extra = {"dead_unit_removal": removal.summary()} if removal else {}
-    if cfg.optimizer == "ridge-head":  # on resume too: resume.pt then replaces the weights, solved or trained
+    if cfg.optimizer != "sgd":  # on resume too: resume.pt then replaces the weights, solved or trained
         opened = PatternStore.open(store, verify=False) if cfg.patterns == "store" else None
         subset = subset_fingerprint(
             dataset.train.labels, cfg.subset_seed, cfg.balanced, cfg.class_chunks, dataset.train.ordered
         )
-        extra["head_solve"] = solve_head(Problem(ckpt, decoupled, opened, dataset, indices, subset))
+        problem = Problem(ckpt, decoupled, opened, dataset, indices, subset)
+        extra["head_solve"] = solve_head(problem, cross_entropy=cfg.optimizer == "ce-head")
     run_dir = distributed.current().on_main(prepare_run_dir, out, resume, cfg, source, pooling, extra or None)
     relu_gates_in_place(estimator.net)  # after the head's solve, which reads the layers' outputs
     torch.manual_seed(cfg.seed)
@@ -146,23 +147,34 @@ def retrain(
     return RunResult(decoupled, history, run_dir, cfg.patience)
 
 
-def solve_head(problem: Problem) -> dict:
-    """``--optimizer ridge-head``: the estimator's head set to its exact ridge solution on all of the problem's
-    samples (one-hot targets, λ chosen by GCV; `skqk.analytic`), its input computed in eval mode through the
-    fixed SK. With the SK fixed the output is linear in the head's weights, so this is the least-squares optimum
-    of that layer in one pass over the data, where SGD takes epochs to approach it. Returns what config.json
-    records: the head, λ and how it was chosen, and the seconds it took (a QK run's time to accuracy)."""
+def solve_head(problem: Problem, cross_entropy: bool = False, batch_size: int = 1024) -> dict:
+    """``--optimizer ridge-head`` / ``ce-head``: the estimator's head set to its exact ridge solution on all of the
+    problem's samples (one-hot targets, λ chosen by GCV; `skqk.analytic`) or, with `cross_entropy`, to the
+    cross-entropy optimum with that λ (Newton from the ridge solution), its input computed in eval mode through
+    the fixed SK. With the SK fixed the output is linear in the head's weights, so this is the optimum of that
+    layer in one pass (ridge) or a few (Newton) over the data, where SGD takes epochs to approach it; the
+    cross-entropy optimum also puts the logits on the scale SGD's loss works on, where one-hot targets give a
+    nearly flat softmax. Returns what config.json records: the head, λ and how it was chosen (and the Newton
+    iterations), and the seconds it took (a QK run's time to accuracy)."""
+    if cross_entropy and problem.dataset.task == "regression":
+        raise ValueError("--optimizer ce-head is for classes; a regression head is solved by --optimizer ridge-head")
     start = time.perf_counter()
     estimator = problem.estimator
     block = find_block(estimator)
     was_training = estimator.training
     estimator.eval()
     try:
-        solution = solve_ridge(statistics(problem, block, torch.arange(len(problem.order))))
+        positions = torch.arange(len(problem.order))
+        solution = solve_ridge(statistics(problem, block, positions, batch_size))
+        block.assign(solution.theta)
+        record = {"block": block.name, **solution.record()}
+        if cross_entropy:
+            newton = cross_entropy_solve(problem, block, positions, solution.theta, solution.lam, batch_size)
+            block.assign(newton.theta)
+            record["cross_entropy"] = newton.record()
     finally:
         estimator.train(was_training)
-    block.assign(solution.theta)
-    return {"block": block.name, **solution.record(), "seconds": time.perf_counter() - start}
+    return {**record, "seconds": time.perf_counter() - start}
 
 
 def training_indices(labels: Tensor, cfg: RetrainConfig, ordered: bool = False) -> Tensor:
