@@ -12,6 +12,9 @@ its whole run is the reference and the ratios are upper bounds (``pytorch_reache
 
 Usage: ``python benchmarks/time_to_accuracy.py --checkpoint RUN/model.pt --samples 16384 --seeds 0,1,2
 --out /tmp/tta`` writes OUT/results.json and OUT/anytime.png (validation accuracy against wall time per method).
+A stopped run continues with ``--resume`` (same checkpoint, N, epochs, validation samples and patience; other
+seeds or methods may be added): finished runs are kept, a `retrain` run continues from its last epoch, an
+unfinished plain fine-tune starts again; every epoch keeps the seconds it took when it ran.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from skqk.atomic import atomic_write_text
 from skqk.bench.plain import PlainPyTorchArm
 from skqk.data import epoch_order, load_dataset
 from skqk.pipeline.checkpoint import build_network, load_model_checkpoint, model_kwargs
@@ -32,6 +36,7 @@ from skqk.pipeline.config import RetrainConfig
 from skqk.pipeline.loop import evaluate
 from skqk.pipeline.record import record_from_checkpoint
 from skqk.pipeline.retrain import retrain, training_indices
+from skqk.pipeline.rundir import file_sha256
 
 # name -> RetrainConfig fields; "patience" is set from --patience for the QK methods with early stopping;
 # "pytorch" is not a retrain method but the plain fine-tune (`plain_fine_tune`) with the same settings
@@ -54,12 +59,18 @@ def plain_fine_tune(cfg: RetrainConfig, checkpoint: str, dataset, run_dir: Path)
     arm = PlainPyTorchArm("pytorch", net, lambda x, p: x, sgd=cfg)
     indices = training_indices(dataset.train.labels, cfg, dataset.train.ordered)
     run_dir.mkdir(parents=True)
-    with open(run_dir / "metrics.jsonl", "w") as log:
-        for epoch in range(cfg.epochs):
-            start = time.perf_counter()
-            arm.epoch(dataset, epoch_order(indices, cfg.seed, epoch), cfg.batch_size)
-            metrics = evaluate(net, dataset, cfg.eval_samples)
-            log.write(json.dumps({"epoch": epoch + 1, **metrics, "seconds": time.perf_counter() - start}) + "\n")
+    lines = []
+    for epoch in range(cfg.epochs):
+        start = time.perf_counter()
+        arm.epoch(dataset, epoch_order(indices, cfg.seed, epoch), cfg.batch_size)
+        metrics = evaluate(net, dataset, cfg.eval_samples)
+        lines.append(json.dumps({"epoch": epoch + 1, **metrics, "seconds": time.perf_counter() - start}) + "\n")
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(lines))  # whole epochs only: `finished` counts them
+
+
+def finished(run_dir: Path, epochs: int) -> bool:
+    log = run_dir / "metrics.jsonl"
+    return log.exists() and len(log.read_text().splitlines()) == epochs
 
 
 def curve(run_dir: Path, start_s: float) -> list[dict]:
@@ -90,9 +101,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated re-training seeds (default 0,1,2)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default {','.join(METHODS)})")
     parser.add_argument("--out", required=True, help="results folder (results.json, anytime.png, the runs)")
+    parser.add_argument("--resume", action="store_true", help="keep the finished runs in --out, continue the others")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    protocol = {k: getattr(args, k) for k in ("samples", "epochs", "eval_samples", "patience")}
+    protocol["checkpoint_sha256"] = file_sha256(args.checkpoint)
+    saved = out / "protocol.json"
+    if args.resume and saved.exists() and json.loads(saved.read_text()) != protocol:
+        parser.error(f"--resume: {out} holds runs of another checkpoint or protocol ({saved}); choose another --out")
+    atomic_write_text(saved, json.dumps(protocol, indent=2))
     dataset = load_dataset(progress=False)
     shutil.rmtree(out / "store", ignore_errors=True)
     start = time.perf_counter()
@@ -111,20 +129,23 @@ def main() -> None:
                 samples=args.samples, epochs=args.epochs, eval_samples=args.eval_samples, seed=seed, **fields
             )
             run_dir = out / f"seed{seed}-{name}"
-            shutil.rmtree(run_dir, ignore_errors=True)
             if name == "pytorch":
-                plain_fine_tune(cfg, args.checkpoint, dataset, run_dir)
+                if not (args.resume and finished(run_dir, cfg.epochs)):
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    plain_fine_tune(cfg, args.checkpoint, dataset, run_dir)
                 curves[name] = curve(run_dir, 0.0)
             else:
+                if not args.resume:
+                    shutil.rmtree(run_dir, ignore_errors=True)
                 store = out / "store" if cfg.method == "qk" else None
-                retrain(cfg, args.checkpoint, dataset, run_dir, store=store, progress=False)
+                retrain(cfg, args.checkpoint, dataset, run_dir, store=store, resume=args.resume, progress=False)
                 solve = json.loads((run_dir / "config.json").read_text()).get("head_solve", {})
                 curves[name] = curve(run_dir, solve.get("seconds", 0.0))
             print(f"seed {seed} {name}: best {max(p['val_accuracy'] for p in curves[name]):.4f}", flush=True)
         runs.append(compare(seed, curves, phase3_s))
         result = {"command": vars(args), "data": dataset.source, "phase3_s": phase3_s, "runs": runs}
         result["summary"] = summarise(runs, names)  # after every seed: a stopped run keeps what finished
-        (out / "results.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(out / "results.json", json.dumps(result, indent=2))
         plot(runs, out / "anytime.png")
     print(json.dumps(result["summary"], indent=2))
 
