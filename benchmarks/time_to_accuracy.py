@@ -56,7 +56,7 @@ def plain_fine_tune(cfg: RetrainConfig, checkpoint: str, dataset, run_dir: Path)
     ``run_dir/metrics.jsonl`` as `retrain` logs them."""
     net = build_network(load_model_checkpoint(checkpoint, fits=model_kwargs(dataset)), path=checkpoint)
     torch.manual_seed(cfg.seed)  # dropout, as `retrain` seeds it
-    arm = PlainPyTorchArm("pytorch", net, lambda x, p: x, sgd=cfg)
+    arm = PlainPyTorchArm("pytorch", net, lambda x, p: net(x), sgd=cfg)
     indices = training_indices(dataset.train.labels, cfg, dataset.train.ordered)
     run_dir.mkdir(parents=True)
     lines = []

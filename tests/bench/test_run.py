@@ -1,14 +1,19 @@
 """The benchmark runs end to end and reports every metric: correctness only, never timings."""
 
+import copy
 import json
 
 import pytest
+import torch
 
-from skqk.bench.arms import synthetic_dataset
+from skqk import models
+from skqk.bench.arms import make_arms, synthetic_dataset, timed_evaluation
 from skqk.bench.protocol import AccuracyProtocol, BenchConfig
 from skqk.bench.report import markdown
 from skqk.bench.run import accuracy_protocol, run
 from skqk.cli import main as cli_main
+from skqk.pipeline.record import record
+from skqk.selector import build_selector
 
 
 def tiny_config(**kw):
@@ -79,6 +84,52 @@ def test_accuracy_protocol_on_synthetic_data():
         "time to accuracy"
         in markdown({**run(tiny_config(precisions=("fp32",)), log=lambda m: None), "time_to_accuracy": out}).lower()
     )
+
+
+def test_bench_epochs_with_evaluation_include_every_arms_evaluation(monkeypatch):
+    """--eval-samples: every arm's epoch is its training steps plus its evaluation, as in a Fig. 5 re-training;
+    the evaluation seconds are reported beside. Each evaluation runs (QK's from the validation patterns it
+    recorded once) and is made to report 1,000 s here, so the epochs must hold them."""
+    import skqk.bench.run as bench_run
+
+    def slow(arm, dataset, limit):
+        evaluation = timed_evaluation(arm, dataset, limit)
+        return lambda: (1000.0, evaluation()[1])
+
+    monkeypatch.setattr(bench_run, "timed_evaluation", slow)
+    result = run(tiny_config(levers=(), precisions=("fp32",), eval_samples=100), log=lambda msg: None)
+    m = result["models"]["lenet5"]
+    assert m["eval_samples"] == 100 and set(m["eval_s_median"]) == set(m["epoch_s_median"])
+    for arm, eval_s in m["eval_s_median"].items():
+        assert eval_s == 1000.0 < m["epoch_s_median"][arm] < 1100.0, arm
+    assert m["qk_eval_over_traditional_eval"] == 1.0 and "qk_eval_over_traditional_eval" in m["spread"]
+    assert "evaluation on 100 test samples" in markdown(result)
+
+
+def test_bench_epochs_are_training_only_by_default():
+    m = run(tiny_config(levers=(), precisions=("fp32",)), log=lambda msg: None)["models"]["lenet5"]
+    assert "eval_s_median" not in m and m["qk_epoch_s"] < 100.0
+
+
+def test_timed_evaluation_of_qk_from_recorded_patterns_scores_as_the_network(tmp_path):
+    """The bench's QK evaluation is `retrain`'s: the estimator from its selector's recorded validation patterns.
+    Before any training every arm holds the same weights and the estimator fed its own patterns is the network,
+    so every arm scores the same."""
+    net, cfg = models.build("lenet5"), tiny_config(levers=(), precisions=("fp32",))
+    dataset, indices = synthetic_dataset(64, test_samples=100), torch.arange(64)
+    selectors = {"live": build_selector(copy.deepcopy(net).eval(), "live")}
+    stores = {"live": record(selectors["live"], dataset, indices, tmp_path / "store", progress=False)}
+    arms = make_arms(net, cfg, selectors, stores, indices, "lenet5")
+    scores = {a.name: timed_evaluation(a, dataset, 100)()[1] for a in arms}
+    assert {"pytorch", "traditional", "qk_store", "qk_fly"} <= set(scores)
+    for name, metrics in scores.items():
+        assert metrics["val_accuracy"] == scores["pytorch"]["val_accuracy"], name
+        assert metrics["val_loss"] == pytest.approx(scores["pytorch"]["val_loss"], rel=1e-5), name
+
+
+def test_bench_config_rejects_a_negative_evaluation_size():
+    with pytest.raises(ValueError, match="eval_samples"):
+        tiny_config(eval_samples=-1)
 
 
 def test_bench_config_rejects_unknown_names():

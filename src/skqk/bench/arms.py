@@ -20,14 +20,24 @@ from skqk.data import Dataset, ImageData
 from skqk.data.sampling import batch_indices
 from skqk.estimator import build_estimator, mask_sites
 from skqk.fuse import relu_gates_in_place
+from skqk.patterns import Pattern
 from skqk.pipeline.config import SGDConfig
-from skqk.pipeline.loop import EpochContext, make_optimizer, memory_format, precision_context, sgd_step
+from skqk.pipeline.loop import (
+    EpochContext,
+    evaluate,
+    make_optimizer,
+    memory_format,
+    precision_context,
+    sgd_step,
+    validation_indices,
+)
 from skqk.pipeline.prefetch import Prefetcher
 from skqk.pipeline.prune import active_units, removal_report
 from skqk.pipeline.retrain import DeadUnitRemoval, for_step
+from skqk.pipeline.validation import RecordedPatterns
 
 
-def synthetic_dataset(samples: int, seed: int = 0, image_size: int = 32) -> Dataset:
+def synthetic_dataset(samples: int, seed: int = 0, image_size: int = 32, test_samples: int = 64) -> Dataset:
     """CIFAR-10-shaped random data: uint8 images, random labels of 10 classes."""
     g = torch.Generator().manual_seed(seed)
     classes = [str(i) for i in range(10)]
@@ -36,7 +46,7 @@ def synthetic_dataset(samples: int, seed: int = 0, image_size: int = 32) -> Data
         images = torch.randint(0, 256, (n, 3, image_size, image_size), generator=g, dtype=torch.uint8)
         return ImageData(images, torch.randint(0, 10, (n,), generator=g), classes)
 
-    return Dataset.from_splits(split(samples), split(64), "synthetic CIFAR-10-shaped (random)")
+    return Dataset.from_splits(split(samples), split(test_samples), "synthetic CIFAR-10-shaped (random)")
 
 
 @dataclass
@@ -47,6 +57,8 @@ class Arm:
     trainable: nn.Module
     forward: Callable[[Tensor, object], Tensor]  # (images, pattern or None) -> logits
     read: Callable[[Tensor], object] | None = None  # sample indices -> Pattern (QK from a store)
+    prepare: Callable[[Pattern], object] | None = None  # a Pattern as the step takes it (QK from a store)
+    selector: nn.Module | None = None  # the frozen SK a QK arm from a store reads (its validation patterns too)
     prefetch: bool = False
     sgd: SGDConfig = field(default_factory=SGDConfig)  # the optimiser's settings and the precision
     channels_last: bool = False
@@ -178,6 +190,29 @@ def interleaved_epoch(
     return seconds, [steps.read_wait_s for steps in epochs]
 
 
+def timed_evaluation(arm: Arm, dataset: Dataset, limit: int) -> Callable[[], tuple[float, dict]]:
+    """The evaluation `skqk retrain` runs after every epoch of `arm`'s method, as a call that returns its seconds
+    and metrics: the network's own, or for QK from a store the estimator's from its selector's patterns of the
+    validation samples, recorded here once (untimed: a run records them once per SK) as
+    `skqk.pipeline.validation` does; QK on the fly runs the selector and the estimator."""
+    if arm.prepare is not None:
+        recorded = RecordedPatterns(arm.selector, dataset, validation_indices(dataset, limit))
+
+        def forward(x: Tensor, idx: Tensor) -> Tensor:
+            return arm.forward(x, arm.prepare(recorded.read(idx)))
+    else:
+
+        def forward(x: Tensor, idx: Tensor) -> Tensor:
+            return arm.forward(x, None)
+
+    def run() -> tuple[float, dict]:
+        start = time.perf_counter()
+        metrics = evaluate(arm.trainable, dataset, limit, forward=forward)
+        return time.perf_counter() - start, metrics
+
+    return run
+
+
 def make_arms(
     net: nn.Module, cfg: BenchConfig, selectors: dict, stores: dict, indices: Tensor, model: str = ""
 ) -> list[Arm]:
@@ -222,11 +257,14 @@ def make_arms(
         masks = set() if previous_gates else mask_sites(est)  # the previous gates read bool states
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
-        def read(idx: Tensor) -> dict[str, Tensor]:  # what `skqk retrain` hands its step
-            return for_step(store.read(idx), masks, dtype, fmt)
+        def prepare(pattern: Pattern) -> dict[str, Tensor]:  # what `skqk retrain` hands its step
+            return for_step(pattern, masks, dtype, fmt)
 
         sgd_cfg = replace(sgd, precision=precision)
-        arm = Arm(name, est, lambda x, p: est(x, p), read, prefetch, sgd_cfg, channels_last=channels_last, **kw)
+        arm = Arm(
+            name, est, lambda x, p: est(x, p), lambda idx: prepare(store.read(idx)), prepare, selectors[pooling],
+            prefetch=prefetch, sgd=sgd_cfg, channels_last=channels_last, **kw,
+        )  # fmt: skip
         if prune:
             start = time.perf_counter()
             active = active_units(store.read(idx) for idx in indices.split(1024))
@@ -240,8 +278,9 @@ def make_arms(
         sel = copy.deepcopy(selectors[cfg.pooling]).to(memory_format=layout)
         return Arm(name, est, lambda x, p: est(x, sel(x)), sgd=sgd, channels_last=cl, **kw)
 
+    plain = copy.deepcopy(net)
     arms = [
-        PlainPyTorchArm("pytorch", copy.deepcopy(net), lambda x, p: x, sgd=sgd),
+        PlainPyTorchArm("pytorch", plain, lambda x, p: plain(x), sgd=sgd),
         traditional("traditional"),
         qk_store("qk_store"),
         qk_fly("qk_fly"),

@@ -32,6 +32,9 @@ class AccuracyProtocol:
 class BenchConfig:
     models: tuple[str, ...] = ("lenet5", "alexnet", "vgg8")
     samples: int = 512  # training samples per timed epoch
+    # 0: an epoch is its training steps; K: each epoch also evaluates on K test samples, as a Fig. 5 re-training
+    # epoch does (QK from the validation patterns recorded once, `skqk.pipeline.validation`)
+    eval_samples: int = 0
     batch_size: int = 64  # SGDConfig's default
     lr: float = 1e-3  # SGD learning rate of the timed arms (the time of a step does not depend on it)
     repeats: int = 5  # timed rounds (plus one warm-up round); every ratio: the median of its per-round ratios
@@ -67,6 +70,8 @@ class BenchConfig:
             raise ValueError(f"pooling must be live or frozen, got {self.pooling!r}")
         if self.samples < self.batch_size or self.repeats < 1:
             raise ValueError("samples must be at least one batch and repeats at least 1")
+        if self.eval_samples < 0:
+            raise ValueError(f"eval_samples must be non-negative, got {self.eval_samples}")
 
 
 def quick_config(**overrides) -> BenchConfig:
@@ -91,6 +96,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_path", help="write the results to this JSON file")
     p.add_argument("--markdown", help="write the markdown tables to this file (always printed)")
     p.add_argument("--samples", type=int, help="training samples per timed epoch (default 512; quick 128)")
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        help="also evaluate on this many test samples in every timed epoch, as a Fig. 5 re-training epoch does "
+        "(default 0: training steps only)",
+    )
     p.add_argument(
         "--random-init",
         action="store_true",
@@ -125,7 +136,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     over: dict = {}
     if args.models:
         over["models"] = tuple(args.models.split(","))
-    for key in ("samples", "repeats", "round_s", "batch_size", "pooling"):
+    for key in ("samples", "eval_samples", "repeats", "round_s", "batch_size", "pooling"):
         if getattr(args, key, None) is not None:
             over[key] = getattr(args, key)
     if args.epochs is not None:

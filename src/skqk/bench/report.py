@@ -48,6 +48,23 @@ def markdown(result: dict) -> str:
         f"Every ratio: the median over {cfg['repeats']} interleaved rounds (each at least {cfg['round_s']:g} s of "
         "plain PyTorch training, in whole epochs) of the per-round ratio, [smallest–largest] per-round ratio.",
         "",
+        *(
+            [
+                f"An epoch is its training steps and an evaluation on {cfg['eval_samples']:,} test samples, as in "
+                "a Fig. 5 re-training (QK from the validation patterns recorded once).",
+                "",
+                "| model | PyTorch eval s | skqk trad. eval s | skqk QK eval s | QK eval / trad. eval |",
+                "|---|---|---|---|---|",
+                *(
+                    f"| {name} | {m['eval_s_median']['pytorch']:.3f} | {m['eval_s_median']['traditional']:.3f} | "
+                    f"{m['eval_s_median']['qk_store']:.3f} | {_ratio(m, 'qk_eval_over_traditional_eval')} |"
+                    for name, m in result["models"].items()
+                ),
+                "",
+            ]
+            if cfg.get("eval_samples")
+            else []
+        ),
         "| model | layout | PyTorch epoch s | skqk trad. epoch s | skqk QK epoch s | QK / PyTorch | QK / trad. "
         "| trad. / PyTorch | e2e QK / PyTorch (Phase 3 + E epochs) |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from skqk import models
-from skqk.bench.arms import Arm, interleaved_epoch, make_arms, synthetic_dataset
+from skqk.bench.arms import Arm, interleaved_epoch, make_arms, synthetic_dataset, timed_evaluation
 from skqk.bench.measure import (
     dead_units,
     matmul_flops,
@@ -74,7 +74,8 @@ def bench_model(
         dataset, indices = real, subset_indices(real.train.labels, cfg.samples, 0)
     else:
         checkpoint, net = None, models.build(name)
-        dataset, indices = synthetic_dataset(cfg.samples, cfg.seed), torch.arange(cfg.samples)
+        dataset = synthetic_dataset(cfg.samples, cfg.seed, test_samples=max(64, cfg.eval_samples))
+        indices = torch.arange(cfg.samples)
     tmp = Path(tempfile.mkdtemp(prefix="skqk-bench-"))
     other = "frozen" if cfg.pooling == "live" else "live"
     poolings = [cfg.pooling] + ([other] if {"pooling", "fusion"} & set(cfg.levers) else [])
@@ -87,23 +88,31 @@ def bench_model(
         log(f"{name}: {len(arms)} arms x {cfg.repeats} rounds (+1 warm-up) of {cfg.samples} samples")
         times: dict[str, list[float]] = {a.name: [] for a in arms}
         waits: dict[str, list[float]] = {a.name: [] for a in arms}
+        evals: dict[str, list[float]] = {a.name: [] for a in arms}
+        evaluations = [timed_evaluation(a, dataset, cfg.eval_samples) for a in arms] if cfg.eval_samples else []
         phase3: list[float] = []
         reads: list[float] = []
         epochs_per_round = 1
         for r in range(cfg.repeats + 1):
-            seconds, read_waits = [0.0] * len(arms), [0.0] * len(arms)
+            seconds, read_waits, eval_s = [0.0] * len(arms), [0.0] * len(arms), [0.0] * len(arms)
             for e in range(epochs_per_round):
                 order = epoch_order(indices, cfg.seed, r * epochs_per_round + e)
                 for i, (sec, wait) in enumerate(zip(*interleaved_epoch(arms, dataset, order, cfg.batch_size, r + e))):
                     seconds[i], read_waits[i] = seconds[i] + sec, read_waits[i] + wait
+                if evaluations:  # the epoch's evaluation, arm by arm in a rotating order
+                    shift = (r + e) % len(arms)
+                    for i in [*range(shift, len(arms)), *range(shift)]:
+                        spent, _ = evaluations[i]()
+                        seconds[i], eval_s[i] = seconds[i] + spent, eval_s[i] + spent
             if not r:  # the warm-up round sizes the timed ones: whole epochs, `cfg.round_s` of plain PyTorch
                 plain = seconds[[a.name for a in arms].index("pytorch")]
                 epochs_per_round = max(1, math.ceil(cfg.round_s / plain))
                 log(f"  rounds of {epochs_per_round} epoch(s) of {cfg.samples} samples per arm")
             else:  # per epoch: the mean over the round's epochs
-                for arm, sec, wait in zip(arms, seconds, read_waits):
+                for arm, sec, wait, ev in zip(arms, seconds, read_waits, eval_s):
                     times[arm.name].append(sec / epochs_per_round)
                     waits[arm.name].append(wait / epochs_per_round)
+                    evals[arm.name].append(ev / epochs_per_round)
             start = time.perf_counter()
             record(selectors[cfg.pooling], dataset, indices, tmp / f"phase3-{r}", progress=False)
             if r:
@@ -147,6 +156,12 @@ def bench_model(
         store = stores[cfg.pooling]
         setup_s = by_name["qk_store"].setup_s
         metrics = _model_metrics(cfg, times, waits, phase3, reads, flops, memory, peaks, store, dead, setup_s)
+        if evaluations:  # the epochs above include them; their own share, QK's from its recorded patterns
+            metrics["eval_samples"] = cfg.eval_samples
+            metrics["eval_s_median"] = {n: _median(v) for n, v in evals.items()}
+            per_round = [q / t for q, t in zip(evals["qk_store"], evals["traditional"])]
+            metrics["qk_eval_over_traditional_eval"] = _median(per_round)
+            metrics["spread"]["qk_eval_over_traditional_eval"] = [min(per_round), max(per_round)]
         metrics["network"] = str(checkpoint) if checkpoint else "random initialisation"
         metrics["data"] = dataset.source
         metrics["layout"] = "channels_last" if by_name["traditional"].channels_last else "contiguous"
