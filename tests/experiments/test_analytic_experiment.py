@@ -5,8 +5,15 @@ federated cells run Flower; `reproduce analytic --preset smoke` covers them (min
 import json
 
 import pytest
-from pipeline_helpers import make_dataset, tiny_models  # noqa: F401  (fixture: the test models)
+from pipeline_helpers import (
+    assert_one_line_error,
+    data_args,
+    main_in_process,
+    make_dataset,
+    tiny_models,  # noqa: F401  (fixture: the test models)
+)
 
+import skqk.experiments.analytic as analytic
 from skqk.experiments.analytic import run_analytic_fig5
 from skqk.experiments.incremental import run_incremental
 from skqk.experiments.presets import Fig5Protocol, IncrementalProtocol, Preset
@@ -61,3 +68,20 @@ def test_the_incremental_analytic_arm_reads_each_chunk_once_and_equals_the_joint
     assert cells[-1]["joint_relative_difference"] < 1e-6
     again = run_incremental(INCREMENTAL, ["tiny"], data, tmp_path, progress=False)
     assert again["streams"] == results["streams"]
+
+
+def test_reproduce_analytic_takes_the_fig5_sizes_and_epochs_of_its_cells(tmp_path, capsys, monkeypatch):
+    """--sk-samples, --samples, --epochs and --retrain-epochs change the study's Fig. 5 cells as they change
+    `reproduce fig5`'s (the runner is stubbed: the preset it is handed is checked)."""
+    data_dir, cache_dir, _ = make_dataset(tmp_path)
+    handed = []
+    monkeypatch.setattr(analytic, "run_analytic", lambda preset, *args: handed.append(preset) or {})
+    options = ["--sk-samples", "4096", "--samples", "32768", "--epochs", "7", "--retrain-epochs", "2"]
+    command = ["reproduce", "analytic", "--studies", "fig5", *options, "--out", tmp_path / "r"]
+    code, _, err = main_in_process(capsys, *command, *data_args(data_dir, cache_dir))
+    assert code == 0, err
+    cells = handed[0].studies.fig5["lenet5"]
+    assert cells.sk_samples == (4096,) and list(cells.sample_counts(4096)) == [32768]
+    assert (cells.pretrain_epochs, cells.retrain_epochs) == (7, 2)
+    code, _, err = main_in_process(capsys, *command[:-2], "--retrain-epochs", "0", "--out", tmp_path / "r0")
+    assert_one_line_error(code, err, "--epochs and --retrain-epochs must be positive")

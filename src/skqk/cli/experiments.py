@@ -48,13 +48,31 @@ def add_parsers(sub) -> None:
         "one, changed by the options below",
     )
     p.add_argument("--model-kwargs", help="JSON object of options for --model, e.g. '{\"widths\": [64, 32]}'")
-    p.add_argument("--sk-samples", help="fig5, qkgap: comma-separated SK sizes n (qkgap: one; overrides the preset's)")
-    p.add_argument("--samples", help="fig5, qkgap: comma-separated re-training sizes N, e.g. 1024,2048,4096")
-    p.add_argument("--max-samples", type=int, help="fig5: largest N of the powers of two (overrides the preset's)")
     p.add_argument(
-        "--epochs", type=int, help="fig4: training epochs; fig5, qkgap, incremental: pre-training epochs (overrides)"
+        "--sk-samples",
+        help="fig5, qkgap, analytic's Fig. 5 cells: comma-separated SK sizes n (qkgap: one; overrides the preset's)",
     )
-    p.add_argument("--retrain-epochs", type=int, help="fig5, qkgap, incremental: re-training epochs (overrides)")
+    p.add_argument(
+        "--samples",
+        help="fig5, qkgap, analytic's Fig. 5 cells: comma-separated re-training sizes N, e.g. 1024,2048,4096",
+    )
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        help="fig5, analytic's Fig. 5 cells: largest N of the powers of two (overrides the preset's)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="fig4: training epochs; fig5, qkgap, incremental, analytic (its Fig. 5 cells and incremental stream): "
+        "pre-training epochs (overrides)",
+    )
+    p.add_argument(
+        "--retrain-epochs",
+        type=int,
+        help="fig5, qkgap, incremental, analytic (its Fig. 5 cells and incremental stream): re-training epochs "
+        "(overrides)",
+    )
     p.add_argument("--every-steps", type=int, help="fig4: also compare patterns every K SGD steps (0 = per epoch)")
     p.add_argument("--flip-threshold", type=float, help="fig4: flip fraction below which patterns count as settled")
     p.add_argument(
@@ -73,11 +91,11 @@ REPRODUCE_OPTIONS = {
     "seeds": (("fig4", "fig5", "qkgap", "incremental", "analytic", "drift"), None),
     "model": (("fig5", "qkgap", "incremental"), None),
     "model_kwargs": (("fig5", "qkgap", "incremental"), None),
-    "sk_samples": (("fig5", "qkgap"), None),
-    "samples": (("fig5", "qkgap"), None),
-    "max_samples": (("fig5",), None),
-    "epochs": (("fig4", "fig5", "qkgap", "incremental"), None),
-    "retrain_epochs": (("fig5", "qkgap", "incremental"), None),
+    "sk_samples": (("fig5", "qkgap", "analytic"), None),
+    "samples": (("fig5", "qkgap", "analytic"), None),
+    "max_samples": (("fig5", "analytic"), None),
+    "epochs": (("fig4", "fig5", "qkgap", "incremental", "analytic"), None),
+    "retrain_epochs": (("fig5", "qkgap", "incremental", "analytic"), None),
     "every_steps": (("fig4",), None),
     "flip_threshold": (("fig4",), None),
     "studies": (("analytic",), None),
@@ -91,6 +109,12 @@ def cmd_reproduce(args) -> None:
         if getattr(args, option) != unset and args.figure not in figures:
             flag = "--" + option.replace("_", "-")
             raise ValueError(f"{flag} applies to {', '.join(figures)}, not to reproduce {args.figure}")
+    overrides = {"fig4_epochs": args.epochs, "fig4_every_steps": args.every_steps}
+    overrides["fig4_flip_threshold"] = args.flip_threshold
+    if any(v is not None and v < 0 for v in overrides.values()) or args.epochs == 0 or args.retrain_epochs == 0:
+        raise ValueError(
+            "--epochs and --retrain-epochs must be positive; --every-steps and --flip-threshold non-negative"
+        )
     if args.figure == "federated":
         return reproduce_federated(args)
     if args.figure == "analytic":
@@ -104,12 +128,6 @@ def cmd_reproduce(args) -> None:
     from skqk.experiments.presets import customised
     from skqk.experiments.report import summary_table
 
-    overrides = {"fig4_epochs": args.epochs, "fig4_every_steps": args.every_steps}
-    overrides["fig4_flip_threshold"] = args.flip_threshold
-    if any(v is not None and v < 0 for v in overrides.values()) or args.epochs == 0 or args.retrain_epochs == 0:
-        raise ValueError(
-            "--epochs and --retrain-epochs must be positive; --every-steps and --flip-threshold non-negative"
-        )
     preset = PRESETS[args.preset]
     if args.figure == "fig4":
         preset = replace(preset, **{k: v for k, v in overrides.items() if v is not None})
@@ -204,14 +222,18 @@ def reproduce_federated(args) -> None:
 
 
 def reproduce_analytic(args) -> None:
+    from dataclasses import replace
+
     from skqk.experiments.analytic import PRESETS, STUDIES, run_analytic
+    from skqk.experiments.presets import customised
     from skqk.experiments.report import summary_table
 
     if args.preset not in PRESETS:
         raise ValueError(f"reproduce analytic has the presets {', '.join(PRESETS)}, not {args.preset!r}")
     refuse_tables(args, "reproduce analytic")
     require_flower()
-    preset = PRESETS[args.preset]
+    preset = PRESETS[args.preset]  # the sizes and epochs options change its Fig. 5 cells (and incremental epochs)
+    preset = replace(preset, studies=customised(preset.studies, protocol_changes(args)))
     names = (args.models or ",".join(preset.studies.default_models)).split(",")
     for name in names:
         if name not in preset.studies.fig5:
