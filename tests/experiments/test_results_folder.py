@@ -81,7 +81,7 @@ def test_incremental_and_federated_results_folders_are_claimed_too(monkeypatch, 
 @pytest.mark.parametrize(
     "figure, option",
     [
-        ("federated", ["--seeds", "0,1"]),
+        ("federated", ["--samples", "1024"]),
         ("qkgap", ["--max-samples", "1024"]),
         ("incremental", ["--samples", "1024"]),
         ("fig4", ["--mode", "successive"]),

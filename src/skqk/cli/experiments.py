@@ -38,8 +38,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fig5: every run in this precision")
     p.add_argument(
         "--seeds",
-        help="comma-separated seeds; each changes initialisation, sample choice and batch order (default 0; "
-        "incremental: the preset's)",
+        help="comma-separated seeds; each changes initialisation, sample choice and batch order (federated: also "
+        "the split among clients) (default 0; incremental: the preset's)",
     )
     p.add_argument(
         "--model",
@@ -88,7 +88,7 @@ def add_parsers(sub) -> None:
 REPRODUCE_OPTIONS = {
     "mode": (("fig5",), "independent"),
     "precision": (("fig5",), "fp32"),
-    "seeds": (("fig4", "fig5", "qkgap", "incremental", "analytic", "drift"), None),
+    "seeds": (("fig4", "fig5", "qkgap", "incremental", "analytic", "drift", "federated"), None),
     "model": (("fig5", "qkgap", "incremental"), None),
     "model_kwargs": (("fig5", "qkgap", "incremental"), None),
     "sk_samples": (("fig5", "qkgap", "analytic"), None),
@@ -216,7 +216,9 @@ def reproduce_federated(args) -> None:
         if name not in preset.models:
             raise ValueError(f"unknown model {name!r} for federated; choose from {', '.join(preset.models)}")
     print(preset.scaling(), file=sys.stderr)
-    results = run(preset, names, load_data(args), args.out, args.data_dir, args.cache_dir, progress=not args.quiet)
+    seeds = parse_int_list(args.seeds or "0")
+    data = load_data(args)
+    results = run(preset, names, data, args.out, args.data_dir, args.cache_dir, progress=not args.quiet, seeds=seeds)
     print(summary_table(results))
     print(f"results in {args.out}/results.json")
 

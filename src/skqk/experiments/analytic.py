@@ -84,7 +84,7 @@ PRESETS = {
             "cpu",
             "scaled for a 2-core CPU shared by five: LeNet-5 pre-trained 200 epochs on 1,024 samples, N = 4,096 "
             "samples split among K = 4, 8, 20 clients (IID, Dirichlet 0.01, 0.1, 1); analytic: one round; "
-            "QK-FedAvg and FedAvg: 20 rounds of 1 local epoch; one seed",
+            "QK-FedAvg and FedAvg: 20 rounds of 1 local epoch; the seeds of --seeds (default 0)",
             {
                 "lenet5": FederatedProtocol(
                     clients=(4, 8, 20),
@@ -310,6 +310,6 @@ def run_analytic(
     names = [n for n in model_names if n in preset.federated.models]
     if names and "federated" in studies:
         results["federated"] = run_federated_experiment(
-            preset.federated, names, dataset, out / "federated", data_dir, cache_dir, progress
+            preset.federated, names, dataset, out / "federated", data_dir, cache_dir, progress, seeds
         )
     return results

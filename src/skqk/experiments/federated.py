@@ -109,54 +109,70 @@ def run_federated_experiment(
     data_dir: str | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    seeds: tuple[int, ...] = (0,),
 ) -> dict:
-    """Run (or pick up) every cell; write results.json, federated.csv and one plot per model and K."""
+    """Run (or pick up) every cell of every seed into out/MODEL/seedS; write results.json, federated.csv and one
+    plot per model, K and seed. A seed changes the start's initialisation and samples (as a Fig. 5 seed does: the
+    start is that seed's Fig. 5 pre-training), the N samples, their split and the batch order."""
     out = Path(out)
     started = time.time()
     claim_results_folder(out, "federated", dataset, preset)
     cells = []
-    for name in model_names:
-        protocol = preset.models[name]
-        start = pretrained_start(name, protocol, dataset, out / name / "pretrain", progress)
-        for method in protocol.methods:  # method by method: the one-round analytic cells come first when listed so
-            for clients in protocol.clients:
-                for kind, alpha in protocol.partitions:
-                    folder = out / name / (f"K{clients}-{kind}" + (f"{alpha:g}" if kind == "dirichlet" else ""))
-                    cfg = FederatedConfig(
-                        epochs=protocol.local_epochs,
-                        samples=protocol.samples,
-                        clients=clients,
-                        rounds=protocol.rounds if method != "analytic" else 1,
-                        partition=kind,
-                        alpha=alpha if kind == "dirichlet" else FederatedConfig.alpha,
-                        method=CONFIG_METHOD[method],
-                        eval_samples=protocol.eval_samples,
-                    )
-                    key = {"model": name, "clients": clients, "partition": kind, "alpha": alpha, "method": method}
-                    run = merge_once_cell if method == "merge-once" else federated_cell
-                    context = (start, dataset, data_dir, cache_dir, progress)
-                    cells.append(cached(folder / method, key, cfg, run, context))
-                    write_results(out, "federated", preset, model_names, dataset, started, cells=cells)  # so far
+    for seed in seeds:
+        for name in model_names:
+            protocol = preset.models[name]
+            root = out / name / f"seed{seed}"
+            start = pretrained_start(name, protocol, dataset, root / "pretrain", progress, seed)
+            for method in protocol.methods:  # method by method: the one-round analytic cells first when listed so
+                for clients in protocol.clients:
+                    for kind, alpha in protocol.partitions:
+                        folder = root / (f"K{clients}-{kind}" + (f"{alpha:g}" if kind == "dirichlet" else ""))
+                        cfg = FederatedConfig(
+                            epochs=protocol.local_epochs,
+                            samples=protocol.samples,
+                            clients=clients,
+                            rounds=protocol.rounds if method != "analytic" else 1,
+                            partition=kind,
+                            alpha=alpha if kind == "dirichlet" else FederatedConfig.alpha,
+                            method=CONFIG_METHOD[method],
+                            eval_samples=protocol.eval_samples,
+                            seed=seed,
+                            subset_seed=seed,
+                            partition_seed=seed,
+                        )
+                        key = {"model": name, "seed": seed, "clients": clients, "partition": kind, "alpha": alpha}
+                        run = merge_once_cell if method == "merge-once" else federated_cell
+                        context = (start, dataset, data_dir, cache_dir, progress)
+                        cells.append(cached(folder / method, {**key, "method": method}, cfg, run, context))
+                        write_results(out, "federated", preset, model_names, dataset, started, cells=cells)
     results = write_results(out, "federated", preset, model_names, dataset, started, cells=cells)
     write_csv(out / "federated.csv", [{k: v for k, v in c.items() if k not in ("rounds", "config")} for c in cells])
-    for name in model_names:
-        for clients in preset.models[name].clients:
-            mine = [c for c in cells if c["model"] == name and c["clients"] == clients and "infeasible" not in c]
-            plot_federated(
-                mine, f"{name}, K = {clients}", out / f"federated_{name}_K{clients}.png", preset.name, dataset.source
-            )
+    for seed in seeds:
+        for name in model_names:
+            for clients in preset.models[name].clients:
+                mine = [c for c in cells if (c["model"], c["clients"], c["seed"]) == (name, clients, seed)]
+                mine = [c for c in mine if "infeasible" not in c]
+                path = out / f"federated_{name}_K{clients}{f'_seed{seed}' if seed else ''}.png"
+                title = f"{name}, K = {clients}" + (f", seed {seed}" if len(seeds) > 1 else "")
+                plot_federated(mine, title, path, preset.name, dataset.source)
     return results
 
 
-def pretrained_start(name: str, protocol: FederatedProtocol, dataset: Dataset, folder: Path, progress: bool) -> Path:
-    """The start every method shares: `name` trained from scratch on the protocol's n samples (cached)."""
+def pretrained_start(
+    name: str, protocol: FederatedProtocol, dataset: Dataset, folder: Path, progress: bool, seed: int = 0
+) -> Path:
+    """The start every method of a seed shares: `name` trained from scratch on the protocol's n samples of the
+    seed's order (cached)."""
     cfg = TrainConfig(
         model=name,
         samples=protocol.pretrain_samples,
         epochs=protocol.pretrain_epochs,
         eval_samples=protocol.eval_samples,
+        seed=seed,
+        subset_seed=seed,
     )
-    cached_cell(folder, lambda d: train(cfg, dataset, d, resume=True, progress=progress), {"model": name}, cfg)
+    run = lambda d: train(cfg, dataset, d, resume=True, progress=progress)  # noqa: E731
+    cached_cell(folder, run, {"model": name, "seed": seed}, cfg)
     return folder / "model.pt"
 
 

@@ -97,16 +97,18 @@ def summary_table(results: dict) -> str:
     if results["experiment"] == "incremental":
         return incremental_table(results["summary"])
     if results["experiment"] == "federated":
-        rows = ["| model | K | partition | method | val acc | val CCE | MiB down | MiB up | wall s |", "|---" * 9 + "|"]
+        rows = [
+            "| model | seed | K | partition | method | val acc | val CCE | MiB down | MiB up | wall s |",
+            "|---" * 10 + "|",
+        ]
         for c in results["cells"]:
             partition = f"Dirichlet {c['alpha']:g}" if c["partition"] == "dirichlet" else "IID"
+            cell = f"| {c['model']} | {c.get('seed', 0)} | {c['clients']} | {partition} | {c['method']} |"
             if "infeasible" in c:
-                rows.append(
-                    f"| {c['model']} | {c['clients']} | {partition} | {c['method']} | not run: {c['infeasible']} |"
-                )
+                rows.append(f"{cell} not run: {c['infeasible']} |")
                 continue
             rows.append(
-                f"| {c['model']} | {c['clients']} | {partition} | {c['method']} | {c['val_accuracy']:.4f} | "
+                f"{cell} {c['val_accuracy']:.4f} | "
                 f"{c['val_loss']:.4f} | {c['bytes_down'] / 2**20:.1f} | {c['bytes_up'] / 2**20:.1f} | "
                 f"{c['wall_seconds']:.0f} |"
             )
