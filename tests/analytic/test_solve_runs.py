@@ -129,6 +129,18 @@ def test_cross_entropy_refines_the_ridge_head(setup):
     assert evaluate(module, setup["data"])["val_accuracy"] > 0.9
 
 
+def test_a_head_above_the_dense_hessian_limit_solves_cross_entropy_by_hessian_products(setup, monkeypatch):
+    """The limit lowered below the tiny head's size: its Newton steps go through conjugate gradients on Hessian
+    products and reach the dense Newton's head (float32 features; the same minimiser to rounding)."""
+    dense = run(setup, "ce_dense", loss="ce")
+    monkeypatch.setattr("skqk.analytic.run.MAX_NEWTON_PARAMETERS", 1)
+    products = run(setup, "ce_products", loss="ce")
+    assert dense.solution["cross_entropy"]["hessian"] == "dense"
+    assert products.solution["cross_entropy"]["hessian"] == "products (conjugate gradients)"
+    a, b = head_weights(products.run_dir), head_weights(dense.run_dir)
+    assert ((a - b).norm() / b.norm()).item() < 1e-5
+
+
 def test_a_conv_block_design_is_the_estimators_exact_linear_map(setup):
     problem = open_problem(setup["pre"], setup["data"], setup["store"], SolveConfig(samples=20))
     estimator = problem.estimator.double()

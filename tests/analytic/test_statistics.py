@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from skqk.analytic import Source, Statistics, StatisticsError, solve_ridge
-from skqk.analytic.solve import cross_entropy_sums, newton
+from skqk.analytic.solve import check_dense_hessian, cross_entropy_curvature, cross_entropy_sums, newton
 from skqk.analytic.stats import total
 from skqk.federated.partition import dirichlet
 
@@ -207,6 +207,32 @@ def test_newton_reaches_the_penalised_cross_entropy_minimum_and_shards_sum_to_it
     (gradient,) = torch.autograd.grad(objective, theta)
     assert gradient.abs().max() < 1e-6
     assert abs(central.theta[FEATURES].sum().item()) < 1e-8  # the softmax's free shift of the biases: sum 0
+
+
+def test_newton_on_hessian_products_reaches_the_dense_newton_minimum():
+    """The conjugate-gradient Newton of heads too large for a dense Hessian: its products are the dense Hessian's,
+    and from the same start it reaches the same minimiser, batches summed as torchrun's ranks would be."""
+    z, labels = head_data(300, features=12)
+    design = torch.cat([z, torch.ones(300, 1, dtype=torch.float64)], 1)
+    penalised = torch.tensor([True] * 12 + [False])
+    start = torch.zeros(13, CLASSES, dtype=torch.float64)
+    theta = torch.randn(13, CLASSES, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.1
+    batches = [(design[s], labels[s]) for s in torch.arange(300).tensor_split(4)]
+    dense = cross_entropy_sums(design, labels, theta)
+    curvature = cross_entropy_curvature(batches, theta, lambda flat: flat)
+    v = torch.randn(13 * CLASSES, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert_relative(curvature.product(v), dense.hessian @ v, 1e-12)
+    assert_relative(curvature.diagonal, dense.hessian.diagonal(), 1e-12)
+    assert_relative(curvature.gradient, dense.gradient, 1e-12)
+    assert abs(curvature.loss.item() - dense.loss.item()) < 1e-10 * dense.loss.item()
+    lam = 0.5
+    expected = newton(lambda t: cross_entropy_sums(design, labels, t), start, penalised, lam)
+    result = newton(lambda t: cross_entropy_curvature(batches, t, lambda flat: flat), start, penalised, lam)
+    assert_relative(result.theta, expected.theta, 1e-8)
+    assert result.hessian_products > 0 and expected.hessian_products == 0
+    assert result.record()["hessian"] == "products (conjugate gradients)"
+    with pytest.raises(StatisticsError, match="needs a 40970² Hessian"):
+        check_dense_hessian(4097 * CLASSES)  # where the Hessian itself must travel (federated replies)
 
 
 def total_sums(parts):

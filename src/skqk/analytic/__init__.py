@@ -5,7 +5,8 @@ switches frozen and BatchNorm in eval mode, the estimator is affine in any one l
 others, so re-training that layer (the head by default) by ridge regression on one-hot targets needs only sums
 over samples (`Statistics`): adding a chunk, merging copies, a federated round and forgetting a chunk are then
 exact, and `solve_ridge` is a pure function of the sums, with λ chosen by generalised cross-validation.
-Cross-entropy (`newton`) is exact per Newton iteration over the data it sees, but not additive over chunks.
+Cross-entropy (`newton`) is exact per Newton iteration over the data it sees, but not additive over chunks; a head
+too large for a dense Hessian takes its Newton steps by conjugate gradients on Hessian products.
 
     >>> stats = skqk.analytic.statistics(problem, block, (0, 4096))   # or Statistics.empty(...).update(...)
     >>> solution = skqk.analytic.solve_ridge(stats)                  # θ and the λ GCV chose
@@ -14,9 +15,12 @@ Cross-entropy (`newton`) is exact per Newton iteration over the data it sees, bu
 from skqk.analytic.blocks import MAX_BLOCK_PARAMETERS, Block, BlockError, find_block, fixed_qk_fingerprint
 from skqk.analytic.run import SolveConfig, SolveResult, merge_runs, open_problem, solve, statistics, update
 from skqk.analytic.solve import (
+    CrossEntropyCurvature,
     CrossEntropySums,
     NewtonResult,
     RidgeSolution,
+    check_dense_hessian,
+    cross_entropy_curvature,
     cross_entropy_sums,
     newton,
     solve_ridge,
@@ -27,6 +31,7 @@ __all__ = [
     "MAX_BLOCK_PARAMETERS",
     "Block",
     "BlockError",
+    "CrossEntropyCurvature",
     "CrossEntropySums",
     "NewtonResult",
     "RidgeSolution",
@@ -35,6 +40,8 @@ __all__ = [
     "Source",
     "Statistics",
     "StatisticsError",
+    "check_dense_hessian",
+    "cross_entropy_curvature",
     "cross_entropy_sums",
     "find_block",
     "fixed_qk_fingerprint",

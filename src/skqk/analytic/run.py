@@ -21,7 +21,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from skqk.analytic.blocks import Block, find_block, fixed_qk_fingerprint
-from skqk.analytic.solve import CrossEntropySums, cross_entropy_sums, newton, solve_ridge
+from skqk.analytic.solve import (
+    MAX_NEWTON_PARAMETERS,
+    CrossEntropyCurvature,
+    CrossEntropySums,
+    cross_entropy_curvature,
+    cross_entropy_sums,
+    newton,
+    solve_ridge,
+)
 from skqk.analytic.stats import Source, Statistics, StatisticsError, difference, overlap, ranges_of, ranges_text
 from skqk.atomic import atomic_write_text
 from skqk.data import Dataset, subset_fingerprint, subset_indices
@@ -235,7 +243,8 @@ def cross_entropy_solve(
     problem: Problem, block: Block, positions: torch.Tensor, start: torch.Tensor, lam: float, batch_size: int
 ):
     """Newton from the ridge solution on the head's inputs, held in memory for the iterations (this rank's
-    share); each iteration's sums are exact over the samples at `positions`, summed over torchrun's ranks."""
+    share); each iteration's sums are exact over the samples at `positions`, summed over torchrun's ranks. A
+    head above `MAX_NEWTON_PARAMETERS` keeps its Hessian as products (conjugate-gradient Newton steps)."""
     if not block.head:
         raise ValueError("the cross-entropy solve is for the head block; use --loss mse for other blocks")
     labels = problem.dataset.train.labels
@@ -248,7 +257,17 @@ def cross_entropy_solve(
             total = s if total is None else total + s
         return all_reduce_sums(total, theta)
 
-    return newton(sums, start, block.penalised, lam)
+    def curvature(theta: torch.Tensor) -> CrossEntropyCurvature:
+        return cross_entropy_curvature(cached, theta, add_over_ranks)
+
+    dense = start.numel() <= MAX_NEWTON_PARAMETERS
+    return newton(sums if dense else curvature, start, block.penalised, lam)
+
+
+def add_over_ranks(flat: torch.Tensor) -> torch.Tensor:
+    """`flat` summed over torchrun's ranks (itself when not distributed)."""
+    ctx = distributed.current()
+    return ctx.sum_over_ranks(flat).cpu() if ctx.is_distributed else flat
 
 
 def all_reduce_sums(sums: CrossEntropySums | None, theta: torch.Tensor) -> CrossEntropySums:

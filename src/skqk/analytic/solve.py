@@ -10,13 +10,16 @@ i.e. the samples themselves; GCV needs only the sums the statistics keep.
 Cross-entropy has no closed form: `newton` iterates exact Newton steps whose loss, gradient and Hessian are sums
 over samples (`cross_entropy_sums`), so each iteration is exact over the data it sees, wherever the sums are
 computed (one process, torchrun ranks, federated clients); its result depends on the weights it starts from
-and the data of every iteration, so it does not add up over chunks as the ridge statistics do.
+and the data of every iteration, so it does not add up over chunks as the ridge statistics do. A head too large
+for its (P·K)² Hessian (AlexNet's 4,097 × 10) keeps the Hessian as a product over the samples
+(`CrossEntropyCurvature`) and solves each Newton step by preconditioned conjugate gradients instead: the same
+minimiser, each product one pass over the samples held.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -162,7 +165,28 @@ class CrossEntropySums:
         )
 
 
-MAX_NEWTON_PARAMETERS = 20_000  # the Hessian is its square in float64 (3.2 GB)
+MAX_NEWTON_PARAMETERS = 20_000  # a dense Hessian is its square in float64 (3.2 GB); above: Hessian products
+
+
+@dataclass(frozen=True)
+class CrossEntropyCurvature:
+    """Σ over samples at one θ: loss and gradient (P·K), and the Hessian as its diagonal and a product v ↦ H v
+    (one pass over the samples each), for heads whose (P·K)² Hessian is not formed."""
+
+    loss: Tensor
+    gradient: Tensor
+    diagonal: Tensor
+    product: Callable[[Tensor], Tensor]
+    samples: int
+
+
+def check_dense_hessian(parameters: int) -> None:
+    """Refuse sums whose Hessian would not fit (where only dense sums can travel: federated replies)."""
+    if parameters > MAX_NEWTON_PARAMETERS:
+        raise StatisticsError(
+            f"a Newton solve of {parameters} parameters needs a {parameters}² Hessian "
+            f"({parameters**2 * 8 / 2**30:.1f} GiB in float64); use the ridge solve (--loss mse) for this block"
+        )
 
 
 def cross_entropy_sums(design: Tensor, labels: Tensor, theta: Tensor) -> CrossEntropySums:
@@ -179,6 +203,40 @@ def cross_entropy_sums(design: Tensor, labels: Tensor, theta: Tensor) -> CrossEn
     return CrossEntropySums(loss, gradient, hessian, len(z))
 
 
+def cross_entropy_curvature(
+    batches: Sequence[tuple[Tensor, Tensor]], theta: Tensor, add_over_ranks: Callable[[Tensor], Tensor]
+) -> CrossEntropyCurvature:
+    """The sums over `batches` of head inputs ``[z 1]`` and labels at θ with the Hessian kept as products: for
+    z's softmax p, ``(H v)_k = Σ z (p_k a_k − p_k Σ_l p_l a_l)`` with ``a = z V``, one pass over the batches per
+    product (p kept from this evaluation). `add_over_ranks` sums a flat tensor over torchrun's ranks."""
+    P, K = theta.shape
+    theta = theta.double()
+    loss, gradient, diagonal = torch.zeros(()).double(), torch.zeros(P, K).double(), torch.zeros(P, K).double()
+    probabilities = []
+    for design, labels in batches:
+        z = design.double()
+        logits = z @ theta.to(z.device)
+        p = logits.softmax(1)
+        loss += torch.nn.functional.cross_entropy(logits, labels.to(z.device), reduction="sum").cpu()
+        residual = p.clone()
+        residual[torch.arange(len(z)), labels.to(z.device)] -= 1
+        gradient += (z.T @ residual).cpu()
+        diagonal += (z.square().T @ (p * (1 - p))).cpu()
+        probabilities.append(p)
+    total = add_over_ranks(torch.cat([loss.reshape(1), gradient.reshape(-1), diagonal.reshape(-1)]))
+
+    def product(v: Tensor) -> Tensor:
+        out = torch.zeros(P, K).double()
+        for (design, _), p in zip(batches, probabilities):
+            z = design.double()
+            pa = p * (z @ v.reshape(P, K).to(z.device))
+            out += (z.T @ (pa - p * pa.sum(1, keepdim=True))).cpu()
+        return add_over_ranks(out.reshape(-1))
+
+    samples = sum(len(d) for d, _ in batches)
+    return CrossEntropyCurvature(total[0], total[1 : P * K + 1], total[P * K + 1 :], product, samples)
+
+
 @dataclass(frozen=True)
 class NewtonResult:
     theta: Tensor
@@ -186,6 +244,7 @@ class NewtonResult:
     iterations: int  # evaluations of the sums (one pass over the data, or one federated round, each)
     decrement: float  # the Newton decrement ½ gᵀ H⁻¹ g at the end: the objective's distance to its minimum
     objective: float
+    hessian_products: int = 0  # conjugate-gradient products (0: the Hessian was formed and solved densely)
 
     def record(self) -> dict:
         return {
@@ -194,6 +253,8 @@ class NewtonResult:
             "iterations": self.iterations,
             "newton_decrement": self.decrement,
             "objective": self.objective,
+            "hessian": "products (conjugate gradients)" if self.hessian_products else "dense",
+            "hessian_products": self.hessian_products,
         }
 
 
@@ -212,17 +273,12 @@ def newton(
     the Hessian definite, picking the minimiser whose biases sum to zero.
 
     Args:
-        sums: the loss, gradient and Hessian summed over all samples at θ.
+        sums: the loss, gradient and Hessian (dense, or as products) summed over all samples at θ.
         start: θ (P, K) to start from (the ridge solution).
         penalised: (P,) bool, the rows of θ under the penalty (the weights; the bias row is not).
         lam: the penalty.
     """
     P, K = start.shape
-    if P * K > MAX_NEWTON_PARAMETERS:
-        raise StatisticsError(
-            f"a Newton solve of {P * K} parameters needs a {P * K}² Hessian ({(P * K) ** 2 * 8 / 2**30:.1f} GiB in "
-            f"float64); use the ridge solve (--loss mse) for this block"
-        )
     pen = penalised[:, None].expand(P, K).reshape(-1).double() * lam
     bias = (~penalised)[:, None].expand(P, K).reshape(-1).double()
 
@@ -232,7 +288,7 @@ def newton(
 
     theta = start.double().clone()
     best: tuple[Tensor, float] | None = None
-    decrement = math.inf
+    decrement, hessian_products = math.inf, 0
     for evaluation in range(1, max_evaluations + 1):
         s = sums(theta)
         value = objective(theta, s)
@@ -241,11 +297,51 @@ def newton(
             continue
         flat = theta.reshape(-1)
         gradient = s.gradient.cpu() + 2 * pen * flat + bias * (bias * flat).sum()
-        hessian = s.hessian.cpu() + torch.diag(2 * pen) + bias[:, None] * bias[None, :]
-        step = torch.linalg.solve(hessian, gradient)
+        step, products = newton_step(s, gradient, 2 * pen, bias)
+        hessian_products += products
         decrement = 0.5 * (gradient @ step).item()
         best = (theta, value)
         if decrement <= tolerance * max(1.0, abs(value)):  # within the quadratic model's accuracy: a last step
-            return NewtonResult(theta - step.reshape(P, K), lam, evaluation, decrement, value)
+            return NewtonResult(theta - step.reshape(P, K), lam, evaluation, decrement, value, hessian_products)
         theta = theta - step.reshape(P, K)
-    return NewtonResult(best[0], lam, max_evaluations, decrement, best[1])
+    return NewtonResult(best[0], lam, max_evaluations, decrement, best[1], hessian_products)
+
+
+def newton_step(
+    s: CrossEntropySums | CrossEntropyCurvature, gradient: Tensor, shift: Tensor, bias: Tensor
+) -> tuple[Tensor, int]:
+    """H⁻¹ g for H = the sums' Hessian + diag(shift) + bias biasᵀ: a dense solve, or preconditioned conjugate
+    gradients on Hessian products (and how many products it took)."""
+    if isinstance(s, CrossEntropySums):
+        hessian = s.hessian.cpu() + torch.diag(shift) + bias[:, None] * bias[None, :]
+        return torch.linalg.solve(hessian, gradient), 0
+
+    def product(v: Tensor) -> Tensor:
+        return s.product(v).cpu() + shift * v + bias * (bias @ v)
+
+    return conjugate_gradients(product, gradient, s.diagonal.cpu() + shift + bias.square())
+
+
+def conjugate_gradients(
+    product: Callable[[Tensor], Tensor], rhs: Tensor, diagonal: Tensor, tolerance: float = 1e-12
+) -> tuple[Tensor, int]:
+    """Solve H x = rhs for a positive definite H given as a product, Jacobi-preconditioned, to a residual of
+    `tolerance` × ‖rhs‖ (at most len(rhs) products: exact in exact arithmetic)."""
+    inverse = 1 / diagonal
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    z = inverse * r
+    d = z.clone()
+    rz = r @ z
+    goal = tolerance * rhs.norm()
+    for products in range(1, len(rhs) + 1):
+        hd = product(d)
+        alpha = rz / (d @ hd)
+        x += alpha * d
+        r -= alpha * hd
+        if r.norm() <= goal:
+            return x, products
+        z = inverse * r
+        rz, previous = r @ z, rz
+        d = z + (rz / previous) * d
+    return x, len(rhs)

@@ -199,7 +199,7 @@ def analytic_cell(run: SKRun, N: int, loss: str) -> dict:
 def solve_record(solution: dict) -> dict:
     ce = solution.get("cross_entropy", {})
     return {"lambda": solution["ridge"]["lambda"], "lambda_chosen_by": solution["ridge"]["chosen_by"],
-            "newton_iterations": ce.get("iterations")}  # fmt: skip
+            "newton_iterations": ce.get("iterations"), "hessian_products": ce.get("hessian_products")}  # fmt: skip
 
 
 def solve_cell(cell_dir: Path, key: dict, config: dict, compute) -> dict:

@@ -25,7 +25,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from skqk._errors import one_line
-from skqk.analytic import Block, CrossEntropySums, Statistics, StatisticsError, find_block, newton, solve_ridge
+from skqk.analytic import (
+    Block,
+    CrossEntropySums,
+    Statistics,
+    StatisticsError,
+    check_dense_hessian,
+    find_block,
+    newton,
+    solve_ridge,
+)
 from skqk.analytic.run import Problem, cross_entropy_sums, statistics
 from skqk.analytic.stats import aggregate
 from skqk.atomic import atomic_write_text
@@ -174,6 +183,8 @@ def run_analytic_server(
     every round, and model.pt and stats.pt (the summed statistics) at the end."""
     problem = decoupled_problem(start["model"], start["model_kwargs"], start["sk"], start["qk"], dataset, cfg, trust)
     block = find_block(problem.estimator)
+    if cfg.loss == "ce":
+        check_dense_hessian(block.theta.numel())  # clients send the Hessian itself
     expected = problem.source(block, "mse")
     nodes = wait_for_nodes(grid, cfg.clients, cfg.round_timeout)
     task = json.dumps({k: start[k] for k in ("model", "model_kwargs", "pooling", "data")} | {"config": cfg.to_dict()})
