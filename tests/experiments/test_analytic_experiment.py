@@ -44,6 +44,7 @@ def test_fig5_cells_of_every_kind_are_timed_and_cached(data, tmp_path):
         assert 0 <= c["val_accuracy"] <= 1 and c["wall_seconds"] > 0
         if c["method"] == "analytic":
             assert c["wall_seconds"] >= c["record_seconds"] + c["solve_seconds"] - 1e-9
+            assert 0 < c["test_split_evaluation_seconds"] < c["solve_seconds"]
             assert c["lambda_chosen_by"] == "gcv" and c["samples_processed"] == c["N"]
             assert (c["newton_iterations"] is None) == (c["variant"] == "mse")
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -292,6 +293,7 @@ class SolveResult:
     solution: dict  # what model.pt and stats.pt record about the solve (λ and how it was chosen)
     run_dir: Path
     metrics: dict = field(default_factory=dict)  # the solved model on its test split (`SolveConfig.eval_samples`)
+    evaluation_seconds: float = 0.0  # of measuring `metrics` (not saved: the run folder holds no timings)
 
 
 def solve_blocks(problem: Problem, cfg: SolveConfig, progress: bool) -> tuple[Block, Statistics, dict]:
@@ -436,10 +438,11 @@ def write_run(
     """stats.pt, config.json, then model.pt (last: a folder with model.pt is complete), all atomic, rank 0 only;
     with `dataset`, the solved model's accuracy and loss on its test split (`cfg.eval_samples` of it) are measured
     and recorded with them."""
-    metrics = {}
+    metrics, started = {}, time.perf_counter()
     if dataset is not None:
         decoupled.to(distributed.current().device)
         metrics = evaluate(decoupled, dataset, cfg.eval_samples, sharded=True)
+    evaluation_seconds = time.perf_counter() - started
     analytic = {
         "block": stats.source.block,
         "blocks_before": cfg.blocks_before,
@@ -466,7 +469,7 @@ def write_run(
         save_checkpoint(run_dir / "model.pt", {**entry, "samples": stats.samples, "analytic": analytic})
 
     distributed.current().on_main(write)
-    return SolveResult(decoupled, stats, analytic, run_dir, metrics)
+    return SolveResult(decoupled, stats, analytic, run_dir, metrics, evaluation_seconds)
 
 
 def held_text(stats: Statistics) -> str:

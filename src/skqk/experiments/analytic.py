@@ -172,8 +172,8 @@ def timed(cell: dict) -> dict:
 def analytic_cell(run: SKRun, N: int, loss: str) -> dict:
     """The head of `run`'s pre-trained network solved on its first N samples; timed from the recording of a
     frozen-pooling store of its own (the selector's pass) to the solved run folder (the estimator's pass, the
-    solve, and the solve's evaluation on the whole test split), then measured on the protocol's validation
-    samples like the SGD cells."""
+    solve, and the solve's evaluation on the whole test split, also timed on its own), then measured on the
+    protocol's validation samples like the SGD cells."""
     cfg = SolveConfig(samples=N, loss=loss, subset_seed=run.seed)
     cell_dir = run.folder / f"N{N}" / f"analytic-{loss}"
     key = {**run.key(N, "analytic", loss), "pooling": "frozen"}
@@ -191,7 +191,8 @@ def analytic_cell(run: SKRun, N: int, loss: str) -> dict:
         shutil.rmtree(store)  # the cell's result is the run folder; the store was only its input
         metrics = evaluate(result.decoupled, run.dataset, run.protocol.eval_samples)
         return {**metrics, **solve_record(result.solution), "record_seconds": t1 - t0, "solve_seconds": t2 - t1,
-                "wall_seconds": t2 - t0, "samples_processed": N}  # fmt: skip
+                "test_split_evaluation_seconds": result.evaluation_seconds, "wall_seconds": t2 - t0,
+                "samples_processed": N}  # fmt: skip
 
     return solve_cell(cell_dir, key, asdict(cfg), compute)
 
