@@ -28,6 +28,7 @@ from skqk.analytic.solve import (
     CrossEntropySums,
     cross_entropy_curvature,
     cross_entropy_sums,
+    input_basis,
     newton,
     solve_ridge,
 )
@@ -258,11 +259,14 @@ def cross_entropy_solve(
             total = s if total is None else total + s
         return all_reduce_sums(total, theta)
 
-    def curvature(theta: torch.Tensor) -> CrossEntropyCurvature:
-        return cross_entropy_curvature(cached, theta, add_over_ranks)
+    if start.numel() <= MAX_NEWTON_PARAMETERS:
+        return newton(sums, start, block.penalised, lam)
+    basis = input_basis(cached, add_over_ranks)
 
-    dense = start.numel() <= MAX_NEWTON_PARAMETERS
-    return newton(sums if dense else curvature, start, block.penalised, lam)
+    def curvature(theta: torch.Tensor) -> CrossEntropyCurvature:
+        return cross_entropy_curvature(cached, theta, add_over_ranks, basis)
+
+    return newton(curvature, start, block.penalised, lam)
 
 
 def add_over_ranks(flat: torch.Tensor) -> torch.Tensor:
