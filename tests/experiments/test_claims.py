@@ -8,6 +8,7 @@ import pytest
 
 from skqk.cli import main
 from skqk.experiments import claims as c
+from skqk.experiments.claims.ours import one_round_lead
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ROOT / "docs" / "figures"
@@ -97,3 +98,30 @@ def test_update_rewrites_only_the_marked_tables_atomically(tmp_path):
 def test_a_missing_result_file_names_the_option():
     with pytest.raises(FileNotFoundError, match="--results"):
         c.Saved(Path("/nonexistent"))["fig5"]
+
+
+def test_the_one_round_lead_is_over_the_better_of_the_averaging_methods_in_strongly_non_iid_settings_only():
+    def cell(method, partition, alpha, accuracy):
+        return {"method": method, "clients": 4, "partition": partition, "alpha": alpha, "val_accuracy": accuracy}
+
+    run = {
+        "cells": [
+            *(
+                cell(m, "dirichlet", 0.01, a)
+                for m, a in (("analytic", 0.40), ("qk-fedavg", 0.35), ("traditional-fedavg", 0.37))
+            ),
+            *(
+                cell(m, "dirichlet", 1.0, a)
+                for m, a in (("analytic", 0.40), ("qk-fedavg", 0.45), ("traditional-fedavg", 0.30))
+            ),
+            {"method": "analytic", "clients": 20, "partition": "dirichlet", "alpha": 0.01, "infeasible": "no split"},
+        ]
+    }
+    moved = {
+        "cells": [
+            c | {"val_accuracy": 0.41} if c["method"] == "analytic" and c["alpha"] == 1.0 else c for c in run["cells"]
+        ]
+    }
+    leads, partition_free = one_round_lead([run, moved])
+    assert leads == pytest.approx([3.0, 3.0])  # α = 1 is not counted; the infeasible setting has no accuracy
+    assert partition_free == 1  # the second run's analytic round scored two accuracies

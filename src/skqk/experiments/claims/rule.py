@@ -17,7 +17,8 @@ FILES = {  # what each claim reads, relative to the results folder
     "federated": "federated-results.json",
     "analytic-fig5": "analytic/fig5-results.json",
     "analytic-incremental": "analytic/incremental-results.json",
-    "analytic-federated": "analytic/federated-results.json",
+    "analytic-federated": "analytic/federated-results.json",  # seed 0, beside the Fig. 5 cell of its central solve
+    **{f"analytic-federated-seed{s}": f"analytic/federated-seed{s}-results.json" for s in (1, 2)},
     **{f"fig4-{m}": f"fig4-{m}-results.json" for m in FIG4_MODELS},
 }
 NAMES = {"lenet5": "LeNet-5", "alexnet": "AlexNet", "vgg8": "VGG8"}
