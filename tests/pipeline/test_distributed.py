@@ -8,7 +8,8 @@ One single-process pipeline and one torchrun pipeline share a tiny image-folder 
 * QK re-training (patterns from that 2-rank store) and traditional re-training (interrupted after epoch 1 and
   resumed under torchrun) end with the single-process weights, batch sizes leaving uneven and empty shares;
 * the analytic solve (ridge, cross-entropy, and forgetting samples from a run) sums the two ranks' statistics
-  into the single-process solve;
+  into the single-process solve; cross-entropy by Hessian products (a launcher lowers the dense-Hessian limit
+  below the tiny head) adds each product over the ranks and reaches the dense head;
 * only rank 0 writes the run folder.
 """
 
@@ -46,7 +47,13 @@ SAMPLES = 41  # of the 42 training images: 41 = 5 * 8 + 1 (a last QK batch of 1:
 QK_BATCH, TRADITIONAL_BATCH = 8, 7  # traditional: shares of 4 and 3 samples, and a last batch of 6
 RUN_FILES = {"config.json", "metrics.jsonl", "resume.pt", "model.pt"}
 SOLVE_FILES = {"config.json", "stats.pt", "model.pt"}
-SOLVES = ("solve", "solve-ce", "solve-forget")  # run folders <name>1 (one process) and <name>2 (torchrun)
+SOLVES = ("solve", "solve-ce", "solve-forget", "solve-ce-products")  # folders <name>1 (one process), <name>2 (torchrun)
+PRODUCTS_CLI = """import sys
+import skqk.analytic.run
+from skqk.cli import main
+skqk.analytic.run.MAX_NEWTON_PARAMETERS = 1  # the tiny head takes conjugate-gradient Newton steps on products
+sys.exit(main())
+"""
 
 
 def write_image_folder(root: Path) -> Path:
@@ -69,8 +76,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node 2 -m skqk.cli ARGS`` on one machine, every connection over 127.0.0.1."""
+def torchrun(
+    *args: str, timeout: float = 120, program: tuple[str, ...] = ("-m", "skqk.cli")
+) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m skqk.cli ARGS`` (or another `program`) on one machine, every connection
+    over 127.0.0.1."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(skqk.__file__).parents[1])}
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -84,8 +94,7 @@ def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         "127.0.0.1",
         "--master-port",
         str(free_port()),
-        "-m",
-        "skqk.cli",
+        *program,
         "-q",
         *args,
     ]
@@ -143,6 +152,13 @@ def runs(tmp_path_factory) -> dict:
         run(*solve, "--loss", "ce", "--out", str(tmp / f"solve-ce{n}"))
         forget = ["solve", "--from", str(tmp / f"solve{n}"), "--store", str(tmp / "frozen"), "--forget", "3:20"]
         run(*forget, *data, "--out", str(tmp / f"solve-forget{n}"))
+    # cross-entropy by Hessian products: each product (and the preconditioner's Gram) is one all-reduce
+    (tmp / "products_cli.py").write_text(PRODUCTS_CLI)
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as m:
+        m.setattr("skqk.analytic.run.MAX_NEWTON_PARAMETERS", 1)
+        skqk_cli(*solve, "--loss", "ce", "--out", str(tmp / "solve-ce-products1"))
+    torchrun(*solve, "--loss", "ce", "--out", str(tmp / "solve-ce-products2"), program=(str(tmp / "products_cli.py"),))
     return {"tmp": tmp, "seconds": seconds}
 
 
@@ -192,6 +208,18 @@ def test_two_ranks_solve_as_one_process(runs, name):
     assert a.ranges == b.ranges and torch.equal(a.class_counts, b.class_counts)
     assert (b.gram - a.gram).norm() <= 1e-6 * a.gram.norm()  # float32 features of other batch cuts
     assert {f.name for f in (tmp / f"{name}2").iterdir()} == SOLVE_FILES
+
+
+def test_two_ranks_take_the_conjugate_gradient_newton_steps_of_one_process_and_reach_the_dense_head(runs):
+    tmp = runs["tmp"]
+    one, two, dense = (
+        load_checkpoint(tmp / f"{name}" / "model.pt")
+        for name in ("solve-ce-products1", "solve-ce-products2", "solve-ce1")
+    )
+    assert {c["analytic"]["cross_entropy"]["hessian"] for c in (one, two)} == {"products (conjugate gradients)"}
+    assert dense["analytic"]["cross_entropy"]["hessian"] == "dense"
+    assert_same_weights(two["state_dict"], one["state_dict"])
+    assert_same_weights(two["state_dict"], dense["state_dict"])
 
 
 def test_cuda_falls_back_to_the_cpu_with_a_message(monkeypatch, capsys):
