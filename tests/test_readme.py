@@ -176,3 +176,23 @@ def test_readme_command_blocks_run_as_written_in_a_smoke_configuration(tmp_path)
         assert proc.returncode == 0, f"{' '.join(words)} exited {proc.returncode}: {proc.stderr[-2000:]}"
         ran += 1
     assert ran >= 14
+
+
+def github_anchors(markdown: Path) -> set[str]:
+    """The anchors GitHub gives a file's headings: lower case, punctuation dropped, spaces as hyphens, a repeated
+    heading numbered."""
+    anchors, seen = set(), {}
+    for heading in re.findall(r"^#+ (.+)$", markdown.read_text(), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+@pytest.mark.parametrize("page", [README, *sorted((README.parent / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_every_relative_link_names_a_file_and_a_heading_that_exist(page):
+    for target, anchor in re.findall(r"\]\((?!https?:|mailto:)([^)#\s]*)(?:#([^)\s]+))?\)", page.read_text()):
+        path = (page.parent / target) if target else page
+        assert path.exists(), f"{page.name} links to {target}, which does not exist"
+        if anchor and path.suffix == ".md":
+            assert anchor in github_anchors(path), f"{page.name} links to {target}#{anchor}: no such heading"
