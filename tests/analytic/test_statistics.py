@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from skqk.analytic import Source, Statistics, StatisticsError, solve_ridge
-from skqk.analytic.solve import check_dense_hessian, cross_entropy_curvature, cross_entropy_sums, input_basis, newton
+from skqk.analytic.solve import (
+    check_dense_hessian,
+    conjugate_gradients,
+    cross_entropy_curvature,
+    cross_entropy_sums,
+    input_basis,
+    newton,
+)
 from skqk.analytic.stats import total
 from skqk.federated.partition import dirichlet
 
@@ -243,3 +250,13 @@ def total_sums(parts):
     for part in parts[1:]:
         result = result + part
     return result
+
+
+def test_conjugate_gradients_solve_a_definite_system_and_take_no_product_at_a_zero_gradient():
+    a = torch.randn(20, 20, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    h, rhs = a @ a.T / 20 + torch.eye(20, dtype=torch.float64), torch.randn(20, dtype=torch.float64)  # κ about 5
+    x, products = conjugate_gradients(lambda v: h @ v, rhs, lambda v: v)
+    assert_relative(h @ x, rhs, 1e-10)
+    assert 0 < products <= 20
+    x, products = conjugate_gradients(lambda v: h @ v, torch.zeros(20, dtype=torch.float64), lambda v: v)
+    assert products == 0 and not x.any()

@@ -366,6 +366,8 @@ def conjugate_gradients(
     """Solve H x = rhs for a positive definite H given as a product, preconditioned, to a residual of
     `tolerance` × ‖rhs‖ (at most len(rhs) products: exact in exact arithmetic)."""
     x = torch.zeros_like(rhs)
+    if rhs.norm() == 0:  # already at the minimum: 0/0 below otherwise
+        return x, 0
     r = rhs.clone()
     z = precondition(r)
     d = z.clone()
