@@ -179,10 +179,11 @@ def test_readme_command_blocks_run_as_written_in_a_smoke_configuration(tmp_path)
 
 
 def github_anchors(markdown: Path) -> set[str]:
-    """The anchors GitHub gives a file's headings: lower case, punctuation dropped, spaces as hyphens, a repeated
-    heading numbered."""
+    """The anchors GitHub gives a file's headings (not the comments of its code blocks): lower case, punctuation
+    dropped, spaces as hyphens, a repeated heading numbered."""
     anchors, seen = set(), {}
-    for heading in re.findall(r"^#+ (.+)$", markdown.read_text(), flags=re.M):
+    prose = re.sub(r"^```.*?^```", "", markdown.read_text(), flags=re.M | re.S)
+    for heading in re.findall(r"^#+ (.+)$", prose, flags=re.M):
         slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
         seen[slug] = seen.get(slug, 0) + 1

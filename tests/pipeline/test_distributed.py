@@ -154,8 +154,7 @@ def runs(tmp_path_factory) -> dict:
         run(*forget, *data, "--out", str(tmp / f"solve-forget{n}"))
     # cross-entropy by Hessian products: each product (and the preconditioner's Gram) is one all-reduce
     (tmp / "products_cli.py").write_text(PRODUCTS_CLI)
-    monkeypatch = pytest.MonkeyPatch()
-    with monkeypatch.context() as m:
+    with pytest.MonkeyPatch.context() as m:
         m.setattr("skqk.analytic.run.MAX_NEWTON_PARAMETERS", 1)
         skqk_cli(*solve, "--loss", "ce", "--out", str(tmp / "solve-ce-products1"))
     torchrun(*solve, "--loss", "ce", "--out", str(tmp / "solve-ce-products2"), program=(str(tmp / "products_cli.py"),))
